@@ -1,0 +1,70 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "snapstack",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Snapstack", targets: ["Snapstack"]),
+        .library(name: "DeviceMapper", targets: ["DeviceMapper"]),
+        .executable(name: "snapstack", targets: ["snapstack"]),
+        .executable(name: "snapstack-vmsuite", targets: ["VMSuite"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // C libraries from Debian, seen through pkg-config.
+        .systemLibrary(
+            name: "CDeviceMapper", pkgConfig: "devmapper",
+            providers: [.apt(["libdevmapper-dev"])]),
+        .systemLibrary(
+            name: "CUdev", pkgConfig: "libudev",
+            providers: [.apt(["libudev-dev"])]),
+        // The few things Swift cannot do itself: libdm's variadic logger, flexible array
+        // members, and kernel constants that Glibc's module map leaves out.
+        .target(
+            name: "CShims",
+            dependencies: ["CDeviceMapper"],
+            cSettings: [.define("_GNU_SOURCE")]),
+
+        // Typed units, device numbers and block-device facts over swift-system.
+        .target(
+            name: "BlockIO",
+            dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]),
+        // Targets that render and parse their own table and status lines, and the libdm client.
+        .target(
+            name: "DeviceMapper",
+            dependencies: ["BlockIO", "CShims", "CDeviceMapper",
+                           .product(name: "SystemPackage", package: "swift-system")]),
+        // libudev: enumeration, properties, daemon liveness.
+        .target(
+            name: "Udev",
+            dependencies: ["BlockIO", "CUdev"]),
+        // The library that backup software embeds.
+        .target(
+            name: "Snapstack",
+            dependencies: ["DeviceMapper", "Udev", "BlockIO",
+                           .product(name: "SystemPackage", package: "swift-system")]),
+        .executableTarget(
+            name: "snapstack",
+            dependencies: ["Snapstack", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
+        // Unit tier: no root, no kernel device-mapper.
+        .testTarget(
+            name: "DeviceMapperTests",
+            dependencies: ["DeviceMapper"],
+            exclude: ["Fixtures"]),
+        .testTarget(
+            name: "BlockIOTests",
+            dependencies: ["BlockIO"]),
+        // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
+        .executableTarget(
+            name: "VMSuite",
+            dependencies: ["DeviceMapper", "Snapstack", "BlockIO",
+                           .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/VMSuite"),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,76 @@
+#include "CShims.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
+
+// libdm's levels (lib/log/log.h, not exported): the low bits are the level, higher bits flags.
+enum { DM_LEVEL_MASK = 0x0f, DM_LOG_WARN = 4 };
+
+static _Thread_local char captured[4096];
+static _Thread_local size_t captured_len;
+static _Thread_local int captured_errno;
+
+static void trampoline(int level, const char *file, int line, int dm_errno_or_class,
+                       const char *format, ...) {
+    (void)file;
+    (void)line;
+    // Notices, info and debug (and debug's "class") are not failures: keep them out.
+    if ((level & DM_LEVEL_MASK) > DM_LOG_WARN)
+        return;
+    if (dm_errno_or_class != 0)
+        captured_errno = dm_errno_or_class;
+    if (captured_len + 2 >= sizeof(captured))
+        return;
+    if (captured_len > 0)
+        captured[captured_len++] = '\n';
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(captured + captured_len, sizeof(captured) - captured_len, format, args);
+    va_end(args);
+    if (n > 0) {
+        size_t room = sizeof(captured) - captured_len - 1;
+        captured_len += (size_t)n < room ? (size_t)n : room;
+    }
+    captured[captured_len] = '\0';
+}
+
+void snapstack_dm_log_install(void) { dm_log_with_errno_init(trampoline); }
+
+void snapstack_dm_log_reset(void) {
+    captured_len = 0;
+    captured[0] = '\0';
+    captured_errno = 0;
+}
+
+const char *snapstack_dm_log_text(void) { return captured; }
+int snapstack_dm_log_errno(void) { return captured_errno; }
+
+const char *snapstack_dm_names_name(const struct dm_names *names) { return names->name; }
+
+struct dm_names *snapstack_dm_names_next(struct dm_names *names) {
+    return names->next ? (struct dm_names *)((char *)names + names->next) : NULL;
+}
+
+const char *snapstack_dm_versions_name(const struct dm_versions *versions) { return versions->name; }
+
+struct dm_versions *snapstack_dm_versions_next(struct dm_versions *versions) {
+    return versions->next ? (struct dm_versions *)((char *)versions + versions->next) : NULL;
+}
+
+const int snapstack_O_DIRECT = O_DIRECT;
+const int snapstack_SEEK_DATA = SEEK_DATA;
+const int snapstack_SEEK_HOLE = SEEK_HOLE;
+
+unsigned int snapstack_major(dev_t dev) { return major(dev); }
+unsigned int snapstack_minor(dev_t dev) { return minor(dev); }
+dev_t snapstack_makedev(unsigned int maj, unsigned int min) { return makedev(maj, min); }
+
+int snapstack_blkgetsize64(int fd, uint64_t *bytes) { return ioctl(fd, BLKGETSIZE64, bytes); }
+int snapstack_blksszget(int fd, int *bytes) { return ioctl(fd, BLKSSZGET, bytes); }
+int snapstack_blkpbszget(int fd, unsigned int *bytes) { return ioctl(fd, BLKPBSZGET, bytes); }
