@@ -25,6 +25,11 @@ public struct ListedDevice: Hashable, Sendable {
     /// The kernel's name as is: a device made by another tool may use characters `DMName` refuses.
     public var name: String
     public var number: DeviceNumber
+
+    public init(name: String, number: DeviceNumber) {
+        self.name = name
+        self.number = number
+    }
 }
 
 /// A loaded target type and its version (`DM_DEVICE_LIST_VERSIONS`).

@@ -25,7 +25,7 @@ public enum SnapshotStatus: Hashable, Sendable {
             let fields = trimmed.split(separator: " ")
             let usage = fields.first?.split(separator: "/") ?? []
             guard fields.count == 2, usage.count == 2,
-                  let allocated = UInt64(usage[0]), let total = UInt64(usage[1]), let metadata = UInt64(fields[1]),
+                  let allocated = UInt64(decimal: usage[0]), let total = UInt64(decimal: usage[1]), let metadata = UInt64(decimal: fields[1]),
                   allocated <= total, metadata <= allocated
             else { throw TableError.malformed(text, reason: "not a snapshot status") }
             self = .active(allocated: Sectors(allocated), total: Sectors(total), metadata: Sectors(metadata))
@@ -69,12 +69,12 @@ public struct EraStatus: Hashable, Sendable {
         let fields = text.trimmingSpaces.split(separator: " ")
         let usage = fields.count == 4 ? fields[1].split(separator: "/") : []
         guard fields.count == 4, usage.count == 2,
-              let blockSize = UInt64(fields[0]), let used = UInt64(usage[0]), let total = UInt64(usage[1]),
-              used <= total, let era = UInt32(fields[2])
+              let blockSize = UInt64(decimal: fields[0]), let used = UInt64(decimal: usage[0]), let total = UInt64(decimal: usage[1]),
+              used <= total, let era = UInt64(decimal: fields[2]).flatMap(UInt32.init(exactly:))
         else { throw TableError.malformed(text, reason: "not an era status") }
         var held: UInt64? = nil
         if fields[3] != "-" {
-            guard let root = UInt64(fields[3]) else {
+            guard let root = UInt64(decimal: fields[3]) else {
                 throw TableError.malformed(text, reason: "held metadata root is neither a block nor -")
             }
             held = root
@@ -123,7 +123,7 @@ public struct StatusLine: Hashable, Sendable {
     /// Parses one line as `dmsetup status` prints it.
     public init(parsing line: some StringProtocol) throws(TableError) {
         let fields = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: true)
-        guard fields.count >= 3, let start = UInt64(fields[0]), let length = UInt64(fields[1]) else {
+        guard fields.count >= 3, let start = UInt64(decimal: fields[0]), let length = UInt64(decimal: fields[1]) else {
             throw TableError.malformed(String(line), reason: "expected <start> <length> <type> [<status>]")
         }
         self.init(start: Sectors(start), length: Sectors(length),

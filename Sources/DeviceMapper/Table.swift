@@ -89,7 +89,7 @@ public struct TableLine: Hashable, Sendable, CustomStringConvertible {
     public init(parsing line: some StringProtocol) throws(TableError) {
         let fields = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: true)
         guard fields.count >= 3,
-              let start = UInt64(fields[0]), let length = UInt64(fields[1])
+              let start = UInt64(decimal: fields[0]), let length = UInt64(decimal: fields[1])
         else { throw TableError.malformed(String(line), reason: "expected <start> <length> <type> [<parameters>]") }
         let parameters = fields.count == 4 ? String(fields[3]) : ""
         self.init(start: Sectors(start), length: Sectors(length),

@@ -25,3 +25,11 @@ public enum TableError: Error, Equatable, CustomStringConvertible {
         }
     }
 }
+
+extension UInt64 {
+    /// Digits only: unlike `UInt64(_:)`, no sign, so "+5" in a kernel line is not silently read.
+    init?(decimal text: some StringProtocol) {
+        guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        self.init(text, radix: 10)
+    }
+}

@@ -41,7 +41,7 @@ private func arguments(_ text: String, of type: String, count: ClosedRange<Int>)
 }
 
 private func sectors(_ token: Substring, _ what: String) throws(TableError) -> Sectors {
-    guard token.allSatisfy({ $0.isASCII && $0.isNumber }), let value = UInt64(token) else {
+    guard let value = UInt64(decimal: token) else {
         throw TableError.malformed(String(token), reason: "\(what) is not a sector count")
     }
     return Sectors(value)
@@ -92,9 +92,12 @@ public struct Era: TargetParameters {
     }
 
     public func validate() throws(TableError) {
-        // dm-era keeps the block size in 32 bits and divides by it.
-        guard blockSize.rawValue > 0, blockSize.rawValue <= UInt64(UInt32.max) else {
-            throw TableError.invalidParameter(target: Self.targetType, reason: "block size must be 1 to 2^32-1 sectors")
+        // dm-era keeps the block size in 32 bits; current kernels refuse anything that is not
+        // a whole number of 4 KiB pages (`MIN_BLOCK_SIZE`), older ones accept it but track
+        // partial pages badly, so the stricter rule holds everywhere.
+        guard blockSize.rawValue > 0, blockSize.rawValue % 8 == 0, blockSize.rawValue <= UInt64(UInt32.max) else {
+            throw TableError.invalidParameter(
+                target: Self.targetType, reason: "block size \(blockSize.rawValue) is not a multiple of 8 sectors (4 KiB) below 2^32")
         }
     }
 }
@@ -135,10 +138,13 @@ public enum SnapshotFeature: String, Hashable, Sendable, CaseIterable {
 }
 
 private func checkChunk(_ chunk: Sectors, _ type: String) throws(TableError) {
-    // dm-exception-store: a power of two, at least one page is enforced by the kernel later
-    // against the devices' block sizes; zero or a non-power would be refused at load.
-    guard chunk.rawValue > 0, chunk.rawValue & (chunk.rawValue - 1) == 0, chunk.rawValue <= UInt64(UInt32.max) else {
+    // dm_exception_store_set_chunk_size: a power of two no larger than INT_MAX >> SECTOR_SHIFT;
+    // the kernel checks it against the devices' logical block sizes at load.
+    guard chunk.rawValue > 0, chunk.rawValue & (chunk.rawValue - 1) == 0 else {
         throw TableError.invalidParameter(target: type, reason: "chunk size \(chunk.rawValue) is not a power of two sectors")
+    }
+    guard chunk.rawValue <= UInt64(Int32.max >> 9) else {
+        throw TableError.invalidParameter(target: type, reason: "chunk size \(chunk.rawValue) is above the kernel's limit of \(Int32.max >> 9) sectors")
     }
 }
 
