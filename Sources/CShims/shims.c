@@ -74,3 +74,62 @@ dev_t snapstack_makedev(unsigned int maj, unsigned int min) { return makedev(maj
 int snapstack_blkgetsize64(int fd, uint64_t *bytes) { return ioctl(fd, BLKGETSIZE64, bytes); }
 int snapstack_blksszget(int fd, int *bytes) { return ioctl(fd, BLKSSZGET, bytes); }
 int snapstack_blkpbszget(int fd, unsigned int *bytes) { return ioctl(fd, BLKPBSZGET, bytes); }
+
+// ---- loop devices --------------------------------------------------------------------------
+#include <linux/loop.h>
+
+const uint32_t snapstack_LO_FLAGS_READ_ONLY = LO_FLAGS_READ_ONLY;
+const uint32_t snapstack_LO_FLAGS_AUTOCLEAR = LO_FLAGS_AUTOCLEAR;
+const uint32_t snapstack_LO_FLAGS_DIRECT_IO = LO_FLAGS_DIRECT_IO;
+const int snapstack_LO_NAME_SIZE = LO_NAME_SIZE;
+
+static void set_file_name(struct loop_info64 *info, const char *file_name) {
+    if (file_name != NULL)
+        strncpy((char *)info->lo_file_name, file_name, LO_NAME_SIZE - 1);
+    info->lo_file_name[LO_NAME_SIZE - 1] = '\0';
+}
+
+int snapstack_loop_ctl_get_free(int control_fd) { return ioctl(control_fd, LOOP_CTL_GET_FREE); }
+
+int snapstack_loop_configure(int loop_fd, int file_fd, uint32_t flags, const char *file_name) {
+    struct loop_config config;
+    memset(&config, 0, sizeof(config));
+    config.fd = (__u32)file_fd;
+    config.block_size = 0;
+    config.info.lo_flags = flags;
+    set_file_name(&config.info, file_name);
+    return ioctl(loop_fd, LOOP_CONFIGURE, &config);
+}
+
+int snapstack_loop_set_fd(int loop_fd, int file_fd) {
+    return ioctl(loop_fd, LOOP_SET_FD, (unsigned long)file_fd);
+}
+
+int snapstack_loop_set_status64(int loop_fd, uint32_t flags, const char *file_name) {
+    struct loop_info64 info;
+    memset(&info, 0, sizeof(info));
+    info.lo_flags = flags;
+    set_file_name(&info, file_name);
+    return ioctl(loop_fd, LOOP_SET_STATUS64, &info);
+}
+
+int snapstack_loop_set_direct_io(int loop_fd, int on) {
+    return ioctl(loop_fd, LOOP_SET_DIRECT_IO, (unsigned long)(on != 0));
+}
+
+int snapstack_loop_get_flags(int loop_fd, uint32_t *flags) {
+    struct loop_info64 info;
+    memset(&info, 0, sizeof(info));
+    int result = ioctl(loop_fd, LOOP_GET_STATUS64, &info);
+    if (result == 0)
+        *flags = info.lo_flags;
+    return result;
+}
+
+int snapstack_loop_clr_fd(int loop_fd) { return ioctl(loop_fd, LOOP_CLR_FD, 0); }
+int snapstack_loop_set_capacity(int loop_fd) { return ioctl(loop_fd, LOOP_SET_CAPACITY, 0); }
+
+// ---- file allocation -----------------------------------------------------------------------
+int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length) {
+    return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}

@@ -43,4 +43,36 @@ int snapstack_blksszget(int fd, int *bytes);
 /// BLKPBSZGET: the physical sector size. Returns 0 or -1 with errno set.
 int snapstack_blkpbszget(int fd, unsigned int *bytes);
 
+// ---- loop devices (linux/loop.h) -----------------------------------------------------------
+// The loop ioctls take kernel structs whose layout Swift should not have to mirror; these
+// wrappers fill them in C. Each returns what ioctl returns (-1 with errno set on failure).
+
+extern const uint32_t snapstack_LO_FLAGS_READ_ONLY;
+extern const uint32_t snapstack_LO_FLAGS_AUTOCLEAR;
+extern const uint32_t snapstack_LO_FLAGS_DIRECT_IO;
+/// LO_NAME_SIZE: lo_file_name holds this many bytes including the terminating NUL.
+extern const int snapstack_LO_NAME_SIZE;
+
+/// LOOP_CTL_GET_FREE on /dev/loop-control: the index of a free loop device (made if needed).
+int snapstack_loop_ctl_get_free(int control_fd);
+/// LOOP_CONFIGURE (kernel >= 5.8): binds `file_fd` with `flags` and `file_name` (truncated to
+/// LO_NAME_SIZE - 1 bytes) in one step; block size 0 keeps the default.
+int snapstack_loop_configure(int loop_fd, int file_fd, uint32_t flags, const char *file_name);
+/// LOOP_SET_FD: the pre-5.8 bind. Read-only follows the backing descriptor's access mode.
+int snapstack_loop_set_fd(int loop_fd, int file_fd);
+/// LOOP_SET_STATUS64 with `flags` (only AUTOCLEAR and PARTSCAN are settable) and `file_name`.
+int snapstack_loop_set_status64(int loop_fd, uint32_t flags, const char *file_name);
+/// LOOP_SET_DIRECT_IO (kernel >= 4.10).
+int snapstack_loop_set_direct_io(int loop_fd, int on);
+/// LOOP_GET_STATUS64, reduced to lo_flags. Fails with ENXIO when the device is not bound.
+int snapstack_loop_get_flags(int loop_fd, uint32_t *flags);
+/// LOOP_CLR_FD.
+int snapstack_loop_clr_fd(int loop_fd);
+/// LOOP_SET_CAPACITY: re-reads the backing file's size.
+int snapstack_loop_set_capacity(int loop_fd);
+
+// ---- file allocation -----------------------------------------------------------------------
+/// fallocate(2), which Glibc's module map does not show to Swift.
+int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length);
+
 #endif

@@ -1,0 +1,171 @@
+import CShims
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A backing file that could not be made or grown.
+public struct FileAllocationError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Reason: Hashable, Sendable {
+        /// A system call failed with this errno (EEXIST from a create: the file was already there
+        /// and was not touched; EOPNOTSUPP from fallocate: the file system cannot reserve blocks).
+        case system(operation: String, Errno)
+        /// `grow` was asked for a size below the file's current size.
+        case wouldShrink(current: Bytes, requested: Bytes)
+        /// The size does not fit in `off_t`.
+        case sizeOutOfRange(Bytes)
+    }
+
+    public var path: FilePath
+    public var reason: Reason
+    /// What undoing the half-done work could not undo (a half-made file left behind), if anything.
+    public var leftOver: String?
+
+    public init(path: FilePath, reason: Reason, leftOver: String? = nil) {
+        self.path = path
+        self.reason = reason
+        self.leftOver = leftOver
+    }
+
+    init(_ path: FilePath, _ operation: String, _ errno: Errno) {
+        self.init(path: path, reason: .system(operation: operation, errno))
+    }
+
+    /// The kernel's errno, when a system call failed.
+    public var errno: Errno? {
+        if case .system(_, let errno) = reason { return errno }
+        return nil
+    }
+
+    public var description: String {
+        var text: String
+        switch reason {
+        case .system(let operation, let errno):
+            text = "\(path): \(operation) failed: \(errno)"
+        case .wouldShrink(let current, let requested):
+            text = "\(path): cannot grow to \(requested): the file already has \(current)"
+        case .sizeOutOfRange(let size):
+            text = "\(path): size \(size) is too large for a file"
+        }
+        if let leftOver { text += "; undoing it failed too: \(leftOver)" }
+        return text
+    }
+}
+
+/// Backing files for loop devices and snapshot stores: made exclusively, sized, optionally with
+/// every block reserved up front, and flushed to disk before the call returns.
+public enum FileAllocation {
+    /// Creates `path` as a new file of `size` bytes.
+    ///
+    /// The file is created with `O_CREAT | O_EXCL`, so an existing file (or symbolic link) at
+    /// `path` fails with EEXIST and is left untouched. Its size is set with `ftruncate`; with
+    /// `preallocate` the blocks are then reserved with `fallocate(fd, 0, 0, size)`, so that a
+    /// full host file system cannot fail a later write through a loop device (a write into a
+    /// hole of a sparse file needs a new block at that moment). Preallocation is never
+    /// silently skipped: when the file system cannot do it (EOPNOTSUPP) or has no room
+    /// (ENOSPC), the half-made file is removed and the error thrown. Without `preallocate` the
+    /// file stays sparse and `fallocate` is not called.
+    ///
+    /// The file and then its directory are flushed with `fsync`, so that both the file's size
+    /// and its name survive a crash. Any failure after the file was created removes it again.
+    /// `permissions` are subject to the process's umask, as for any `open(2)` that creates.
+    public static func create(_ path: FilePath, size: Bytes, preallocate: Bool,
+                              permissions: FilePermissions = [.ownerReadWrite]) throws(FileAllocationError) {
+        guard let length = Int64(exactly: size.rawValue) else {
+            throw FileAllocationError(path: path, reason: .sizeOutOfRange(size))
+        }
+        let file: FileDescriptor
+        switch openDescriptor(path.string, O_RDWR | O_CREAT | O_EXCL, permissions: mode_t(permissions.rawValue)) {
+        case .success(let opened): file = opened
+        case .failure(let error): throw FileAllocationError(path, "open (create exclusively)", error)
+        }
+
+        var failure: FileAllocationError?
+        if case .failure(let error) = retryingInterrupts({ ftruncate(file.rawValue, off_t(length)) }) {
+            failure = FileAllocationError(path, "ftruncate", error)
+        } else if preallocate && length > 0,
+                  case .failure(let error) = retryingInterrupts({ snapstack_fallocate(file.rawValue, 0, 0, length) }) {
+            failure = FileAllocationError(path, "fallocate", error)
+        } else if case .failure(let error) = retryingInterrupts({ fsync(file.rawValue) }) {
+            failure = FileAllocationError(path, "fsync", error)
+        }
+        if let error = closeDescriptor(file), failure == nil {
+            // Delayed write errors of some file systems surface at close; fsync has run.
+            failure = FileAllocationError(path, "close", error)
+        }
+        if failure == nil, let error = syncDirectory(of: path) {
+            failure = error
+        }
+        guard var failure else { return }
+        if unlink(path.string) != 0 {
+            failure.leftOver = "unlink of the half-made file failed: \(Errno(rawValue: errno))"
+        }
+        throw failure
+    }
+
+    /// Grows the existing file at `path` to `size` bytes with `ftruncate` (a smaller size is
+    /// refused: this never cuts data off), and with `preallocate` reserves every block of the
+    /// file, old holes included, with `fallocate(fd, 0, 0, size)`. When that fails the file is
+    /// cut back to its former size, so it is left as it was apart from blocks now reserved.
+    /// The file is flushed with `fsync`. A bound loop device sees the new size only after
+    /// `Loop.refreshCapacity`.
+    public static func grow(_ path: FilePath, to size: Bytes, preallocate: Bool) throws(FileAllocationError) {
+        guard let length = Int64(exactly: size.rawValue) else {
+            throw FileAllocationError(path: path, reason: .sizeOutOfRange(size))
+        }
+        let file: FileDescriptor
+        switch openDescriptor(path.string, O_RDWR) {
+        case .success(let opened): file = opened
+        case .failure(let error): throw FileAllocationError(path, "open", error)
+        }
+
+        var failure: FileAllocationError?
+        var current: Int64 = 0
+        switch statDescriptor(file) {
+        case .success(let status):
+            current = Int64(status.st_size)
+            if length < current {
+                failure = FileAllocationError(path: path, reason: .wouldShrink(current: Bytes(UInt64(current)), requested: size))
+            }
+        case .failure(let error):
+            failure = FileAllocationError(path, "fstat", error)
+        }
+        if failure == nil, length > current,
+           case .failure(let error) = retryingInterrupts({ ftruncate(file.rawValue, off_t(length)) }) {
+            failure = FileAllocationError(path, "ftruncate", error)
+        }
+        if failure == nil, preallocate, length > 0,
+           case .failure(let error) = retryingInterrupts({ snapstack_fallocate(file.rawValue, 0, 0, length) }) {
+            failure = FileAllocationError(path, "fallocate", error)
+            if length > current,
+               case .failure(let undo) = retryingInterrupts({ ftruncate(file.rawValue, off_t(current)) }) {
+                failure?.leftOver = "ftruncate back to \(current) bytes failed: \(undo)"
+            }
+        }
+        if failure == nil, case .failure(let error) = retryingInterrupts({ fsync(file.rawValue) }) {
+            failure = FileAllocationError(path, "fsync", error)
+        }
+        if let error = closeDescriptor(file), failure == nil {
+            failure = FileAllocationError(path, "close", error)
+        }
+        if let failure { throw failure }
+    }
+
+    /// fsync of the directory holding `path`: a new name is durable only once its directory is.
+    private static func syncDirectory(of path: FilePath) -> FileAllocationError? {
+        var directory = path
+        directory.removeLastComponent()
+        if directory.isEmpty { directory = "." }
+        let descriptor: FileDescriptor
+        switch openDescriptor(directory.string, O_RDONLY | O_DIRECTORY) {
+        case .success(let opened): descriptor = opened
+        case .failure(let error): return FileAllocationError(directory, "open", error)
+        }
+        defer { _ = closeDescriptor(descriptor) }  // read-only: the fsync result is what counts
+        if case .failure(let error) = retryingInterrupts({ fsync(descriptor.rawValue) }) {
+            return FileAllocationError(directory, "fsync", error)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,228 @@
+import BlockIO
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at the end.
+func withTemporaryDirectory<T>(_ body: (FilePath) throws -> T) throws -> T {
+    let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+    var template = Array((base + "/snapstack-blockio-XXXXXX").utf8CString)
+    let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+    try #require(made != nil, "mkdtemp failed: \(Errno(rawValue: errno))")
+    let directory = FilePath(String(cString: made!))
+    defer {
+        if let listing = opendir(directory.string) {
+            while let entry = readdir(listing) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name != "." && name != ".." { unlink(directory.appending(name).string) }
+            }
+            closedir(listing)
+        }
+        rmdir(directory.string)
+    }
+    return try body(directory)
+}
+
+func fileStatus(_ path: FilePath) throws -> stat {
+    var status = stat()
+    try #require(stat(path.string, &status) == 0, "stat \(path): \(Errno(rawValue: errno))")
+    return status
+}
+
+func fileBytes(_ path: FilePath) throws -> [UInt8] {
+    Array(try readText(path).utf8)
+}
+
+@Suite("FileAllocation")
+struct FileAllocationTests {
+    @Test("create makes a file of the size asked, with the permissions asked")
+    func size() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("disk.img")
+            try FileAllocation.create(path, size: .mebibytes(3) + Bytes(512), preallocate: false)
+            let status = try fileStatus(path)
+            #expect(status.st_size == 3 << 20 + 512)
+            #expect(status.st_mode & S_IFMT == S_IFREG)
+            #expect(status.st_mode & 0o777 == 0o600)
+        }
+    }
+
+    @Test("create of an empty file, with and without preallocation", arguments: [false, true])
+    func empty(preallocate: Bool) throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("empty.img")
+            try FileAllocation.create(path, size: .zero, preallocate: preallocate)
+            #expect(try fileStatus(path).st_size == 0)
+        }
+    }
+
+    @Test("create is exclusive: a second create fails with EEXIST and leaves the first file as it was")
+    func exclusive() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("disk.img")
+            try FileAllocation.create(path, size: .kibibytes(64), preallocate: false)
+            let descriptor = try FileDescriptor.open(path, .writeOnly)
+            try descriptor.closeAfter { _ = try descriptor.writeAll("first".utf8) }
+            let before = try fileStatus(path)
+
+            #expect(throws: FileAllocationError(path: path, reason: .system(operation: "open (create exclusively)", .fileExists))) {
+                try FileAllocation.create(path, size: .mebibytes(8), preallocate: true)
+            }
+            let after = try fileStatus(path)
+            #expect(after.st_size == before.st_size)
+            #expect(after.st_ino == before.st_ino)
+            #expect(after.st_blocks == before.st_blocks)
+            #expect(Array(try fileBytes(path).prefix(5)) == Array("first".utf8))
+        }
+    }
+
+    @Test("create does not follow a symbolic link at the path")
+    func symbolicLink() throws {
+        try withTemporaryDirectory { directory in
+            let target = directory.appending("target")
+            let link = directory.appending("link")
+            try #require(symlink(target.string, link.string) == 0)
+            #expect(throws: FileAllocationError(path: link, reason: .system(operation: "open (create exclusively)", .fileExists))) {
+                try FileAllocation.create(link, size: .kibibytes(4), preallocate: false)
+            }
+            var status = stat()
+            #expect(stat(target.string, &status) == -1 && errno == ENOENT)
+        }
+    }
+
+    @Test("create in a missing directory names the path and open")
+    func missingDirectory() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("no/such/dir/disk.img")
+            #expect(throws: FileAllocationError(path: path, reason: .system(operation: "open (create exclusively)", .noSuchFileOrDirectory))) {
+                try FileAllocation.create(path, size: .kibibytes(4), preallocate: false)
+            }
+        }
+    }
+
+    @Test("without preallocation the file is sparse; with it every block is reserved")
+    func sparseVersusPreallocated() throws {
+        try withTemporaryDirectory { directory in
+            let size = Bytes.mebibytes(4)
+            let sparse = directory.appending("sparse.img")
+            let full = directory.appending("full.img")
+            try FileAllocation.create(sparse, size: size, preallocate: false)
+            try FileAllocation.create(full, size: size, preallocate: true)
+            // st_blocks counts 512-byte units whatever the file system's block size.
+            let sparseBlocks = UInt64(try fileStatus(sparse).st_blocks)
+            let fullBlocks = UInt64(try fileStatus(full).st_blocks)
+            #expect(sparseBlocks == 0)
+            #expect(fullBlocks * 512 >= size.rawValue)
+            #expect(try fileStatus(full).st_size == 4 << 20)
+            // Reserved blocks read back as zeros.
+            #expect(try fileBytes(full).allSatisfy { $0 == 0 })
+        }
+    }
+
+    @Test("grow extends a sparse file and keeps its data")
+    func growSparse() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("disk.img")
+            try FileAllocation.create(path, size: .kibibytes(64), preallocate: false)
+            let descriptor = try FileDescriptor.open(path, .writeOnly)
+            try descriptor.closeAfter { _ = try descriptor.writeAll("data".utf8) }
+
+            try FileAllocation.grow(path, to: .mebibytes(2), preallocate: false)
+            let status = try fileStatus(path)
+            #expect(status.st_size == 2 << 20)
+            #expect(UInt64(status.st_blocks) * 512 < 1 << 20)
+            #expect(Array(try fileBytes(path).prefix(4)) == Array("data".utf8))
+        }
+    }
+
+    @Test("grow with preallocation reserves the whole file, old holes included")
+    func growPreallocated() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("disk.img")
+            try FileAllocation.create(path, size: .mebibytes(1), preallocate: false)
+            try FileAllocation.grow(path, to: .mebibytes(3), preallocate: true)
+            let status = try fileStatus(path)
+            #expect(status.st_size == 3 << 20)
+            #expect(UInt64(status.st_blocks) * 512 >= 3 << 20)
+        }
+    }
+
+    @Test("grow to the same size is allowed; to a smaller one is refused and changes nothing")
+    func growNeverShrinks() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("disk.img")
+            try FileAllocation.create(path, size: .mebibytes(2), preallocate: false)
+            try FileAllocation.grow(path, to: .mebibytes(2), preallocate: false)
+            #expect(throws: FileAllocationError(path: path, reason: .wouldShrink(current: .mebibytes(2), requested: .mebibytes(1)))) {
+                try FileAllocation.grow(path, to: .mebibytes(1), preallocate: true)
+            }
+            let status = try fileStatus(path)
+            #expect(status.st_size == 2 << 20)
+            #expect(status.st_blocks == 0)
+        }
+    }
+
+    @Test("grow of a missing file names the path and open")
+    func growMissing() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("missing.img")
+            #expect(throws: FileAllocationError(path: path, reason: .system(operation: "open", .noSuchFileOrDirectory))) {
+                try FileAllocation.grow(path, to: .mebibytes(1), preallocate: false)
+            }
+            var status = stat()
+            #expect(stat(path.string, &status) == -1)
+        }
+    }
+
+    /// ext4 refuses sizes above 16 TiB (4 KiB blocks) in ftruncate with EFBIG, at once and
+    /// without allocating anything, which makes a create that fails half-way easy to provoke.
+    static var temporaryDirectoryIsExt4: Bool {
+        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        guard let table = try? readText("/proc/self/mountinfo") else { return false }
+        // The mount whose point is the longest prefix of the directory holds it.
+        let holding = DeviceUse.parseMountInfo(table)
+            .filter { base == $0.mountPoint || base.hasPrefix($0.mountPoint == "/" ? "/" : $0.mountPoint + "/") }
+            .max { $0.mountPoint.count < $1.mountPoint.count }
+        return holding?.filesystemType == "ext4"
+    }
+
+    @Test("a create that fails half-way removes the half-made file",
+          .enabled(if: temporaryDirectoryIsExt4, "needs ext4's 16 TiB file size limit"))
+    func failedCreateRemovesTheFile() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("too-big.img")
+            let error = try #require(throws: FileAllocationError.self) {
+                try FileAllocation.create(path, size: Bytes(1 << 62), preallocate: true)
+            }
+            #expect(error.reason == .system(operation: "ftruncate", .fileTooLarge))
+            #expect(error.leftOver == nil)
+            var status = stat()
+            #expect(stat(path.string, &status) == -1 && errno == ENOENT)
+        }
+    }
+
+    @Test("sizes beyond off_t are refused before touching the disk")
+    func tooLarge() throws {
+        try withTemporaryDirectory { directory in
+            let path = directory.appending("huge.img")
+            let size = Bytes(UInt64(Int64.max) + 1)
+            #expect(throws: FileAllocationError(path: path, reason: .sizeOutOfRange(size))) {
+                try FileAllocation.create(path, size: size, preallocate: false)
+            }
+            var status = stat()
+            #expect(stat(path.string, &status) == -1)
+        }
+    }
+
+    @Test("errors say which file and which call failed")
+    func descriptions() {
+        let error = FileAllocationError(path: "/srv/a.img", reason: .system(operation: "fallocate", .noSpace),
+                                        leftOver: "unlink of the half-made file failed: Permission denied")
+        #expect(error.errno == .noSpace)
+        #expect("\(error)".hasPrefix("/srv/a.img: fallocate failed: "))
+        #expect("\(error)".contains("undoing it failed too: unlink"))
+    }
+}
