@@ -58,6 +58,31 @@ public struct SuspendOptions: OptionSet, Hashable, Sendable {
     public static let noFlush = SuspendOptions(rawValue: 1 << 1)
 }
 
+/// libdm's udev flags (`DM_UDEV_*_FLAG`): they travel with the uevent and steer the udev rules
+/// that run for a device-mapper node.
+public struct UdevFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    public static let disableDMRules = UdevFlags(rawValue: UInt16(DM_UDEV_DISABLE_DM_RULES_FLAG))
+    public static let disableSubsystemRules = UdevFlags(rawValue: UInt16(DM_UDEV_DISABLE_SUBSYSTEM_RULES_FLAG))
+    public static let disableDiskRules = UdevFlags(rawValue: UInt16(DM_UDEV_DISABLE_DISK_RULES_FLAG))
+    public static let disableOtherRules = UdevFlags(rawValue: UInt16(DM_UDEV_DISABLE_OTHER_RULES_FLAG))
+    public static let lowPriority = UdevFlags(rawValue: UInt16(DM_UDEV_LOW_PRIORITY_FLAG))
+
+    /// An internal layer (`-real`): its node exists, but no blkid probe, no `/dev/disk/by-*`
+    /// links and no other rules run for it, so it never competes with the top device for a
+    /// filesystem's by-uuid link (what lvm2 does for its `-real` and `-cow` layers).
+    public static let hiddenLayer: UdevFlags = [.disableSubsystemRules, .disableDiskRules, .disableOtherRules]
+}
+
+/// Node changes whose udev processing is awaited together, once, when the transaction ends:
+/// so that a caller can resume several devices inside a freeze window and wait for udev after
+/// it (libdm shares one cookie between tasks, as lvm2's deptree does).
+public final class UdevTransaction {
+    fileprivate var cookie: UInt32 = 0
+    fileprivate init() {}
+}
+
 /// Messages understood by `era` targets (era.rst).
 public enum EraMessage: String, Sendable, CaseIterable {
     /// Starts a new era: writes from now on are recorded under the next era number.
@@ -198,7 +223,7 @@ public struct DeviceMapperClient: Sendable {
     /// resume), and waits for udev. A device of that name that already exists is refused and
     /// left alone; if loading or resuming fails, the device this call created is removed again.
     public func create(_ name: DMName, uuid: DMUUID?, table: Table, readOnly: Bool = false,
-                       udevFlags: UInt16 = 0) throws {
+                       udevFlags: UdevFlags = []) throws {
         try checked(table, "create", name)
         try refuseExisting(name)
         do {
@@ -209,7 +234,7 @@ public struct DeviceMapperClient: Sendable {
                 try add(table, to: dmt, "create", name)
                 // libdm creates, loads and resumes in one task; on a failed load it removes
                 // the device again itself.
-                try withCookie(dmt, udevFlags, "create", name.rawValue) {
+                try withCookie(dmt, udevFlags, nil, "create", name.rawValue) {
                     try run(dmt, "create", name.rawValue)
                 }
             }
@@ -268,11 +293,12 @@ public struct DeviceMapperClient: Sendable {
     }
 
     /// Resumes `name` (`DM_DEV_SUSPEND` without the suspend flag), swapping in an inactive table
-    /// if one was loaded, and waits for udev.
-    public func resume(_ name: DMName, udevFlags: UInt16 = 0) throws {
+    /// if one was loaded, and waits for udev — or, inside `withUdevTransaction`, leaves the wait
+    /// to the end of the transaction.
+    public func resume(_ name: DMName, udevFlags: UdevFlags = [], transaction: UdevTransaction? = nil) throws {
         try task(DM_DEVICE_RESUME, "resume", device: name.rawValue) { dmt in
             try set(dm_task_set_name(dmt, name.rawValue), dmt, "resume", name.rawValue)
-            try withCookie(dmt, udevFlags, "resume", name.rawValue) {
+            try withCookie(dmt, udevFlags, transaction, "resume", name.rawValue) {
                 try run(dmt, "resume", name.rawValue)
             }
         }
@@ -287,7 +313,7 @@ public struct DeviceMapperClient: Sendable {
         try task(DM_DEVICE_REMOVE, "remove", device: name.rawValue) { dmt in
             try set(dm_task_set_name(dmt, name.rawValue), dmt, "remove", name.rawValue)
             try set(dm_task_retry_remove(dmt), dmt, "remove", name.rawValue)
-            try withCookie(dmt, 0, "remove", name.rawValue) {
+            try withCookie(dmt, [], nil, "remove", name.rawValue) {
                 try run(dmt, "remove", name.rawValue)
             }
         }
@@ -318,20 +344,36 @@ public struct DeviceMapperClient: Sendable {
         try self.message(name, message.rawValue)
     }
 
+    // MARK: udev
+
+    /// Runs `body` with a transaction for `resume`, then waits once for udev to have processed
+    /// every node change made in it — also when `body` throws.
+    public func withUdevTransaction<T>(_ body: (UdevTransaction) throws -> T) rethrows -> T {
+        let transaction = UdevTransaction()
+        defer {
+            if transaction.cookie != 0 {
+                Self.libdm.withLock { _ in _ = dm_udev_wait(transaction.cookie) }
+            }
+        }
+        return try body(transaction)
+    }
+
     // MARK: Guaranteed resume
 
     /// Suspends `names` in order, runs `body`, then resumes them in reverse order — on success,
     /// on a thrown error and when a later suspend fails. A device is never left suspended by
     /// this call: if a resume fails it is retried once and the failure is reported with the
     /// original error.
+    /// Pass a `transaction` to keep the resumes' udev waits out of the window.
     public func withSuspended<T>(_ names: [DMName], options: SuspendOptions = [],
+                                 transaction: UdevTransaction? = nil,
                                  _ body: () throws -> T) throws -> T {
         var suspended: [DMName] = []
         func resumeAll() -> [String] {
             var failures: [String] = []
             for name in suspended.reversed() {
-                do { try resume(name) } catch {
-                    do { try resume(name) } catch { failures.append("\(error)") }
+                do { try resume(name, transaction: transaction) } catch {
+                    do { try resume(name, transaction: transaction) } catch { failures.append("\(error)") }
                 }
             }
             suspended.removeAll()
@@ -444,12 +486,18 @@ public struct DeviceMapperClient: Sendable {
         return result
     }
 
-    /// Attaches a udev cookie to a task that makes udev create or remove a node, and always
-    /// waits on it afterwards, failed or not, so that the semaphore is released.
-    private func withCookie(_ dmt: OpaquePointer, _ flags: UInt16, _ operation: String, _ device: String,
-                            _ body: () throws -> Void) throws {
+    /// Attaches a udev cookie to a task that makes udev create or remove a node. Without a
+    /// transaction it always waits on it afterwards, failed or not, so that the semaphore is
+    /// released; with one, the transaction's end waits for all its tasks at once.
+    private func withCookie(_ dmt: OpaquePointer, _ flags: UdevFlags, _ transaction: UdevTransaction?,
+                            _ operation: String, _ device: String, _ body: () throws -> Void) throws {
+        if let transaction {
+            try set(dm_task_set_cookie(dmt, &transaction.cookie, flags.rawValue), dmt, operation, device)
+            try body()
+            return
+        }
         var cookie: UInt32 = 0
-        try set(dm_task_set_cookie(dmt, &cookie, flags), dmt, operation, device)
+        try set(dm_task_set_cookie(dmt, &cookie, flags.rawValue), dmt, operation, device)
         defer { if cookie != 0 { _ = dm_udev_wait(cookie) } }
         try body()
     }

@@ -12,7 +12,7 @@ public struct InvalidIdentifier: Error, Equatable, CustomStringConvertible {
 
 /// Shows control characters and spaces of a refused value visibly, so that an error about a
 /// newline in a name does not itself print a newline.
-func escapedForDisplay(_ value: String) -> String {
+public func escapedForDisplay(_ value: String) -> String {
     var out = "\""
     for scalar in value.unicodeScalars {
         switch scalar {
