@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // C libraries from Debian, seen through pkg-config.
@@ -42,14 +43,22 @@ let package = Package(
         .target(
             name: "Udev",
             dependencies: ["BlockIO", "CUdev"]),
+        // The persistent state: SQLite through GRDB, WAL, synchronous=FULL, migrations.
+        .target(
+            name: "Store",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        // lvs-style reports: fields, units, headings, separators, JSON.
+        .target(
+            name: "Reports",
+            dependencies: ["BlockIO"]),
         // The library that backup software embeds.
         .target(
             name: "Snapstack",
-            dependencies: ["DeviceMapper", "Udev", "BlockIO",
+            dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store",
                            .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "snapstack",
-            dependencies: ["Snapstack", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["Snapstack", "Reports", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // Unit tier: no root, no kernel device-mapper.
         .testTarget(
@@ -59,6 +68,12 @@ let package = Package(
         .testTarget(
             name: "BlockIOTests",
             dependencies: ["BlockIO"]),
+        .testTarget(
+            name: "StoreTests",
+            dependencies: ["Store"]),
+        .testTarget(
+            name: "ReportsTests",
+            dependencies: ["Reports"]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(
             name: "VMSuite",

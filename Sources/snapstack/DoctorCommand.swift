@@ -17,7 +17,7 @@ struct DoctorCommand: ParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
-    @OptionGroup var report: ReportOptions
+    @OptionGroup var report: FormatOption
 
     @Flag(name: .customLong("no-modprobe"), help: "Do not load missing target modules.")
     var noModprobe = false

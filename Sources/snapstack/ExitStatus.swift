@@ -1,4 +1,5 @@
 import ArgumentParser
+import Snapstack
 
 /// snapstack's exit codes. They are part of the interface: scripts rely on them, so a code's
 /// meaning never changes and new meanings get new numbers. Documented in README.md.
@@ -11,8 +12,29 @@ enum ExitStatus: Int32, CaseIterable {
     case kernelUnsupported = 3
     /// `doctor`: the kernel is fine, but udev or the state directory is not.
     case environmentIncomplete = 4
+    /// The device, snapshot or file named does not exist.
+    case notFound = 5
+    /// Refused because of the system's state: mounted, open, busy, too small, already
+    /// protected, snapshots present, a store on a device of the set.
+    case refused = 6
+    /// Another snapstack process held the state lock longer than `--lock-timeout`.
+    case locked = 7
+    /// The state database cannot be read (corrupt, or written by a newer snapstack).
+    case stateUnreadable = 8
     /// Bad arguments or options (ArgumentParser's `validationFailure`, sysexits' EX_USAGE).
     case usage = 64
 
     var exitCode: ExitCode { ExitCode(rawValue) }
+
+    init(_ kind: SnapstackError.Kind) {
+        switch kind {
+        case .failed: self = .failed
+        case .kernelUnsupported: self = .kernelUnsupported
+        case .notFound: self = .notFound
+        case .refused: self = .refused
+        case .invalidArgument: self = .usage
+        case .locked: self = .locked
+        case .stateUnreadable: self = .stateUnreadable
+        }
+    }
 }

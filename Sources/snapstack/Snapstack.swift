@@ -13,7 +13,13 @@ struct SnapstackCommand: ParsableCommand {
 
             Exit codes: 0 success; 1 the operation failed; 3 the kernel lacks device-mapper or a \
             target snapstack needs; 4 (doctor) udev or the state directory is not usable; \
-            64 invalid arguments.
+            5 no such device or snapshot; 6 refused (mounted, open, busy, too small, already \
+            protected, snapshots present); 7 another snapstack holds the lock; 8 the state \
+            database is unreadable; 64 invalid arguments.
             """,
-        subcommands: [DoctorCommand.self])
+        subcommands: [
+            ProtectCommand.self, UnprotectCommand.self, SnapshotCommand.self, DropCommand.self, MergeCommand.self,
+            DevicesCommand.self, SnapshotsCommand.self, StatusCommand.self, ReconcileCommand.self,
+            DoctorCommand.self, FailpointsCommand.self,
+        ])
 }

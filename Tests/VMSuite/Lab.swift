@@ -13,6 +13,8 @@ struct Failure: Error, CustomStringConvertible {
 final class Lab {
     static let namePrefix = "snapstack-vmtest-"
     static let uuidPrefix = "SNAPSTACK-VMTEST-"
+    /// The longest any one witness or snapstack command may take.
+    static let commandLimit: Double = 120
 
     let dm = DeviceMapperClient()
     let scratch: URL
@@ -64,15 +66,38 @@ final class Lab {
         try run(arguments, allowFailure: allowFailure).stdout
     }
 
-    func run(_ arguments: [String], allowFailure: Bool = false) throws -> (status: Int32, stdout: String, stderr: String) {
+    /// Runs a program; `status` is its exit code, or 128 + the signal that killed it.
+    func run(_ arguments: [String], allowFailure: Bool = false,
+             environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        // A child stuck in the kernel (I/O on a suspended device) is killed after `limit`, and
+        // the kernel stacks of its threads are kept for the failure message.
+        let pid = process.processIdentifier
+        let hung = DataBox()
+        let watchdog = DispatchWorkItem {
+            var stacks = ""
+            for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? [] {
+                let stack = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stack", encoding: .utf8)) ?? "?"
+                stacks += "thread \(task):\n\(stack)"
+            }
+            hung.data = Data(stacks.utf8)
+            // Said at once: a process in uninterruptible sleep outlives SIGKILL, and then the
+            // pipes this call reads never close.
+            FileHandle.standardError.write(Data("`\(arguments.joined(separator: " "))` hung; kernel stacks:\n\(stacks)".utf8))
+            kill(pid, SIGKILL)
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + Self.commandLimit, execute: watchdog)
+        defer { watchdog.cancel() }
         // Drain stderr on another thread while reading stdout, so that a child that fills
         // one pipe while we wait on the other cannot deadlock.
         let stderrBox = DataBox()
@@ -85,8 +110,11 @@ final class Lab {
         drained.wait()
         let stderrData = stderrBox.data
         process.waitUntilExit()
-        let result = (process.terminationStatus, String(decoding: stdoutData, as: UTF8.self),
-                      String(decoding: stderrData, as: UTF8.self))
+        if !hung.data.isEmpty {
+            throw Failure(description: "`\(arguments.joined(separator: " "))` hung for \(Int(Self.commandLimit)) s; kernel stacks:\n\(String(decoding: hung.data, as: UTF8.self))\nstderr: \(String(decoding: stderrData, as: UTF8.self))")
+        }
+        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        let result = (status, String(decoding: stdoutData, as: UTF8.self), String(decoding: stderrData, as: UTF8.self))
         if result.0 != 0 && !allowFailure {
             throw Failure(description: "`\(arguments.joined(separator: " "))` exited \(result.0): \(result.2.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
@@ -149,11 +177,49 @@ final class Lab {
 
     // MARK: Tear-down
 
+    /// Removes every dm device with snapstack's UUID prefix (snapshots, then tops, then the
+    /// -real layers), and reports each as a leftover: a scenario that ends with any has leaked.
+    func sweepSnapstackDevices() -> [String] {
+        var problems: [String] = []
+        let listing = (try? sh("dmsetup", "info", "-c", "--noheadings", "--separator", "|", "-o", "name,uuid")) ?? ""
+        var devices = listing.split(separator: "\n").compactMap { line -> (String, String)? in
+            let fields = line.split(separator: "|", omittingEmptySubsequences: false).map(String.init)
+            return fields.count == 2 && fields[1].hasPrefix("SNAPSTACK-1-") ? (fields[0], fields[1]) : nil
+        }
+        devices.sort { rank($0.1) < rank($1.1) }
+        for (name, _) in devices {
+            problems.append("left over: \(name)")
+            _ = try? run(["dmsetup", "resume", name], allowFailure: true)
+            _ = try? run(["dmsetup", "remove", "--retry", name], allowFailure: true)
+        }
+        for line in ((try? sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings")) ?? "").split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if fields.count == 2, fields[1].hasPrefix(scratch.path + "/"), !loops.contains(fields[0]) {
+                problems.append("left over: loop device \(fields[0]) on \(fields[1])")
+                _ = try? run(["losetup", "-d", fields[0]], allowFailure: true)
+            }
+        }
+        return problems
+    }
+
+    private func rank(_ uuid: String) -> Int {
+        uuid.contains("-snap-") ? 0 : uuid.hasSuffix("-top") ? 1 : 2
+    }
+
     /// Removes every device and loop device the scenario made, resuming any that is suspended
     /// first, then checks with `dmsetup ls` and `losetup` that nothing is left. Returns what
     /// could not be cleaned up.
     func tearDown() -> [String] {
         var problems: [String] = []
+        // Mounts under the scratch directory first (deepest first), then whatever the
+        // snapstack binary built in this scenario, then the scenario's own devices.
+        let mounts = ((try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? "")
+            .split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst().first.map(String.init) }
+            .filter { $0.hasPrefix(scratch.path + "/") }
+        for mount in mounts.sorted().reversed() {
+            do { try sh("umount", mount) } catch { problems.append("\(error)") }
+        }
+        problems += sweepSnapstackDevices()
         // Reverse order of registration first; a device still held by another (a -real layer
         // under its origin) is retried after the others are gone.
         var pending = Array(devices.reversed())

@@ -15,7 +15,7 @@ let usage = """
     usage: snapstack-vmsuite [--capture DIR] [--filter TEXT] [--list]
     Runs the VM tier as root against the real kernel's device-mapper (see Tests/lab/vm.sh).
     --capture DIR   write the kernel's table and status lines to DIR (unit-test fixtures)
-    --filter TEXT   run only the scenarios whose name contains TEXT
+    --filter TEXT   run only the scenarios whose name contains TEXT (A|B: either)
     --list          print the scenario names
     """
 
@@ -36,7 +36,7 @@ while let argument = arguments.popFirst() {
 }
 
 var allScenarios: [Scenario] {
-    ClientScenarios.all + SnapshotScenarios.all + EraScenarios.all + CommandScenarios.all
+    ClientScenarios.all + LoopScenarios.all + SnapshotScenarios.all + EraScenarios.all + CommandScenarios.all + OrchestratorScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
@@ -48,9 +48,23 @@ if let captureDirectory {
     try FileManager.default.createDirectory(at: captureDirectory, withIntermediateDirectories: true)
 }
 
-var passed = 0, failed = 0
-for scenario in allScenarios where filter.map({ scenario.name.contains($0) }) ?? true {
+/// A scenario that hangs (I/O on a device left suspended does) must fail the suite loudly
+/// rather than run into the lab's wall-clock limit without saying where it stuck.
+let scenarioLimit: Double = 600
+nonisolated(unsafe) var current = ""
+let watchdog = DispatchSource.makeTimerSource(queue: DispatchQueue.global())
+watchdog.setEventHandler {
+    print("FAIL  \(current): still running after \(Int(scenarioLimit)) s; stopping the suite")
+    print("\(passed) passed, \(failed + 1) failed")
+    exit(1)
+}
+watchdog.activate()
+
+nonisolated(unsafe) var passed = 0, failed = 0
+for scenario in allScenarios where filter.map({ $0.split(separator: "|").contains { scenario.name.contains($0) } }) ?? true {
     let started = Date()
+    current = scenario.name
+    watchdog.schedule(deadline: .now() + scenarioLimit)
     var problems: [String] = []
     do {
         let lab = try Lab(scenario: "s\(passed + failed)", captureDirectory: captureDirectory)

@@ -1,0 +1,122 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+import Store
+
+/// A protected device as the reports show it: the database's record joined with what the
+/// kernel says now.
+public struct DeviceSummary: Sendable {
+    public var id: String
+    public var name: String
+    public var path: String
+    public var sourcePath: String
+    public var size: Bytes
+    public var cbtBlock: Bytes?
+    /// The era the tracking layer is in now; nil without change tracking or without a stack.
+    public var currentEra: UInt32?
+    public var snapshotCount: Int
+    /// `protected`, `unstacked` (recorded, no live stack: run reconcile), `suspended`, or an
+    /// interrupted `protecting`/`unprotecting`.
+    public var state: String
+    public var openCount: Int?
+    public var createdAt: Date
+}
+
+/// A snapshot as the reports show it.
+public struct SnapshotSummary: Sendable {
+    public var id: String
+    public var name: String
+    public var path: String
+    public var origin: String
+    public var store: String
+    public var storeSize: Bytes
+    public var chunk: Bytes
+    public var usedPercent: Double?
+    /// `active`, `invalid`, `overflow`, `merging`, `merge-pending`, `inactive` (recorded, no
+    /// live device: run reconcile), or an interrupted `creating`/`dropping`.
+    public var state: String
+    public var era: Int64?
+    public var setID: Int64
+    public var freezeMicroseconds: Int64?
+    public var createdAt: Date
+}
+
+/// The one-line health of snapstack on this machine.
+public struct StatusSummary: Sendable {
+    public var devices: Int
+    public var snapshots: Int
+    public var suspended: [String]
+    /// Operations a crash interrupted, and stacks missing or orphaned: `reconcile` repairs them.
+    public var needsReconcile: [String]
+}
+
+extension Orchestrator {
+    public func deviceSummaries() throws -> [DeviceSummary] {
+        try store.devices().map { device in
+            let top = try Layout.topName(device.name)
+            let info = try dm.info(top)
+            var era: UInt32?
+            if device.cbtBlockSectors != nil, case .era(let status)? = try? dm.status(try Layout.realName(device.name)).first?.status {
+                era = status.currentEra
+            }
+            let state: String
+            switch device.state {
+            case .protected: state = info == nil ? "unstacked" : info!.suspended ? "suspended" : "protected"
+            case .protecting: state = "protecting"
+            case .unprotecting: state = "unprotecting"
+            }
+            return DeviceSummary(
+                id: device.id, name: device.name, path: top.devicePath, sourcePath: device.sourcePath,
+                size: Bytes(UInt64(device.sizeBytes)),
+                cbtBlock: device.cbtBlockSectors.map { Sectors(UInt64($0)).bytes }, currentEra: era,
+                snapshotCount: try store.snapshots(deviceID: device.id).count, state: state,
+                openCount: info?.openCount, createdAt: device.createdAt)
+        }
+    }
+
+    public func snapshotSummaries() throws -> [SnapshotSummary] {
+        var result: [SnapshotSummary] = []
+        var freeze: [Int64: Int64?] = [:]
+        for set in try store.sets() { freeze[set.id!] = set.freezeMicroseconds }
+        for device in try store.devices() {
+            for snapshot in try store.snapshots(deviceID: device.id) {
+                let name = try Layout.snapshotName(device.name, snapshot.name)
+                var used: Double?
+                var state = snapshot.state.rawValue
+                switch snapshot.state {
+                case .active:
+                    if try dm.info(name) == nil {
+                        state = "inactive"
+                    } else if case .snapshot(let status)? = try? dm.status(name).first?.status {
+                        used = status.usedPercent
+                        if status == .invalid { state = "invalid" }
+                        if status == .overflow { state = "overflow" }
+                    }
+                case .merging:
+                    if case .snapshotMerge(let status)? = try? dm.status(try Layout.topName(device.name)).first?.status {
+                        used = status.usedPercent
+                    }
+                case .mergePending:
+                    state = "merge-pending"
+                    if case .snapshot(let status)? = try? dm.status(name).first?.status { used = status.usedPercent }
+                default: break
+                }
+                result.append(SnapshotSummary(
+                    id: snapshot.id, name: "\(device.name)-\(snapshot.name)", path: name.devicePath, origin: device.name,
+                    store: snapshot.storePath, storeSize: Bytes(UInt64(snapshot.storeSizeBytes)),
+                    chunk: Sectors(UInt64(snapshot.chunkSectors)).bytes, usedPercent: used, state: state, era: snapshot.era,
+                    setID: snapshot.setID, freezeMicroseconds: freeze[snapshot.setID] ?? nil, createdAt: snapshot.createdAt))
+            }
+        }
+        return result
+    }
+
+    public func statusSummary() throws -> StatusSummary {
+        let devices = try deviceSummaries()
+        let snapshots = try snapshotSummaries()
+        let live = try liveDevices()
+        let pending = try reconcile(dryRun: true).filter { !$0.action.hasPrefix("merge in progress") }.map { "\($0.subject): \($0.action)" }
+        return StatusSummary(devices: devices.count, snapshots: snapshots.count,
+                             suspended: live.filter(\.info.suspended).map(\.info.name), needsReconcile: pending)
+    }
+}

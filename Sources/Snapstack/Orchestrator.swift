@@ -1,0 +1,176 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+import Store
+import SystemPackage
+import Udev
+
+/// The orchestrator behind every command that changes or reads snapstack's state: it owns the
+/// state lock and the database, and maps the model (protected devices, snapshot sets) onto
+/// device-mapper tables — the one place that does, as lvm2's dev_manager.c is for LVM.
+///
+/// Every multi-step change records its intent in the database before touching the kernel and
+/// its outcome after, so that `reconcile` can finish or undo it after a crash.
+public final class Orchestrator {
+    public let stateDirectory: FilePath
+    let store: Store
+    let dm = DeviceMapperClient()
+    private let lock: StateLock
+    /// Progress and notices for the person at the terminal (stderr in the CLI).
+    public var notice: (String) -> Void = { _ in }
+
+    /// Opens the state (creating it on first use) under the lock. Commands that only report
+    /// take the lock shared, so that they run beside each other but never see a half-done change.
+    public init(stateDirectory: FilePath, lockTimeout: Double = 30, mode: StateLock.Mode = .exclusive) throws {
+        self.stateDirectory = stateDirectory
+        do {
+            try FileManager.default.createDirectory(
+                atPath: stateDirectory.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw SnapstackError(.failed, "cannot create the state directory \(stateDirectory)", why: "\(error)",
+                                 remedy: "run as root, or name a writable directory with --state-dir")
+        }
+        lock = try StateLock(directory: stateDirectory, mode: mode, timeout: lockTimeout)
+        do {
+            store = try Store(directory: stateDirectory.string)
+        } catch {
+            throw SnapstackError(.stateUnreadable, "cannot open snapstack's state database", why: "\(error)", cause: error)
+        }
+    }
+
+    // MARK: Paths
+
+    var metadataDirectory: FilePath { stateDirectory.appending("cbt") }
+    var storeDirectory: FilePath { stateDirectory.appending("stores") }
+
+    func metadataPath(deviceID: String) -> FilePath { metadataDirectory.appending("\(deviceID).era") }
+
+    // MARK: Lookups
+
+    /// The protected device called `name`.
+    func device(named name: String) throws -> DeviceRecord {
+        guard let record = try store.device(named: name) else {
+            throw SnapstackError(.notFound, "no protected device is named \"\(name.replacingNewlines)\"",
+                                 remedy: "`snapstack devices` lists them")
+        }
+        return record
+    }
+
+    /// A snapshot named as the user may write it: `NAME-SNAP`, `snapstack-NAME-SNAP` or the
+    /// device path `snapshot` printed.
+    func snapshot(named argument: String) throws -> (SnapshotRecord, DeviceRecord) {
+        var name = argument
+        for prefix in ["/dev/mapper/", Layout.namePrefix] where name.hasPrefix(prefix) {
+            name.removeFirst(prefix.count)
+        }
+        for device in try store.devices() {
+            for snapshot in try store.snapshots(deviceID: device.id) where "\(device.name)-\(snapshot.name)" == name {
+                return (snapshot, device)
+            }
+        }
+        throw SnapstackError(.notFound, "no snapshot is named \"\(argument.replacingNewlines)\"",
+                             remedy: "`snapstack snapshots` lists them")
+    }
+
+    // MARK: Kernel helpers
+
+    /// The device number of a live dm device of ours, or a failure naming it.
+    func number(of name: DMName) throws -> DeviceNumber {
+        guard let info = try dm.info(name) else {
+            throw SnapstackError(.failed, "\(name.devicePath) does not exist",
+                                 remedy: "run `snapstack reconcile` to rebuild the stack")
+        }
+        return info.number
+    }
+
+    /// The top table a device should have, from what its snapshots are doing: snapshot-merge
+    /// while one merges, snapshot-origin while any other lives, linear otherwise.
+    func desiredTopTable(_ device: DeviceRecord, real: DeviceNumber, snapshots: [SnapshotRecord],
+                         cow: (SnapshotRecord) throws -> DeviceReference) throws -> Table {
+        let size = Sectors(UInt64(device.sizeBytes) / Sectors.size)
+        if let merging = snapshots.first(where: { $0.state == .merging }) {
+            return try Table(length: size, .snapshotMerge(SnapshotMerge(
+                origin: .number(real), cow: try cow(merging), chunkSize: Sectors(UInt64(merging.chunkSectors)))))
+        }
+        if snapshots.contains(where: { $0.state == .active || $0.state == .mergePending }) {
+            return try Table(length: size, .snapshotOrigin(SnapshotOrigin(origin: .number(real))))
+        }
+        return try Table(length: size, .linear(Linear(device: .number(real))))
+    }
+
+    /// Loads `table` into `name` and swaps it in, unless it is already live. Idempotent.
+    func ensureLiveTable(_ name: DMName, _ table: Table) throws {
+        if try dm.table(name) == table { return }
+        try dm.load(name, table: table)
+        do {
+            try dm.withSuspended([name]) {}
+        } catch {
+            try? dm.clearInactive(name)
+            throw error
+        }
+    }
+
+    /// Runs the undo steps in order after `error`, and returns `error` carrying any undo failures.
+    func rollingBack(_ error: any Error, _ steps: [(String, () throws -> Void)]) -> any Error {
+        var failures: [String] = []
+        for (what, step) in steps {
+            do { try step() } catch { failures.append("\(what): \(error)") }
+        }
+        guard !failures.isEmpty else { return error }
+        if var error = error as? SnapstackError {
+            error.rollbackFailure = failures.joined(separator: "; ")
+            return error
+        }
+        return SnapstackError(.failed, "\(error)", rollbackFailure: failures.joined(separator: "; "))
+    }
+
+    /// Wraps a lower-level failure into a SnapstackError that says what was being done.
+    func failing(_ what: String, _ body: () throws -> Void) throws {
+        do { try body() } catch let error as SnapstackError {
+            throw error
+        } catch let error as DeviceMapperError {
+            throw SnapstackError(error.kind == .driverUnavailable ? .kernelUnsupported : .failed, what,
+                                 why: "\(error)", cause: error)
+        } catch {
+            throw SnapstackError(.failed, what, why: "\(error)", cause: error)
+        }
+    }
+
+    func event(_ kind: String, _ subject: String, _ message: String) {
+        try? store.record(event: kind, subject: subject, message: message)
+    }
+}
+
+/// What sysfs says about a block device (`/sys/dev/block/M:m`).
+enum Sysfs {
+    static func read(_ path: String) -> String? {
+        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The dm UUID of a device-mapper device, nil for other devices.
+    static func dmUUID(_ number: DeviceNumber) -> String? {
+        read("/sys/dev/block/\(number)/dm/uuid").flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// The devices `number` is built on, recursively (`slaves/`), itself included.
+    static func underlyingDevices(_ number: DeviceNumber) -> Set<DeviceNumber> {
+        var result: Set<DeviceNumber> = [number]
+        var queue = [number]
+        while let next = queue.popLast() {
+            let directory = "/sys/dev/block/\(next)/slaves"
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+                guard let text = read("/sys/class/block/\(name)/dev"), let slave = DeviceNumber(parsing: text),
+                      result.insert(slave).inserted else { continue }
+                queue.append(slave)
+            }
+            // A partition sits on its disk: a store on /dev/sdb2 must not be refused for sdb1, but
+            // a store on a partition of a protected whole disk must be.
+            if let parent = read("/sys/dev/block/\(next)/../dev").flatMap({ DeviceNumber(parsing: $0) }),
+               FileManager.default.fileExists(atPath: "/sys/dev/block/\(next)/partition"),
+               result.insert(parent).inserted {
+                queue.append(parent)
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,218 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+import Store
+import SystemPackage
+import Udev
+
+/// How a device is protected.
+public struct ProtectOptions: Sendable {
+    /// The change-tracking granularity; nil protects without change tracking.
+    public var cbtBlock: Bytes? = ProtectOptions.defaultCBTBlock
+    public static let defaultCBTBlock = Bytes.kibibytes(64)
+    public init(cbtBlock: Bytes? = ProtectOptions.defaultCBTBlock) { self.cbtBlock = cbtBlock }
+}
+
+extension Orchestrator {
+    /// Smallest device worth protecting: the stack adds nothing useful below this.
+    static let minimumDeviceSize = Bytes.mebibytes(1)
+
+    /// Checks a name a person gave for a device or snapshot.
+    static func checkName(_ name: String, what: String, maxLength: Int) throws {
+        do { _ = try DMName(name) } catch {
+            throw SnapstackError(.invalidArgument, "invalid \(what) name \(escapedForDisplay(name))", why: error.reason)
+        }
+        guard name.utf8.count <= maxLength else {
+            throw SnapstackError(.invalidArgument, "invalid \(what) name", why: "longer than \(maxLength) characters")
+        }
+    }
+
+    /// Wraps `devicePath` in the stack of DESIGN §2 and records it: `era` (or `linear` without
+    /// change tracking) as the hidden `-real` layer, `linear` over it as the top device that the
+    /// filesystem will use. Refuses, changing nothing, a device that is in use, ours, too small
+    /// or already protected.
+    @discardableResult
+    public func protect(devicePath: String, name: String, options: ProtectOptions = ProtectOptions()) throws -> DeviceRecord {
+        try Self.checkName(name, what: "device", maxLength: Layout.maxDeviceName)
+        if let existing = try store.device(named: name) {
+            throw SnapstackError(.refused, "a device named \"\(name)\" is already protected",
+                                 why: "it protects \(existing.sourcePath)", remedy: "choose another --name")
+        }
+        let facts: BlockDeviceFacts
+        do { facts = try BlockDeviceFacts.read(FilePath(devicePath)) } catch {
+            if case .system(_, let errno) = error.reason, errno == .noSuchFileOrDirectory {
+                throw SnapstackError(.notFound, "no device \(devicePath.replacingNewlines)", remedy: "check the path (lsblk lists block devices)")
+            }
+            throw SnapstackError(.invalidArgument, "cannot protect \(devicePath.replacingNewlines)", why: "\(error)")
+        }
+        if let uuid = Sysfs.dmUUID(facts.number), uuid.hasPrefix(Layout.uuidPrefix) {
+            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is one of snapstack's own devices")
+        }
+        if let other = try store.devices().first(where: { $0.sourceMajor == Int(facts.number.major) && $0.sourceMinor == Int(facts.number.minor) }) {
+            throw SnapstackError(.refused, "\(devicePath) is already protected", why: "as \"\(other.name)\"",
+                                 remedy: "use /dev/mapper/snapstack-\(other.name)")
+        }
+        let usage = try DeviceUse.usage(of: FilePath(devicePath))
+        if let reason = usage.reason {
+            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: reason,
+                                 remedy: "protect a device before anything mounts or opens it (the daemon does so at boot and on hotplug)")
+        }
+        let cbtBlock = options.cbtBlock.map { Sectors($0.rawValue / Sectors.size) }
+        if let block = options.cbtBlock {
+            guard block.rawValue % 4096 == 0, block >= .kibibytes(4), block <= .gibibytes(1) else {
+                throw SnapstackError(.invalidArgument, "invalid --cbt-block \(block.rawValue) bytes",
+                                     why: "it must be a multiple of 4 KiB between 4 KiB and 1 GiB")
+            }
+        }
+        let minimum = max(Self.minimumDeviceSize, options.cbtBlock ?? .zero)
+        guard facts.size >= minimum else {
+            throw SnapstackError(.refused, "cannot protect \(devicePath)",
+                                 why: "it has \(facts.size.rawValue) bytes, fewer than the \(minimum.rawValue) snapstack needs")
+        }
+
+        let udev = try? UdevContext()
+        let identity = udev?.blockDevice(facts.number).map { DeviceIdentity(udev: $0, size: facts.size) }
+            ?? DeviceIdentity(size: facts.size)
+        if identity.isAnonymous {
+            notice("warning: \(devicePath) has no serial, WWN, PARTUUID or filesystem UUID; after a reboot it is found again only at \(facts.number)")
+        }
+
+        let id = DeviceRecord.newID()
+        var record = DeviceRecord(
+            id: id, name: name, state: .protecting, sourcePath: devicePath,
+            sourceMajor: Int(facts.number.major), sourceMinor: Int(facts.number.minor),
+            sizeBytes: Int64(facts.size.rawValue), wwn: identity.wwn, serial: identity.serial,
+            partUUID: identity.partUUID, fsUUID: identity.fsUUID,
+            cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
+            eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date())
+        try store.insert(record)
+        Failpoint.protectRecorded.hit()
+
+        do {
+            try buildStack(record, source: facts.number, createMetadata: true)
+        } catch {
+            throw rollingBack(error, [("remove the stack", { try self.removeStack(record) }),
+                                      ("forget the device", { try self.store.deleteDevice(id: id) })])
+        }
+        record.state = .protected
+        try store.update(record)
+        event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try Layout.topName(name).devicePath)")
+        return record
+    }
+
+    /// Era metadata size for `blocks` tracked blocks: the era array takes 4 bytes a block in a
+    /// btree, each writeset a bit a block, plus the space maps; the file is sparse, so only what
+    /// the kernel writes is allocated.
+    static func metadataSize(blocks: UInt64) -> Bytes {
+        let bytes = Bytes.mebibytes(4).rawValue + blocks * 8
+        return Bytes((bytes + 0xFFFFF) & ~0xFFFFF)
+    }
+
+    /// Builds (or completes) the stack of `device` over the disk at `source`: idempotent, so
+    /// that reconcile can use it after a crash or a reboot. With `createMetadata`, a new zeroed
+    /// era metadata file is made (dm-era formats a zeroed superblock); without, the existing
+    /// one is attached so that change tracking continues.
+    func buildStack(_ device: DeviceRecord, source: DeviceNumber, createMetadata: Bool,
+                    beforeTop: () throws -> Void = {}) throws {
+        let real = try Layout.realName(device.name)
+        let top = try Layout.topName(device.name)
+        let size = Sectors(UInt64(device.sizeBytes) / Sectors.size)
+        let realTable: Table
+        if let blockSectors = device.cbtBlockSectors, let path = device.eraMetadataPath {
+            let block = Sectors(UInt64(blockSectors))
+            if createMetadata {
+                try failing("cannot create the change-tracking metadata \(path)") {
+                    try FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
+                    try FileAllocation.create(FilePath(path), size: Self.metadataSize(blocks: size.rawValue / block.rawValue + 1),
+                                              preallocate: false)
+                }
+            }
+            let loop = try attach(FilePath(path))
+            Failpoint.protectMetadataAttached.hit()
+            realTable = try Table(length: size, .era(Era(metadata: .number(loop.number), origin: .number(source), blockSize: block)))
+        } else {
+            realTable = try Table(length: size, .linear(Linear(device: .number(source))))
+        }
+        if try dm.info(real) == nil {
+            try failing("cannot create \(real.devicePath)") {
+                try dm.create(real, uuid: try Layout.uuid(deviceID: device.id, .real), table: realTable, udevFlags: .hiddenLayer)
+            }
+        }
+        Failpoint.protectRealCreated.hit()
+        try beforeTop()
+        if try dm.info(top) == nil {
+            let realNumber = try number(of: real)
+            let snapshots = try store.snapshots(deviceID: device.id).filter { $0.state == .active }
+            // After a reboot the snapshots come back before the top opens to I/O (reconcile).
+            let table = snapshots.isEmpty
+                ? try Table(length: size, .linear(Linear(device: .number(realNumber))))
+                : try Table(length: size, .snapshotOrigin(SnapshotOrigin(origin: .number(realNumber))))
+            try failing("cannot create \(top.devicePath)") {
+                try dm.create(top, uuid: try Layout.uuid(deviceID: device.id, .top), table: table)
+            }
+        }
+        Failpoint.protectTopCreated.hit()
+    }
+
+    /// Removes the stack of `device` top-down and detaches its metadata; idempotent. The disk
+    /// keeps every byte: no layer stores data of its own.
+    func removeStack(_ device: DeviceRecord, deleteMetadata: Bool = true) throws {
+        try failing("cannot remove the stack of \(device.name)") {
+            try dm.remove(try Layout.topName(device.name))
+            Failpoint.unprotectTopRemoved.hit()
+            try dm.remove(try Layout.realName(device.name))
+            Failpoint.unprotectRealRemoved.hit()
+            if let path = device.eraMetadataPath {
+                try detach(FilePath(path))
+                if deleteMetadata { try? FileManager.default.removeItem(atPath: path) }
+            }
+        }
+    }
+
+    /// Tears the stack of `name` down, leaving the disk as it was. Refuses while the top device
+    /// is open or snapshots exist, unless `force` drops the snapshots first.
+    public func unprotect(name: String, force: Bool = false) throws {
+        var device = try device(named: name)
+        let top = try Layout.topName(name)
+        if let info = try dm.info(top), info.openCount > 0 {
+            throw SnapstackError(.refused, "cannot unprotect \(name)", why: "\(top.devicePath) is open (\(info.openCount) opener(s): mounted or in use)",
+                                 remedy: "unmount it and stop what uses it")
+        }
+        let snapshots = try store.snapshots(deviceID: device.id)
+        if !snapshots.isEmpty {
+            guard force else {
+                throw SnapstackError(.refused, "cannot unprotect \(name)", why: "it has \(snapshots.count) snapshot(s): \(snapshots.map { "\(name)-\($0.name)" }.joined(separator: ", "))",
+                                     remedy: "drop them, or use --force to drop them")
+            }
+            for snapshot in snapshots { try drop(snapshot, of: device) }
+        }
+        device.state = .unprotecting
+        try store.update(device)
+        Failpoint.unprotectRecorded.hit()
+        try removeStack(device)
+        try store.deleteDevice(id: device.id)
+        event("unprotect", name, "stack removed from \(device.sourcePath)")
+    }
+
+    // MARK: Loop devices of our files
+
+    /// Attaches `file` to a loop device, or returns the one it is already attached to.
+    func attach(_ file: FilePath) throws -> LoopDevice {
+        var result: LoopDevice?
+        try failing("cannot attach \(file) to a loop device") {
+            if let existing = try Loop.find(backingFile: file.string).first {
+                result = existing
+            } else {
+                result = try Loop.attach(file: file)
+            }
+        }
+        return result!
+    }
+
+    /// Detaches every loop device backed by `file`; idempotent.
+    func detach(_ file: FilePath) throws {
+        try failing("cannot detach the loop device of \(file)") {
+            for loop in try Loop.find(backingFile: file.string) { _ = try Loop.detach(loop.path) }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+import Store
+import SystemPackage
+
+/// How a snapshot set is taken.
+public struct SnapshotOptions: Sendable {
+    public enum Size: Sendable, Equatable {
+        case bytes(Bytes)
+        /// Per cent of each origin's size.
+        case percent(Double)
+    }
+    /// COW space per snapshot.
+    public var size: Size = .percent(10)
+    /// A directory for store files (default: `<state>/stores`), or a block device (one-device sets only).
+    public var store: String?
+    /// The snapshot's name (default: the time, `YYYYMMDDTHHMMSS`).
+    public var name: String?
+    public var chunk: Bytes = SnapshotOptions.defaultChunk
+    public static let defaultChunk = Bytes.kibibytes(4)
+    public init() {}
+}
+
+/// A snapshot set that was taken.
+public struct SnapshotSetResult: Sendable {
+    public var setID: Int64
+    public var snapshots: [(device: String, name: String, path: String)]
+    /// From the first suspend to the last resume.
+    public var freezeMicroseconds: Int64
+}
+
+extension Orchestrator {
+    /// The smallest COW store: a persistent store's header chunk, one metadata chunk and room
+    /// for a few data chunks.
+    static func minimumStoreSize(chunk: Bytes) -> Bytes { Bytes(chunk.rawValue * 8) }
+
+    /// Takes one crash-consistent snapshot of every device in `names` at the same instant.
+    ///
+    /// Everything slow happens before the freeze: store files, loop devices, the snapshot
+    /// devices with their tables loaded but inactive, the origins' snapshot-origin tables
+    /// loaded. Then every top device is suspended (which freezes its filesystem), each era
+    /// starts a new era so that the change-tracking boundary is the snapshot point, the
+    /// snapshots are resumed, then the tops. udev is waited for only after the last resume.
+    public func snapshot(_ names: [String], options: SnapshotOptions = SnapshotOptions()) throws -> SnapshotSetResult {
+        guard !names.isEmpty else { throw SnapstackError(.invalidArgument, "name at least one protected device") }
+        guard Set(names).count == names.count else {
+            throw SnapstackError(.invalidArgument, "a device is named twice in the set")
+        }
+        let snapshotName = options.name ?? Self.timestampName()
+        try Self.checkName(snapshotName, what: "snapshot", maxLength: Layout.maxSnapshotName)
+        guard !Layout.reservedSnapshotNames.contains(snapshotName) else {
+            throw SnapstackError(.invalidArgument, "\"\(snapshotName)\" is reserved for snapstack's own layers",
+                                 remedy: "choose another name with --as")
+        }
+        let chunkSectors = options.chunk.exactSectors
+        guard let chunkSectors, chunkSectors.rawValue.nonzeroBitCount == 1, options.chunk >= .kibibytes(4),
+              options.chunk <= .mebibytes(512) else {
+            throw SnapstackError(.invalidArgument, "invalid chunk size \(options.chunk.rawValue) bytes",
+                                 why: "it must be a power of two from 4 KiB to 512 MiB")
+        }
+
+        // Check everything before changing anything.
+        var members: [(device: DeviceRecord, top: DMName, real: DMName, realNumber: DeviceNumber, storeSize: Bytes)] = []
+        for name in names {
+            let device = try device(named: name)
+            guard device.state == .protected else {
+                throw SnapstackError(.refused, "\(name) is being \(device.state == .protecting ? "protected" : "unprotected")",
+                                     remedy: "run `snapstack reconcile`")
+            }
+            let top = try Layout.topName(name), real = try Layout.realName(name)
+            guard let info = try dm.info(top), let realInfo = try dm.info(real) else {
+                throw SnapstackError(.refused, "\(name) has no live stack", remedy: "run `snapstack reconcile` to rebuild it")
+            }
+            guard !info.suspended, !realInfo.suspended else {
+                throw SnapstackError(.refused, "\(name) is suspended", remedy: "run `snapstack reconcile`")
+            }
+            if try store.snapshot(deviceID: device.id, name: snapshotName) != nil {
+                throw SnapstackError(.refused, "\(name) already has a snapshot named \(snapshotName)", remedy: "choose another name with --as")
+            }
+            if let merging = try store.snapshots(deviceID: device.id).first(where: { $0.state == .merging || $0.state == .mergePending }) {
+                throw SnapstackError(.refused, "\(name) is merging \(name)-\(merging.name)", remedy: "wait for the merge to finish")
+            }
+            let origin = Bytes(UInt64(device.sizeBytes))
+            var size: Bytes
+            switch options.size {
+            case .bytes(let bytes): size = bytes
+            case .percent(let percent): size = Bytes(UInt64((Double(origin.rawValue) * percent / 100).rounded(.up)))
+            }
+            // Whole chunks; a store larger than its origin plus metadata buys nothing.
+            size = Bytes(min(size.rawValue, origin.rawValue + origin.rawValue / 16 + (1 << 20)))
+            size = Bytes((size.rawValue + options.chunk.rawValue - 1) / options.chunk.rawValue * options.chunk.rawValue)
+            guard size >= Self.minimumStoreSize(chunk: options.chunk) else {
+                throw SnapstackError(.refused, "the store for \(name) would be \(size.rawValue) bytes",
+                                     why: "a COW store needs at least \(Self.minimumStoreSize(chunk: options.chunk).rawValue) bytes for its header and metadata",
+                                     remedy: "give a larger --size")
+            }
+            members.append((device, top, real, realInfo.number, size))
+        }
+        let memberDevices = Set(members.flatMap { member -> [DeviceNumber] in
+            [DeviceNumber(major: UInt32(member.device.sourceMajor), minor: UInt32(member.device.sourceMinor)),
+             member.realNumber, (try? self.number(of: member.top)) ?? member.realNumber]
+        })
+        let store = try resolveStore(options.store, memberCount: members.count, memberDevices: memberDevices)
+
+        // Intent.
+        let now = Date()
+        var set = try self.store.insertSet(SnapshotSetRecord(id: nil, createdAt: now, state: .creating, freezeMicroseconds: nil))
+        var records: [SnapshotRecord] = []
+        for member in members {
+            let id = SnapshotRecord.newID()
+            let path: String
+            switch store {
+            case .directory(let directory): path = directory.appending("\(member.device.id)-\(id).cow").string
+            case .device(let device): path = device
+            }
+            let record = SnapshotRecord(
+                id: id, setID: set.id!, deviceID: member.device.id, name: snapshotName, state: .creating,
+                storeKind: store.isDevice ? .device : .file, storePath: path, storeSizeBytes: Int64(member.storeSize.rawValue),
+                chunkSectors: Int(chunkSectors.rawValue), era: nil, createdAt: now)
+            try self.store.insert(record)
+            records.append(record)
+        }
+        Failpoint.snapshotRecorded.hit()
+
+        var freeze: Int64 = 0
+        do {
+            // Preload.
+            var cows: [DeviceReference] = []
+            for (index, member) in members.enumerated() {
+                let record = records[index]
+                if record.storeKind == .file {
+                    try failing("cannot create the COW store \(record.storePath)") {
+                        try FileAllocation.create(FilePath(record.storePath), size: member.storeSize, preallocate: true)
+                    }
+                }
+                cows.append(try attachStore(record))
+            }
+            Failpoint.snapshotStoreAttached.hit()
+            for (index, member) in members.enumerated() {
+                let record = records[index]
+                let name = try Layout.snapshotName(member.device.name, record.name)
+                try failing("cannot prepare \(name.devicePath)") {
+                    try dm.createInactive(name, uuid: try Layout.uuid(deviceID: member.device.id, .snapshot(id: record.id)),
+                                          table: try Table(length: Sectors(UInt64(member.device.sizeBytes) / Sectors.size),
+                                                           .snapshot(Snapshot(origin: .number(member.realNumber), cow: cows[index],
+                                                                              chunkSize: chunkSectors))))
+                    let origin = try Table(length: Sectors(UInt64(member.device.sizeBytes) / Sectors.size),
+                                           .snapshotOrigin(SnapshotOrigin(origin: .number(member.realNumber))))
+                    if try dm.table(member.top) != origin { try dm.load(member.top, table: origin) }
+                }
+            }
+            Failpoint.snapshotPreloaded.hit()
+
+            // The freeze window.
+            var eras: [Int64?] = []
+            try failing("cannot take the snapshot set") {
+                try dm.withUdevTransaction { udev in
+                    let started = DispatchTime.now()
+                    try dm.withSuspended(members.map(\.top), transaction: udev) {
+                        Failpoint.snapshotSuspended.hit()
+                        for (index, member) in members.enumerated() {
+                            var era: Int64? = nil
+                            if member.device.cbtBlockSectors != nil {
+                                // No I/O reaches the era layer while its top is suspended, so the
+                                // new era begins exactly at the snapshot point.
+                                try dm.message(member.real, era: .checkpoint)
+                                if case .era(let status) = try dm.status(member.real).first?.status {
+                                    era = Int64(status.currentEra)
+                                }
+                            }
+                            eras.append(era)
+                            try dm.resume(try Layout.snapshotName(member.device.name, records[index].name), transaction: udev)
+                        }
+                    }
+                    freeze = Int64((DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1000)
+                }
+            }
+            Failpoint.snapshotResumed.hit()
+            for index in records.indices {
+                records[index].state = .active
+                records[index].era = eras[index]
+            }
+        } catch {
+            throw rollingBack(error, records.enumerated().map { index, record in
+                ("undo the snapshot of \(members[index].device.name)", {
+                    try self.removeSnapshotArtifacts(record, of: members[index].device)
+                    try self.store.deleteSnapshot(id: record.id)
+                    try self.restoreTopTable(members[index].device)
+                })
+            })
+        }
+        for record in records { try self.store.update(record) }
+        set.state = .complete
+        set.freezeMicroseconds = freeze
+        try self.store.updateSet(set)
+        event("snapshot", names.joined(separator: ","), "set \(set.id!) \"\(snapshotName)\" taken; freeze window \(freeze) us")
+        return SnapshotSetResult(
+            setID: set.id!, snapshots: members.map { ($0.device.name, snapshotName, (try? Layout.snapshotName($0.device.name, snapshotName).devicePath) ?? "") },
+            freezeMicroseconds: freeze)
+    }
+
+    static func timestampName(_ date: Date = Date()) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd'T'HHmmss"
+        return formatter.string(from: date)
+    }
+
+    enum StoreLocation {
+        case directory(FilePath)
+        case device(String)
+        var isDevice: Bool { if case .device = self { true } else { false } }
+    }
+
+    /// Where COW data goes, refused when it lives on a device of the set: copy-on-write data
+    /// written through the origin it protects would recurse into the snapshot.
+    func resolveStore(_ argument: String?, memberCount: Int, memberDevices: Set<DeviceNumber>) throws -> StoreLocation {
+        let path = argument ?? storeDirectory.string
+        if argument == nil {
+            try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+                                                     attributes: [.posixPermissions: 0o700])
+        }
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw SnapstackError(.notFound, "no store \(path.replacingNewlines)", why: "\(Errno(rawValue: errno))",
+                                 remedy: "name an existing directory or block device with --store")
+        }
+        let location: StoreLocation
+        let onDevices: Set<DeviceNumber>
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            location = .directory(FilePath(path))
+            onDevices = Sysfs.underlyingDevices(DeviceNumber(st.st_dev))
+        case S_IFBLK:
+            guard memberCount == 1 else {
+                throw SnapstackError(.invalidArgument, "a block device can be the store of one snapshot only",
+                                     remedy: "give a directory with --store for a set of \(memberCount) devices")
+            }
+            let usage = try DeviceUse.usage(of: FilePath(path))
+            if let reason = usage.reason {
+                throw SnapstackError(.refused, "cannot use \(path) as a store", why: reason)
+            }
+            location = .device(path)
+            onDevices = Sysfs.underlyingDevices(DeviceNumber(st.st_rdev))
+        default:
+            throw SnapstackError(.invalidArgument, "\(path.replacingNewlines) is neither a directory nor a block device")
+        }
+        if !onDevices.isDisjoint(with: memberDevices) {
+            throw SnapstackError(.refused, "the store \(path) is on a device of the snapshot set",
+                                 why: "copy-on-write data written through the origin it protects would recurse",
+                                 remedy: "put the store on another disk with --store")
+        }
+        return location
+    }
+
+    /// The COW device of a snapshot, its loop device attached if it is a file.
+    func attachStore(_ record: SnapshotRecord) throws -> DeviceReference {
+        switch record.storeKind {
+        case .file: return .number(try attach(FilePath(record.storePath)).number)
+        case .device: return try DeviceReference.checkedPath(record.storePath)
+        }
+    }
+
+    /// Removes a snapshot's device, loop device and store file; idempotent.
+    func removeSnapshotArtifacts(_ record: SnapshotRecord, of device: DeviceRecord) throws {
+        try failing("cannot remove \(device.name)-\(record.name)") {
+            try dm.remove(try Layout.snapshotName(device.name, record.name))
+            if record.storeKind == .file {
+                try detach(FilePath(record.storePath))
+                try? FileManager.default.removeItem(atPath: record.storePath)
+            }
+        }
+    }
+
+    /// Puts the top table back to what the remaining snapshots need, clearing any inactive
+    /// table left by a preload; idempotent.
+    func restoreTopTable(_ device: DeviceRecord) throws {
+        let top = try Layout.topName(device.name)
+        guard let info = try dm.info(top) else { return }
+        if info.hasInactiveTable { try dm.clearInactive(top) }
+        let snapshots = try store.snapshots(deviceID: device.id)
+        let table = try desiredTopTable(device, real: try number(of: try Layout.realName(device.name)), snapshots: snapshots,
+                                        cow: { try self.attachStore($0) })
+        try ensureLiveTable(top, table)
+    }
+}

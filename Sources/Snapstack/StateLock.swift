@@ -1,0 +1,63 @@
+import Foundation
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The lock that serialises snapstack processes on one state directory: `flock(2)` on
+/// `<state>/lock`, released by the kernel when the process dies (a crash never leaves it
+/// held). The holder writes its pid and command line into the file, so that a waiter can say
+/// who it is waiting for.
+public final class StateLock {
+    public enum Mode: Sendable { case shared, exclusive }
+
+    private let fd: FileDescriptor
+
+    /// Takes the lock, waiting up to `timeout` seconds for the holder to finish.
+    public init(directory: FilePath, mode: Mode, timeout: Double) throws {
+        let path = directory.appending("lock")
+        do {
+            fd = try FileDescriptor.open(path, .readWrite, options: [.create, .closeOnExec],
+                                         permissions: [.ownerReadWrite])
+        } catch {
+            throw SnapstackError(.failed, "cannot open the lock file \(path)", why: "\(error)",
+                                 remedy: "run as root, or name another state directory with --state-dir")
+        }
+        let operation = (mode == .exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB
+        let deadline = Date().addingTimeInterval(timeout)
+        while flock(fd.rawValue, operation) != 0 {
+            let code = errno
+            guard code == EWOULDBLOCK || code == EINTR else {
+                try? fd.close()
+                throw SnapstackError(.failed, "cannot lock \(path)", why: "\(Errno(rawValue: code))")
+            }
+            if Date() >= deadline {
+                let holder = Self.holder(fd)
+                try? fd.close()
+                throw SnapstackError(
+                    .locked, "another snapstack process is working on \(directory)",
+                    why: holder.map { "held by \($0)" } ?? "the lock is held",
+                    remedy: String(format: "waited %.0f s; wait for it to finish or raise --lock-timeout", timeout))
+            }
+            usleep(50_000)
+        }
+        if mode == .exclusive {
+            let me = "pid \(getpid()) (\(CommandLine.arguments.joined(separator: " ")))\n"
+            _ = try? fd.resize(to: 0)
+            _ = try? fd.writeAll(toAbsoluteOffset: 0, Array(me.utf8))
+        }
+    }
+
+    deinit {
+        // Closing the descriptor releases the flock.
+        try? fd.close()
+    }
+
+    private static func holder(_ fd: FileDescriptor) -> String? {
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let count = (try? buffer.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: 0, into: $0) }) ?? 0
+        let text = String(decoding: buffer.prefix(count), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? nil : text.replacingNewlines
+    }
+}

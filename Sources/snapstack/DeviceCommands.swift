@@ -1,0 +1,126 @@
+import ArgumentParser
+import BlockIO
+import Foundation
+import Reports
+import Snapstack
+
+struct ProtectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "protect",
+        abstract: "Stack snapstack's layers over a disk, so that it can be snapshotted and tracked.",
+        discussion: """
+            Builds /dev/mapper/snapstack-NAME over DEV: a hidden -real layer (dm-era, which \
+            records the blocks written in each era, or linear with --no-cbt) and the top device \
+            that filesystems then use instead of DEV. Prints the top device's path.
+
+            DEV must not be mounted, open or held by another device, nor be one of snapstack's \
+            own devices, nor be protected already: the layers can only be stacked before \
+            anything opens the disk (the daemon does this at boot and on hotplug). The disk's \
+            identity (WWN, serial, PARTUUID, filesystem UUID, size) is recorded to find it \
+            again after a reboot or a rename. The disk's content is untouched.
+
+            Example: snapstack protect /dev/sdb1 --name data && mount /dev/mapper/snapstack-data /srv
+            """)
+
+    @Argument(help: "The block device to protect, e.g. /dev/sdb1.")
+    var device: String
+
+    @Option(help: "The name of the protected device (letters, digits, # + - . : = @ _; at most 64).")
+    var name: String
+
+    @Option(name: .customLong("cbt-block"), help: ArgumentHelp(
+        "Change-tracking granularity, a multiple of 4K (default 64K).", valueName: "size"))
+    var cbtBlock: SizeArgument?
+
+    @Flag(name: .customLong("no-cbt"), help: "Protect without changed-block tracking.")
+    var noCBT = false
+
+    @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        if noCBT && cbtBlock != nil { throw ValidationError("--cbt-block and --no-cbt exclude each other") }
+    }
+
+    func run() throws {
+        try running {
+            let orchestrator = try global.orchestrator()
+            let options = ProtectOptions(cbtBlock: noCBT ? nil : (cbtBlock?.bytes ?? ProtectOptions.defaultCBTBlock))
+            let record = try orchestrator.protect(devicePath: device, name: name, options: options)
+            Output.print(try Layout.topName(record.name).devicePath)
+        }
+    }
+}
+
+struct UnprotectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unprotect",
+        abstract: "Remove snapstack's layers from a disk, leaving its content as the top device had it.",
+        discussion: """
+            Refuses while /dev/mapper/snapstack-NAME is open or while the device has snapshots \
+            (--force drops them first). Change tracking for the device ends.
+            """)
+
+    @Argument(help: "The protected device's name.")
+    var name: String
+
+    @Flag(help: "Drop the device's snapshots first.")
+    var force = false
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        try running { try global.orchestrator().unprotect(name: name, force: force) }
+    }
+}
+
+struct ReconcileCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reconcile",
+        abstract: "Repair what a crash or a reboot left: match the kernel's devices to the database.",
+        discussion: """
+            Resumes any of snapstack's devices left suspended, finishes or undoes operations a \
+            crash interrupted, re-activates persistent snapshots from their stores, rebuilds the \
+            stacks of protected disks that are present but unstacked (keeping their change \
+            tracking), and removes device-mapper devices, loop devices and files of snapstack's \
+            that nothing records. Prints one line per repair. Running it twice changes nothing \
+            the second time.
+            """)
+
+    @Flag(name: .customLong("dry-run"), help: "Print what would be repaired, change nothing.")
+    var dryRun = false
+
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var format: FormatOption
+
+    func run() throws {
+        try running {
+            let actions = try global.orchestrator(dryRun ? .shared : .exclusive).reconcile(dryRun: dryRun)
+            switch format.format {
+            case .json:
+                let rows = actions.map { ["name": ReportValue.text($0.subject), "action": .text($0.action)] }
+                Output.print(try render(Report(name: "action", fields: [
+                    ReportField(name: "name", heading: "Subject", help: "What was repaired", kind: .text),
+                    ReportField(name: "action", heading: "Action", help: "The repair", kind: .text),
+                ], defaultFields: ["name", "action"], rows: rows), options: ReportOptions(format: .json)), terminator: "")
+            case .basic:
+                for action in actions { Output.print("\(action.subject): \(action.action)") }
+                if actions.isEmpty { Output.print("nothing to repair") }
+            }
+        }
+    }
+}
+
+struct FailpointsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "failpoints",
+        abstract: "List the crash points that SNAPSTACK_FAILPOINT=<name> triggers (for testing recovery).",
+        discussion: """
+            With SNAPSTACK_FAILPOINT=<name> in its environment, snapstack kills itself with \
+            SIGKILL when it reaches that step, leaving what a crash there leaves; \
+            `snapstack reconcile` must repair it. One name per line, then what the crash leaves.
+            """)
+
+    func run() {
+        for point in Failpoint.allCases { Output.print("\(point.rawValue)\t\(point.summary)") }
+    }
+}

@@ -1,0 +1,430 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+
+/// The `snapstack` binary as an administrator or a backup agent drives it, checked with
+/// dmsetup, losetup, sqlite3, fsck and sha256sum.
+enum OrchestratorScenarios {
+    static let all: [Scenario] = [
+        Scenario("protect builds era + top over the disk; unprotect leaves it byte-identical", protectAndUnprotect),
+        Scenario("bad input gets its exit code and one line, and changes nothing", badInputChangesNothing),
+        Scenario("ext4 snapshot under a running writer: fsck-clean, synced files intact, frozen in time", ext4UnderWriter),
+        Scenario("a set of three devices is taken in one freeze window", threeDeviceSet),
+        Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
+        Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
+        Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
+        Scenario("every failpoint: a crash there is repaired by reconcile", everyFailpoint),
+    ]
+
+    /// The snapstack binary with one state directory.
+    struct CLI {
+        let lab: Lab
+        let state: String
+
+        init(_ lab: Lab) {
+            self.lab = lab
+            state = lab.scratch.appendingPathComponent("state").path
+        }
+
+        func run(_ arguments: [String], failpoint: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+            try lab.run([CommandScenarios.snapstack] + arguments + ["--state-dir", state], allowFailure: true,
+                        environment: failpoint.map { ["SNAPSTACK_FAILPOINT": $0] } ?? [:])
+        }
+
+        /// Runs and requires success; returns stdout.
+        @discardableResult
+        func ok(_ arguments: String...) throws -> String {
+            let result = try run(arguments)
+            try expectEqual(result.status, 0, "snapstack \(arguments.joined(separator: " ")) (stderr: \(result.stderr))")
+            return result.stdout
+        }
+
+        /// The rows of a JSON report.
+        func rows(_ report: String) throws -> [[String: Any]] {
+            let output = try ok(report, "--reportformat", "json", "-o", "all")
+            guard let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any],
+                  let reports = object["report"] as? [[String: Any]], let rows = reports.first?.values.first as? [[String: Any]]
+            else { throw Failure(description: "unexpected \(report) JSON: \(output)") }
+            return rows
+        }
+
+        func protect(_ disk: String, _ name: String, _ extra: String...) throws -> String {
+            try ok(["protect", disk, "--name", name] + extra).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        private func ok(_ arguments: [String]) throws -> String {
+            let result = try run(arguments)
+            try expectEqual(result.status, 0, "snapstack \(arguments.joined(separator: " ")) (stderr: \(result.stderr))")
+            return result.stdout
+        }
+    }
+
+    /// What the independent witnesses see: dm devices, loop devices, the database's content.
+    static func world(_ lab: Lab, _ cli: CLI) throws -> String {
+        let dm = try lab.sh("dmsetup", "ls").split(separator: "\n").map { $0.split(separator: "\t").first ?? "" }.sorted()
+        let loops = try lab.sh("losetup", "-a").split(separator: "\n").sorted()
+        let database = cli.state + "/snapstack.db"
+        let dump = FileManager.default.fileExists(atPath: database) ? try lab.sh("sqlite3", database, ".dump") : "(no database)"
+        return "dm: \(dm)\nloops: \(loops)\ndb:\n\(dump)"
+    }
+
+    static func sectors(_ path: String) throws -> UInt64 {
+        UInt64(try BlockDeviceFacts.read(.init(path)).sectors.rawValue)
+    }
+
+    // MARK: Scenarios
+
+    static func protectAndUnprotect(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
+        let top = try cli.protect(disk.path, "vol")
+        try expectEqual(top, "/dev/mapper/snapstack-vol", "protect's output")
+        let realNumber = try lab.dm.info(try DMName("snapstack-vol-real"))!.number
+        try expectEqual(try lab.sh("dmsetup", "table", "snapstack-vol").trimmingCharacters(in: .newlines),
+                        "0 \(disk.facts.sectors.rawValue) linear \(realNumber) 0", "top table")
+        let real = try lab.sh("dmsetup", "table", "snapstack-vol-real").trimmingCharacters(in: .newlines)
+        try expect(real.hasPrefix("0 \(disk.facts.sectors.rawValue) era 7:") && real.hasSuffix(" \(disk.facts.number) 128"),
+                   "real table: \(real)")
+        let uuid = try lab.dmsetupInfo(try DMName("snapstack-vol"), "uuid") ?? ""
+        try expect(uuid.hasPrefix("SNAPSTACK-1-") && uuid.hasSuffix("-top"), "top uuid \(uuid)")
+        try expect(try lab.sh("losetup", "-a").contains(cli.state + "/cbt/"), "era metadata is not on a loop device")
+        // The hidden layer carries no udev symlinks of its own.
+        let rows = try cli.rows("devices")
+        try expectEqual(rows.count, 1, "devices rows")
+        try expectEqual(rows[0]["name"] as? String, "vol", "device name")
+        try expectEqual(rows[0]["path"] as? String, top, "device path")
+        try expectEqual(rows[0]["state"] as? String, "protected", "device state")
+        try expectEqual((rows[0]["size"] as? NSNumber)?.uint64Value, disk.facts.size.rawValue, "device size")
+
+        let before = try lab.sha256(disk.path, length: .mebibytes(32))
+        try expectEqual(try lab.sha256(top, length: .mebibytes(32)), before, "top shows the disk's bytes")
+        try lab.writeRandom(top, offset: .mebibytes(3), length: .mebibytes(2))
+        let last = try lab.sha256(top, length: .mebibytes(32))
+        try cli.ok("unprotect", "vol")
+        try expectEqual(try lab.sha256(disk.path, length: .mebibytes(32)), last, "disk after unprotect")
+        try expect(!(try lab.dmsetupNames()).contains { $0.hasPrefix("snapstack-vol") }, "dm devices left")
+        try expect(!(try lab.sh("losetup", "-a")).contains(cli.state), "loop devices left")
+        try expectEqual(try cli.rows("devices").count, 0, "devices after unprotect")
+    }
+
+    static func badInputChangesNothing(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(16))
+        let other = try lab.loopDevice("other", size: .mebibytes(16))
+        let mounted = try lab.loopDevice("mounted", size: .mebibytes(16))
+        let tiny = try lab.loopDevice("tiny", size: .kibibytes(512))
+        let top = try cli.protect(disk.path, "vol")
+        try cli.ok("snapshot", "vol", "--as", "s1")
+        try lab.sh("mkfs.ext4", "-q", mounted.path)
+        let mountPoint = lab.scratch.appendingPathComponent("mnt").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", mounted.path, mountPoint)
+        // A store directory on a filesystem that lives on the protected device itself.
+        let otherTop = try cli.protect(other.path, "other")
+        try lab.sh("mkfs.ext4", "-q", otherTop)
+        let onMember = lab.scratch.appendingPathComponent("on-member").path
+        try FileManager.default.createDirectory(atPath: onMember, withIntermediateDirectories: true)
+        try lab.sh("mount", otherTop, onMember)
+
+        let cases: [(String, [String], Int32)] = [
+            ("unknown device", ["protect", "/dev/does-not-exist", "--name", "x"], 5),
+            ("mounted device", ["protect", mounted.path, "--name", "x"], 6),
+            ("already protected disk", ["protect", disk.path, "--name", "again"], 6),
+            ("name already taken", ["protect", tiny.path, "--name", "vol"], 6),
+            ("snapstack's own device", ["protect", top, "--name", "x"], 6),
+            ("too small", ["protect", tiny.path, "--name", "tiny"], 6),
+            ("name with a space", ["protect", tiny.path, "--name", "a b"], 64),
+            ("name with a newline", ["protect", tiny.path, "--name", "a\nb"], 64),
+            ("name with a slash", ["protect", tiny.path, "--name", "a/b"], 64),
+            ("malformed --cbt-block", ["protect", tiny.path, "--name", "x", "--cbt-block", "3K"], 64),
+            ("unparsable --cbt-block", ["protect", tiny.path, "--name", "x", "--cbt-block", "lots"], 64),
+            ("unknown snapshot origin", ["snapshot", "nope"], 5),
+            ("malformed --size", ["snapshot", "vol", "--size", "12Q"], 64),
+            ("store too small for a COW header", ["snapshot", "vol", "--as", "s2", "--size", "4K"], 6),
+            ("store on a device of the set", ["snapshot", "other", "--as", "s2", "--store", onMember], 6),
+            ("snapshot name taken", ["snapshot", "vol", "--as", "s1"], 6),
+            ("reserved snapshot name", ["snapshot", "vol", "--as", "real"], 64),
+            ("unknown snapshot to drop", ["drop", "vol-nope"], 5),
+            ("unprotect with snapshots", ["unprotect", "vol"], 6),
+            ("unprotect while mounted", ["unprotect", "other"], 6),
+            ("unknown device to unprotect", ["unprotect", "nope"], 5),
+            ("unknown report field", ["devices", "-o", "name,bogus"], 64),
+        ]
+        for (what, arguments, code) in cases {
+            let before = try world(lab, cli)
+            let result = try cli.run(arguments)
+            try expectEqual(result.status, code, "\(what): exit status (stderr: \(result.stderr))")
+            let lines = result.stderr.split(separator: "\n")
+            try expect(!lines.isEmpty && (lines[0].hasPrefix("snapstack: ") || lines[0].hasPrefix("Error: ")),
+                       "\(what): the reason should lead stderr: \(result.stderr)")
+            if code != 64 { try expectEqual(lines.count, 1, "\(what): lines of stderr (\(result.stderr))") }
+            try expectEqual(try world(lab, cli), before, "\(what): dmsetup ls, losetup -a and the database")
+        }
+        try lab.sh("umount", onMember)
+        try cli.ok("unprotect", "vol", "--force")
+        try cli.ok("unprotect", "other")
+    }
+
+    static func ext4UnderWriter(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(128))
+        let top = try cli.protect(disk.path, "fs")
+        try lab.sh("mkfs.ext4", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", top)
+        let mountPoint = lab.scratch.appendingPathComponent("fs").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", top, mountPoint)
+
+        // Files complete and synced before the snapshot.
+        for index in 0..<8 {
+            try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/synced-\(index)", "bs=64k", "count=\(4 + index)",
+                       "conv=fsync", "status=none")
+        }
+        try lab.sh("sync")
+        let expected = try lab.sh("sh", "-c", "cd \"$1\" && sha256sum synced-*", "sh", mountPoint)
+
+        // A writer that keeps creating and appending while the snapshot is taken.
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: "/bin/sh")
+        writer.arguments = ["-c", "i=0; while :; do dd if=/dev/urandom of=\"$1/live-$i\" bs=16k count=8 status=none; echo $i >> \"$1/log\"; i=$((i+1)); done", "sh", mountPoint]
+        try writer.run()
+        defer { if writer.isRunning { writer.terminate(); writer.waitUntilExit() } }
+        Thread.sleep(forTimeInterval: 1.5)
+        let path = try cli.ok("snapshot", "fs", "--as", "backup", "--size", "64M").trimmingCharacters(in: .whitespacesAndNewlines)
+        Thread.sleep(forTimeInterval: 1)
+        writer.terminate()
+        writer.waitUntilExit()
+        try expectEqual(path, "/dev/mapper/snapstack-fs-backup", "snapshot's output")
+
+        let fsck = try lab.run(["fsck.ext4", "-n", "-f", path], allowFailure: true)
+        try expectEqual(fsck.status, 0, "fsck -n of the snapshot (\(fsck.stdout) \(fsck.stderr))")
+        let frozen = try lab.sha256(path, length: .mebibytes(128))
+
+        let snapshotMount = lab.scratch.appendingPathComponent("snap").path
+        try FileManager.default.createDirectory(atPath: snapshotMount, withIntermediateDirectories: true)
+        // noload: a read-only mount must not replay the journal onto the snapshot.
+        try lab.sh("mount", "-o", "ro,noload", path, snapshotMount)
+        let seen = try lab.sh("sh", "-c", "cd \"$1\" && sha256sum synced-*", "sh", snapshotMount)
+        try lab.sh("umount", snapshotMount)
+        try expectEqual(seen, expected, "synced files in the snapshot")
+
+        // More writes to the origin leave the snapshot as it was.
+        try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/after", "bs=1M", "count=16", "conv=fsync", "status=none")
+        try lab.sh("sh", "-c", "rm -f \"$1\"/synced-0 && sync", "sh", mountPoint)
+        try expectEqual(try lab.sha256(path, length: .mebibytes(128)), frozen, "snapshot after more origin writes")
+        let rows = try cli.rows("snapshots")
+        try expectEqual(rows.first?["name"] as? String, "fs-backup", "snapshot name")
+        try expectEqual(rows.first?["path"] as? String, path, "snapshot path")
+        try expectEqual(rows.first?["state"] as? String, "active", "snapshot state")
+
+        try lab.sh("umount", mountPoint)
+        try cli.ok("unprotect", "fs", "--force")
+    }
+
+    static func threeDeviceSet(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        var disks: [(path: String, facts: BlockDeviceFacts)] = []
+        for index in 0..<3 {
+            let disk = try lab.loopDevice("d\(index)", size: .mebibytes(16), random: true)
+            _ = try cli.protect(disk.path, "m\(index)")
+            disks.append(disk)
+        }
+        let output = try cli.ok("snapshot", "m0", "m1", "m2", "--as", "set")
+        try expectEqual(output.split(separator: "\n").map(String.init),
+                        ["/dev/mapper/snapstack-m0-set", "/dev/mapper/snapstack-m1-set", "/dev/mapper/snapstack-m2-set"],
+                        "snapshot paths")
+        let rows = try cli.rows("snapshots")
+        try expectEqual(rows.count, 3, "snapshot rows")
+        let sets = Set(rows.compactMap { ($0["set"] as? NSNumber)?.int64Value })
+        let freezes = Set(rows.compactMap { ($0["freeze"] as? NSNumber)?.int64Value })
+        try expectEqual(sets.count, 1, "one set id")
+        try expectEqual(freezes.count, 1, "one freeze window")
+        try expect((freezes.first ?? 0) > 0, "freeze window recorded: \(freezes)")
+        try expect(rows.allSatisfy { ($0["era"] as? NSNumber) != nil }, "era recorded for each member")
+        let basic = try cli.ok("snapshots", "-o", "name,freeze", "--noheadings")
+        try expect(basic.split(separator: "\n").count == 3, "basic report: \(basic)")
+        for (index, disk) in disks.enumerated() {
+            let real = try lab.dm.info(try DMName("snapstack-m\(index)-real"))!.number
+            try expectEqual(try lab.sh("dmsetup", "table", "snapstack-m\(index)").trimmingCharacters(in: .newlines),
+                            "0 \(disk.facts.sectors.rawValue) snapshot-origin \(real)", "origin table of m\(index)")
+            let table = try lab.sh("dmsetup", "table", "snapstack-m\(index)-set").trimmingCharacters(in: .newlines)
+            try expect(table.hasPrefix("0 \(disk.facts.sectors.rawValue) snapshot \(real) 7:") && table.hasSuffix(" P 8"),
+                       "snapshot table of m\(index): \(table)")
+            try expectEqual(try lab.sha256("/dev/mapper/snapstack-m\(index)-set", length: .mebibytes(16)),
+                            try lab.sha256(disk.path, length: .mebibytes(16)), "snapshot of m\(index)")
+        }
+        let attributes = try lab.sh("dmsetup", "info", "-c", "--noheadings", "-o", "name,attr")
+        try expect(!attributes.split(separator: "\n").contains { $0.contains("snapstack-") && $0.split(separator: ":").last?.dropFirst(2).first == "s" },
+                   "a device is still suspended: \(attributes)")
+        for index in 0..<3 { try cli.ok("unprotect", "m\(index)", "--force") }
+    }
+
+    static func mergeRestoresOrigin(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(16), random: true)
+        let top = try cli.protect(disk.path, "vol")
+        let before = try lab.sha256(top, length: .mebibytes(16))
+        try cli.ok("snapshot", "vol", "--as", "good", "--size", "100%")
+        try lab.writeRandom(top, offset: .zero, length: .mebibytes(6))
+        try expect(try lab.sha256(top, length: .mebibytes(16)) != before, "origin did not change")
+        try cli.ok("merge", "vol-good")
+        try expectEqual(try lab.sha256(top, length: .mebibytes(16)), before, "origin after merge")
+        try expectEqual(try lab.sha256(disk.path, length: .mebibytes(16)), before, "disk after merge")
+        let real = try lab.dm.info(try DMName("snapstack-vol-real"))!.number
+        try expectEqual(try lab.sh("dmsetup", "table", "snapstack-vol").trimmingCharacters(in: .newlines),
+                        "0 \(disk.facts.sectors.rawValue) linear \(real) 0", "top table after merge")
+        try expectEqual(try cli.rows("snapshots").count, 0, "snapshots after merge")
+        try cli.ok("unprotect", "vol")
+    }
+
+    static func dropRestoresLinear(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(16))
+        _ = try cli.protect(disk.path, "vol")
+        let path = try cli.ok("snapshot", "vol", "--as", "tmp").trimmingCharacters(in: .whitespacesAndNewlines)
+        let store = try cli.rows("snapshots").first?["store"] as? String ?? ""
+        try expect(FileManager.default.fileExists(atPath: store), "store file \(store) missing")
+        try cli.ok("drop", path)   // the device path `snapshot` printed is accepted
+        try expect(!FileManager.default.fileExists(atPath: store), "store file \(store) left behind")
+        try expect(!(try lab.sh("losetup", "-a")).contains(store), "store loop left attached")
+        try expect(try lab.sh("dmsetup", "table", "snapstack-vol").contains(" linear "), "top is not linear again")
+        try cli.ok("unprotect", "vol")
+    }
+
+    static func reconcileRebuilds(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
+        let top = try cli.protect(disk.path, "vol")
+        try cli.ok("snapshot", "vol", "--as", "keep")
+        let snapshotBefore = try lab.sha256("/dev/mapper/snapstack-vol-keep", length: .mebibytes(32))
+        try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
+        let eraBefore = (try cli.rows("devices").first?["era"] as? NSNumber)?.uint32Value ?? 0
+        let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
+
+        // What a reboot leaves: no dm devices, no loop devices.
+        try expect(lab.sweepSnapstackDevices().count >= 3, "no devices to remove by hand")
+        for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n")
+        where line.contains(cli.state) {
+            try lab.sh("losetup", "-d", String(line.split(separator: " ")[0]))
+        }
+        let status = try cli.run(["status"])
+        try expectEqual(status.status, 1, "status before reconcile (\(status.stdout))")
+        let dry = try cli.ok("reconcile", "--dry-run")
+        try expect(dry.contains("rebuild the stack"), "dry run: \(dry)")
+        try expect(try lab.dmsetupNames().allSatisfy { !$0.hasPrefix("snapstack-vol") }, "dry run changed the kernel")
+
+        try cli.ok("reconcile")
+        try expectEqual(try lab.sha256("/dev/mapper/snapstack-vol-keep", length: .mebibytes(32)), snapshotBefore,
+                        "the persistent snapshot after re-activation")
+        try expect(try lab.sh("dmsetup", "table", "snapstack-vol").contains("snapshot-origin"), "top is not snapshot-origin")
+        // dm-era starts a new era at every activation; the old eras' records must survive it.
+        let eraAfter = (try cli.rows("devices").first?["era"] as? NSNumber)?.uint32Value ?? 0
+        try expect(eraAfter > eraBefore, "era went from \(eraBefore) to \(eraAfter)")
+        let metadata = try lab.sh("sh", "-c", "losetup -a -O NAME,BACK-FILE --noheadings | grep /cbt/ | cut -d' ' -f1")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "take_metadata_snap")
+        let changed = try EraScenarios.invalidated(lab, metadata: metadata, since: snapshotEra)
+        try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "drop_metadata_snap")
+        try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
+        try expectEqual(try cli.run(["status"]).status, 0, "status after reconcile")
+        try expectEqual(try cli.ok("reconcile"), "nothing to repair\n", "a second reconcile")
+        try cli.ok("unprotect", "vol", "--force")
+    }
+
+    static func everyFailpoint(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let names = try lab.sh(CommandScenarios.snapstack, "failpoints").split(separator: "\n").compactMap { $0.split(separator: "\t").first.map(String.init) }
+        try expect(names.count >= 15, "failpoints listed: \(names)")
+        let disk = try lab.loopDevice("disk", size: .mebibytes(16), random: true)
+        var failures: [String] = []
+        for point in names {
+            FileHandle.standardError.write(Data("      crash at \(point)\n".utf8))
+            do {
+                try crash(at: point, cli: cli, disk: disk.path, lab: lab)
+            } catch {
+                failures.append("\(point): \(error)")
+                FileHandle.standardError.write(Data("        failed: \(error)\n".utf8))
+            }
+            // Start the next one from a clean slate whatever happened.
+            _ = try? cli.run(["reconcile"])
+            _ = try? cli.run(["unprotect", "vol", "--force"])
+            _ = lab.sweepSnapstackDevices()
+        }
+        try expect(failures.isEmpty, failures.joined(separator: "\n      "))
+    }
+
+    /// Sets up what `point`'s command needs, runs it with the failpoint, then reconciles and
+    /// checks the witnesses.
+    static func crash(at point: String, cli: CLI, disk: String, lab: Lab) throws {
+        let operation = String(point.prefix { $0 != "." })
+        let size = Bytes.mebibytes(16)
+        let original = try lab.sha256(disk, length: size)
+        var afterSnapshot: String? = nil
+        let command: [String]
+        switch operation {
+        case "protect":
+            command = ["protect", disk, "--name", "vol"]
+        case "unprotect":
+            _ = try cli.protect(disk, "vol")
+            command = ["unprotect", "vol"]
+        case "snapshot", "drop", "merge":
+            let top = try cli.protect(disk, "vol")
+            if operation == "snapshot" {
+                command = ["snapshot", "vol", "--as", "s"]
+            } else {
+                try cli.ok("snapshot", "vol", "--as", "s", "--size", "50%")
+                afterSnapshot = try lab.sha256(top, length: size)
+                try lab.writeRandom(top, offset: .mebibytes(2), length: .mebibytes(1))
+                command = [operation, "vol-s"]
+            }
+        default:
+            throw Failure(description: "no command for failpoint \(point)")
+        }
+        let contentBefore = try lab.sha256(FileManager.default.fileExists(atPath: "/dev/mapper/snapstack-vol") ? "/dev/mapper/snapstack-vol" : disk, length: size)
+        let result = try cli.run(command, failpoint: point)
+        try expectEqual(result.status, 128 + 9, "\(command.joined(separator: " ")) should die of SIGKILL at \(point) (stderr: \(result.stderr))")
+
+        let repaired = try cli.run(["reconcile"])
+        try expectEqual(repaired.status, 0, "reconcile (stderr: \(repaired.stderr))")
+        // A merge interrupted after it started is finished by reconcile; wait for the kernel.
+        for _ in 0..<100 {
+            guard try cli.ok("reconcile").contains("merge in progress") else { break }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+
+        let attributes = try lab.sh("dmsetup", "info", "-c", "--noheadings", "--separator", "|", "-o", "name,attr")
+        for line in attributes.split(separator: "\n") where line.hasPrefix("snapstack-") {
+            let attr = line.split(separator: "|").last.map(String.init) ?? ""
+            try expect(attr.count >= 3 && attr[attr.index(attr.startIndex, offsetBy: 2)] != "s", "suspended after reconcile: \(line)")
+        }
+        // The database and the kernel agree.
+        var expected = Set<String>()
+        for device in try cli.rows("devices") {
+            let name = device["name"] as? String ?? ""
+            expected.formUnion(["snapstack-\(name)", "snapstack-\(name)-real"])
+        }
+        var stores = Set<String>()
+        for snapshot in try cli.rows("snapshots") {
+            if snapshot["state"] as? String != "merging" { expected.insert("snapstack-\(snapshot["name"] as? String ?? "")") }
+            stores.insert(snapshot["store"] as? String ?? "")
+        }
+        let live = try lab.dmsetupNames().filter { $0.hasPrefix("snapstack-") && !$0.hasPrefix(Lab.namePrefix) }
+        try expectEqual(live, expected, "dmsetup ls against the database")
+        let loops = try lab.sh("losetup", "-a", "-O", "BACK-FILE", "--noheadings").split(separator: "\n")
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix(cli.state) }
+        for file in loops where !stores.contains(file) && !file.contains("/cbt/") {
+            throw Failure(description: "orphan loop device on \(file)")
+        }
+        if expected.isEmpty {
+            try expect(loops.isEmpty, "loop devices left with nothing protected: \(loops)")
+        }
+
+        // The origin's content: what it was before the command, or for a merge, the snapshot's.
+        let origin = live.contains("snapstack-vol") ? "/dev/mapper/snapstack-vol" : disk
+        let content = try lab.sha256(origin, length: size)
+        var acceptable = [contentBefore]
+        if operation == "merge", let afterSnapshot { acceptable.append(afterSnapshot) }
+        if operation == "protect" || operation == "unprotect" { acceptable.append(original) }
+        try expect(acceptable.contains(content), "origin content changed by the crash and repair")
+        try expectEqual(try cli.run(["status"]).status, 0, "status after reconcile")
+    }
+}
