@@ -52,10 +52,22 @@ extension Orchestrator {
             throw SnapstackError(.refused, "\(devicePath) is already protected", why: "as \"\(other.name)\"",
                                  remedy: "use /dev/mapper/snapstack-\(other.name)")
         }
-        let usage = try DeviceUse.usage(of: FilePath(devicePath))
+        var usage = DeviceUsage()
+        try failing("cannot tell whether \(devicePath) is in use") { usage = try DeviceUse.usage(of: FilePath(devicePath)) }
         if let reason = usage.reason {
             throw SnapstackError(.refused, "cannot protect \(devicePath)", why: reason,
                                  remedy: "protect a device before anything mounts or opens it (the daemon does so at boot and on hotplug)")
+        }
+        // udev's probe of a disk that just appeared holds it for a moment: only a holder that
+        // stays for a second counts.
+        var openers = Self.openers(of: facts.number)
+        for _ in 0..<10 where !openers.isEmpty {
+            usleep(100_000)
+            openers = Self.openers(of: facts.number)
+        }
+        if let opener = openers.first {
+            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is open by process \(opener)",
+                                 remedy: "stop what uses it first")
         }
         let cbtBlock = options.cbtBlock.map { Sectors($0.rawValue / Sectors.size) }
         if let block = options.cbtBlock {
@@ -98,6 +110,27 @@ extension Orchestrator {
         try store.update(record)
         event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try Layout.topName(name).devicePath)")
         return record
+    }
+
+    /// Processes that hold `number` open (`pid (command)`), found through /proc/PID/fd: an
+    /// ordinary open is invisible to the O_EXCL probe, and a table load would not notice it
+    /// either, yet the opener would keep reading and writing the disk beside the stack.
+    static func openers(of number: DeviceNumber) -> [String] {
+        var result: [String] = []
+        let me = getpid()
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid != me else { continue }
+            let directory = "/proc/\(entry)/fd"
+            for fd in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+                var st = stat()
+                guard stat("\(directory)/\(fd)", &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK,
+                      DeviceNumber(st.st_rdev) == number else { continue }
+                let command = Sysfs.read("/proc/\(entry)/comm") ?? "?"
+                result.append("\(pid) (\(command))")
+                break
+            }
+        }
+        return result
     }
 
     /// Era metadata size for `blocks` tracked blocks: the era array takes 4 bytes a block in a

@@ -238,7 +238,8 @@ extension Orchestrator {
                 throw SnapstackError(.invalidArgument, "a block device can be the store of one snapshot only",
                                      remedy: "give a directory with --store for a set of \(memberCount) devices")
             }
-            let usage = try DeviceUse.usage(of: FilePath(path))
+            var usage = DeviceUsage()
+            try failing("cannot tell whether \(path) is in use") { usage = try DeviceUse.usage(of: FilePath(path)) }
             if let reason = usage.reason {
                 throw SnapstackError(.refused, "cannot use \(path) as a store", why: reason)
             }

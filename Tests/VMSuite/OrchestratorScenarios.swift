@@ -13,6 +13,7 @@ enum OrchestratorScenarios {
         Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
+        Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
         Scenario("every failpoint: a crash there is repaired by reconcile", everyFailpoint),
     ]
 
@@ -126,7 +127,16 @@ enum OrchestratorScenarios {
         try FileManager.default.createDirectory(atPath: onMember, withIntermediateDirectories: true)
         try lab.sh("mount", otherTop, onMember)
 
+        // A program holding a disk open, without O_EXCL.
+        let opened = try lab.loopDevice("opened", size: .mebibytes(16))
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/bin/sh")
+        holder.arguments = ["-c", "exec 3<\"$1\"; sleep 600", "sh", opened.path]
+        try holder.run()
+        defer { holder.terminate(); holder.waitUntilExit() }
+
         let cases: [(String, [String], Int32)] = [
+            ("device open by a program", ["protect", opened.path, "--name", "x"], 6),
             ("unknown device", ["protect", "/dev/does-not-exist", "--name", "x"], 5),
             ("mounted device", ["protect", mounted.path, "--name", "x"], 6),
             ("already protected disk", ["protect", disk.path, "--name", "again"], 6),
@@ -328,6 +338,27 @@ enum OrchestratorScenarios {
         try expectEqual(try cli.run(["status"]).status, 0, "status after reconcile")
         try expectEqual(try cli.ok("reconcile"), "nothing to repair\n", "a second reconcile")
         try cli.ok("unprotect", "vol", "--force")
+    }
+
+    static func lockIsBounded(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(16))
+        try cli.ok("status")   // creates the state directory and its lock file
+        // Another holder, as a running snapstack would be: flock(1) on the same file.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = ["-x", cli.state + "/lock", "sleep", "4"]
+        try holder.run()
+        defer { holder.waitUntilExit() }
+        Thread.sleep(forTimeInterval: 0.5)
+        let refused = try cli.run(["protect", disk.path, "--name", "vol", "--lock-timeout", "1"])
+        try expectEqual(refused.status, 7, "exit status while locked (stderr: \(refused.stderr))")
+        try expect(refused.stderr.contains("another snapstack process") && refused.stderr.split(separator: "\n").count == 1,
+                   "message: \(refused.stderr)")
+        try expect(!(try lab.dmsetupNames()).contains("snapstack-vol"), "protect ran without the lock")
+        let waited = try cli.run(["protect", disk.path, "--name", "vol", "--lock-timeout", "30"])
+        try expectEqual(waited.status, 0, "protect after waiting (stderr: \(waited.stderr))")
+        try cli.ok("unprotect", "vol")
     }
 
     static func everyFailpoint(_ lab: Lab) throws {

@@ -83,6 +83,8 @@ for scenario in allScenarios where filter.map({ $0.split(separator: "|").contain
         print("FAIL  \(scenario.name) (\(seconds) s)")
         for problem in problems { print("      \(problem)") }
     }
+    // Through a pipe stdout is block-buffered: show each result as it comes.
+    fflush(nil)
 }
 print("\(passed) passed, \(failed) failed")
 exit(failed == 0 && passed > 0 ? 0 : 1)
