@@ -131,7 +131,8 @@ enum OrchestratorScenarios {
         let opened = try lab.loopDevice("opened", size: .mebibytes(16))
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/bin/sh")
-        holder.arguments = ["-c", "exec 3<\"$1\"; sleep 600", "sh", opened.path]
+        // exec: the holder is one process, so that terminating it closes the device.
+        holder.arguments = ["-c", "exec 3<\"$1\"; exec sleep 600", "sh", opened.path]
         try holder.run()
         defer { holder.terminate(); holder.waitUntilExit() }
 

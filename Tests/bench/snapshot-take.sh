@@ -25,6 +25,8 @@ fi
 
 # ---- inside the VM ------------------------------------------------------------------------
 snapstack=$PWD/.build/release/snapstack
+# The VM lab hands its console ports to the command; lvm would warn about each on every call.
+export LVM_SUPPRESS_FD_WARNINGS=1
 work=$(mktemp -d /tmp/bench.XXXXXX)
 state=$work/state
 size_mb=256
