@@ -37,8 +37,6 @@ extension Orchestrator {
         }
 
         // 2. Every recorded device and snapshot.
-        var expected = Set<String>()   // dm UUIDs that should exist
-        var expectedFiles = Set<String>()
         for device in try store.devices() {
             let snapshots = try store.snapshots(deviceID: device.id)
             switch device.state {
@@ -58,10 +56,6 @@ extension Orchestrator {
             case .protected:
                 break
             }
-            expected.insert(try Layout.uuid(deviceID: device.id, .top).rawValue)
-            expected.insert(try Layout.uuid(deviceID: device.id, .real).rawValue)
-            if let path = device.eraMetadataPath { expectedFiles.insert(path) }
-
             guard let source = try locate(device) else {
                 step(device.name, "wait: its disk is not present (identity \(device.sourcePath), \(device.sizeBytes) bytes)") {}
                 continue
@@ -91,17 +85,12 @@ extension Orchestrator {
                 case .dropping:
                     step(label, "finish the interrupted drop") { try self.finishDrop(snapshot, of: device) }
                 case .invalid:
-                    if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
-                    expected.insert(uuid)
+                    break
                 case .active:
-                    if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
-                    expected.insert(uuid)
                     if stackPresent && !ours.contains(where: { $0.info.uuid == uuid }) {
                         step(label, "re-activate the snapshot from its store") { try self.activateSnapshots(of: device) }
                     }
                 case .mergePending:
-                    if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
-                    expected.insert(uuid)
                     let top = try Layout.topName(device.name)
                     if stackPresent, let info = try dm.info(top), info.openCount == 0 {
                         step(label, "start the deferred merge (\(device.name) is closed now)") {
@@ -112,7 +101,6 @@ extension Orchestrator {
                         }
                     }
                 case .merging:
-                    if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
                     let top = try Layout.topName(device.name)
                     if case .snapshotMerge(let status)? = try? dm.status(top).first?.status {
                         if status.isMergeComplete {
@@ -132,6 +120,20 @@ extension Orchestrator {
             }
         }
 
+        // Whatever a record names is not an orphan: it is kept, or removed by its record's own
+        // step above, and so listed once.
+        var expected = Set<String>()   // dm UUIDs
+        var expectedFiles = Set<String>()
+        for device in try store.devices() {
+            expected.insert(try Layout.uuid(deviceID: device.id, .top).rawValue)
+            expected.insert(try Layout.uuid(deviceID: device.id, .real).rawValue)
+            if let path = device.eraMetadataPath { expectedFiles.insert(path) }
+            for snapshot in try store.snapshots(deviceID: device.id) {
+                expected.insert(try Layout.uuid(deviceID: device.id, .snapshot(id: snapshot.id)).rawValue)
+                if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
+            }
+        }
+
         // 3. Orphans: dm devices of ours the database does not know, snapshots first.
         for device in ours.sorted(by: { $0.layerOrder > $1.layerOrder }) where !expected.contains(device.info.uuid ?? "") {
             if device.info.openCount > 0 {
@@ -147,13 +149,6 @@ extension Orchestrator {
             step(loop.path, "detach: backs \(file), which nothing records") {
                 // It may be held by a dm orphan removed above; detach is lazy then.
                 _ = try Loop.detach(loop.path)
-            }
-        }
-        // Files of records being undone above are deleted by their undo, not listed again.
-        for device in try store.devices() {
-            if let path = device.eraMetadataPath { expectedFiles.insert(path) }
-            for snapshot in try store.snapshots(deviceID: device.id) where snapshot.storeKind == .file {
-                expectedFiles.insert(snapshot.storePath)
             }
         }
         for directory in [storeDirectory, metadataDirectory] {
