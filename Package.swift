@@ -14,6 +14,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C libraries from Debian, seen through pkg-config.
@@ -23,6 +26,9 @@ let package = Package(
         .systemLibrary(
             name: "CUdev", pkgConfig: "libudev",
             providers: [.apt(["libudev-dev"])]),
+        .systemLibrary(
+            name: "CXXHash", pkgConfig: "libxxhash",
+            providers: [.apt(["libxxhash-dev"])]),
         // The few things Swift cannot do itself: libdm's variadic logger, flexible array
         // members, and kernel constants that Glibc's module map leaves out.
         .target(
@@ -51,14 +57,36 @@ let package = Package(
         .target(
             name: "Reports",
             dependencies: ["BlockIO"]),
+        // dm-era's on-disk metadata (superblock, writesets, era array) read natively.
+        .target(
+            name: "ChangeTracking",
+            dependencies: ["BlockIO", .product(name: "SystemPackage", package: "swift-system")]),
+        // The copy-out core: O_DIRECT reads into owned aligned buffers, zero detection, sparse
+        // writes, XXH3 block digests, rate limit, progress, delta streams.
+        .target(
+            name: "CopyEngine",
+            dependencies: ["BlockIO", "CShims", "CXXHash",
+                           .product(name: "SystemPackage", package: "swift-system")]),
+        // The auto-protect policy file and its rules over udev properties.
+        .target(
+            name: "Policy",
+            dependencies: ["BlockIO", .product(name: "Yams", package: "Yams")]),
         // The library that backup software embeds.
         .target(
             name: "Snapstack",
-            dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store",
+            dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store", "ChangeTracking", "CopyEngine",
+                           .product(name: "SystemPackage", package: "swift-system")]),
+        // `snapstack daemon`: service lifecycle, udev monitor, policy, store watch.
+        .target(
+            name: "SnapstackDaemon",
+            dependencies: ["Snapstack", "Udev", "Policy", "DeviceMapper", "BlockIO",
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "snapstack",
-            dependencies: ["Snapstack", "Reports", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["Snapstack", "SnapstackDaemon", "Reports", "CopyEngine",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // Unit tier: no root, no kernel device-mapper.
         .testTarget(
@@ -74,12 +102,28 @@ let package = Package(
         .testTarget(
             name: "ReportsTests",
             dependencies: ["Reports"]),
+        .testTarget(
+            name: "ChangeTrackingTests",
+            dependencies: ["ChangeTracking"],
+            exclude: ["Fixtures"]),
+        .testTarget(
+            name: "CopyEngineTests",
+            dependencies: ["CopyEngine", "BlockIO"]),
+        .testTarget(
+            name: "PolicyTests",
+            dependencies: ["Policy"]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(
             name: "VMSuite",
             dependencies: ["DeviceMapper", "Snapstack", "BlockIO",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/VMSuite"),
+        // Benchmark tier: the copy-out core against dd and cp on host loop devices.
+        .executableTarget(
+            name: "CopyBench",
+            dependencies: ["CopyEngine", "BlockIO", "Snapstack",
+                           .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/CopyBench"),
     ],
     swiftLanguageModes: [.v6]
 )

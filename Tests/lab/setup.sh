@@ -17,7 +17,7 @@ readonly VIRTME_NG_VERSION=1.42
 # busybox-static and file are used by virtme-ng to build its initramfs and to
 # inspect the kernel image.
 readonly APT_PACKAGES=(
-    libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev pkg-config
+    libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
     dmsetup lvm2 thin-provisioning-tools udev kmod busybox-static
     e2fsprogs fio util-linux file sqlite3

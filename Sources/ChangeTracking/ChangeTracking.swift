@@ -1,0 +1,1 @@
+// The dm-era metadata reader: superblock, writesets and era array into changed ranges.

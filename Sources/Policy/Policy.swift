@@ -1,0 +1,1 @@
+// The auto-protect policy: /etc/snapstack/snapstack.conf, rules over udev properties.

@@ -1,0 +1,1 @@
+// `snapstack daemon`: boot-time reconcile, udev hotplug, store watch, sd_notify.
