@@ -60,7 +60,7 @@ let package = Package(
         // dm-era's on-disk metadata (superblock, writesets, era array) read natively.
         .target(
             name: "ChangeTracking",
-            dependencies: ["BlockIO", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["BlockIO", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
         // The copy-out core: O_DIRECT reads into owned aligned buffers, zero detection, sparse
         // writes, XXH3 block digests, rate limit, progress, delta streams.
         .target(
@@ -115,7 +115,7 @@ let package = Package(
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(
             name: "VMSuite",
-            dependencies: ["DeviceMapper", "Snapstack", "BlockIO",
+            dependencies: ["DeviceMapper", "Snapstack", "BlockIO", "ChangeTracking",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/VMSuite"),
         // Benchmark tier: the copy-out core against dd and cp on host loop devices.
