@@ -79,6 +79,30 @@ enum Schema {
             }
         }
 
+        // Exports: the copies taken of snapshots, which incrementals name as their base.
+        migrator.registerMigration("v2-exports") { db in
+            try db.create(table: "export") { t in
+                t.primaryKey("id", .text)
+                t.column("deviceID", .text).notNull().indexed()
+                    .references("device", onDelete: .cascade)
+                t.column("snapshotID", .text).notNull()
+                t.column("snapshotName", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("state", .text).notNull()
+                t.column("baseExportID", .text)
+                t.column("era", .integer)
+                t.column("sinceEra", .integer)
+                t.column("blockSizeBytes", .integer).notNull()
+                t.column("deviceSizeBytes", .integer).notNull()
+                t.column("imagePath", .text)
+                t.column("format", .text).notNull()
+                t.column("bytesRead", .integer).notNull()
+                t.column("bytesWritten", .integer).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.column("completedAt", .datetime)
+            }
+        }
+
         return migrator
     }()
 
