@@ -133,3 +133,15 @@ int snapstack_loop_set_capacity(int loop_fd) { return ioctl(loop_fd, LOOP_SET_CA
 int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length) {
     return fallocate(fd, mode, (off_t)offset, (off_t)length);
 }
+const int snapstack_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
+const int snapstack_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
+
+// ---- copy-out ------------------------------------------------------------------------------
+int snapstack_blkzeroout(int fd, uint64_t offset, uint64_t length) {
+    uint64_t range[2] = {offset, length};
+    return ioctl(fd, BLKZEROOUT, range);
+}
+
+int snapstack_sync_file_range_write(int fd, int64_t offset, int64_t length) {
+    return sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);
+}

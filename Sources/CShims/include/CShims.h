@@ -74,5 +74,14 @@ int snapstack_loop_set_capacity(int loop_fd);
 // ---- file allocation -----------------------------------------------------------------------
 /// fallocate(2), which Glibc's module map does not show to Swift.
 int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length);
+extern const int snapstack_FALLOC_FL_KEEP_SIZE;
+extern const int snapstack_FALLOC_FL_PUNCH_HOLE;
+
+// ---- copy-out ------------------------------------------------------------------------------
+/// BLKZEROOUT: makes [offset, offset + length) of a block device read as zeros (the device
+/// may unmap or write zeros). Returns 0 or -1 with errno set.
+int snapstack_blkzeroout(int fd, uint64_t offset, uint64_t length);
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of a range without waiting.
+int snapstack_sync_file_range_write(int fd, int64_t offset, int64_t length);
 
 #endif
