@@ -16,6 +16,8 @@ public struct SnapstackError: Error, CustomStringConvertible {
         case locked
         /// The state database cannot be read.
         case stateUnreadable
+        /// An image is incomplete or does not match its checksums.
+        case verificationFailed
     }
 
     public var kind: Kind

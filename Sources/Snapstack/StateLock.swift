@@ -14,9 +14,10 @@ public final class StateLock {
 
     private let fd: FileDescriptor
 
-    /// Takes the lock, waiting up to `timeout` seconds for the holder to finish.
-    public init(directory: FilePath, mode: Mode, timeout: Double) throws {
-        let path = directory.appending("lock")
+    /// Takes the lock, waiting up to `timeout` seconds for the holder to finish. `name` picks
+    /// another lock file in `directory`, for a lock narrower than the whole state.
+    public init(directory: FilePath, name: String = "lock", mode: Mode, timeout: Double) throws {
+        let path = directory.appending(name)
         do {
             fd = try FileDescriptor.open(path, .readWrite, options: [.create, .closeOnExec],
                                          permissions: [.ownerReadWrite])

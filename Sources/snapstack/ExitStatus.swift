@@ -21,6 +21,9 @@ enum ExitStatus: Int32, CaseIterable {
     case locked = 7
     /// The state database cannot be read (corrupt, or written by a newer snapstack).
     case stateUnreadable = 8
+    /// An image is incomplete, or its bytes do not match its checksums (`verify`, `restore`,
+    /// `apply`); the message names the first bad block.
+    case verificationFailed = 9
     /// Bad arguments or options (ArgumentParser's `validationFailure`, sysexits' EX_USAGE).
     case usage = 64
 
@@ -35,6 +38,7 @@ enum ExitStatus: Int32, CaseIterable {
         case .invalidArgument: self = .usage
         case .locked: self = .locked
         case .stateUnreadable: self = .stateUnreadable
+        case .verificationFailed: self = .verificationFailed
         }
     }
 }

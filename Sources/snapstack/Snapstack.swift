@@ -15,11 +15,13 @@ struct SnapstackCommand: ParsableCommand {
             target snapstack needs; 4 (doctor) udev or the state directory is not usable; \
             5 no such device or snapshot; 6 refused (mounted, open, busy, too small, already \
             protected, snapshots present); 7 another snapstack holds the lock; 8 the state \
-            database is unreadable; 64 invalid arguments.
+            database is unreadable; 9 an image is incomplete or does not match its checksums; \
+            64 invalid arguments.
             """,
         subcommands: [
             ProtectCommand.self, UnprotectCommand.self, SnapshotCommand.self, DropCommand.self, MergeCommand.self,
-            DevicesCommand.self, SnapshotsCommand.self, StatusCommand.self, ReconcileCommand.self,
+            ExportCommand.self, ApplyCommand.self, VerifyCommand.self, RestoreCommand.self, ChangesCommand.self,
+            DevicesCommand.self, SnapshotsCommand.self, ExportsCommand.self, StatusCommand.self, ReconcileCommand.self,
             DoctorCommand.self, FailpointsCommand.self,
         ])
 }

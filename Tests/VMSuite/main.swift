@@ -36,7 +36,7 @@ while let argument = arguments.popFirst() {
 }
 
 var allScenarios: [Scenario] {
-    ClientScenarios.all + LoopScenarios.all + SnapshotScenarios.all + EraScenarios.all + CommandScenarios.all + OrchestratorScenarios.all
+    ClientScenarios.all + LoopScenarios.all + SnapshotScenarios.all + EraScenarios.all + CommandScenarios.all + OrchestratorScenarios.all + ExportScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {

@@ -1,0 +1,410 @@
+import BlockIO
+import ChangeTracking
+import CopyEngine
+import DeviceMapper
+import Foundation
+import Store
+import SystemPackage
+
+/// Where an export's bytes go.
+public enum ExportDestination: Sendable, Equatable {
+    /// A sparse raw image file with its manifest and checksum file beside it; an incremental
+    /// updates the image in place.
+    case image(FilePath)
+    /// Standard output: a full export as the raw image (for `restic backup --stdin` and the
+    /// like), or a delta stream that `snapstack apply` turns into an image.
+    case standardOutput(StreamFormat)
+}
+
+/// What `export --to -` writes.
+public enum StreamFormat: String, Sendable, CaseIterable {
+    /// The device's bytes in order: nothing else, so any tool can store and restore it.
+    case raw
+    /// snapstack's delta stream: the manifest, then data and zero records, then an end record.
+    case delta
+}
+
+/// An export as the user asked for it.
+public struct ExportRequest: Sendable {
+    /// The snapshot, as `snapshot` printed it or as `NAME-SNAP`.
+    public var snapshot: String
+    public var destination: ExportDestination
+    /// The export to build on; nil for a full export.
+    public var since: String?
+    /// Read every block when the change-tracking metadata cannot be read, instead of failing.
+    public var allowFull: Bool
+    public var maxRate: UInt64?
+
+    public init(snapshot: String, destination: ExportDestination, since: String? = nil,
+                allowFull: Bool = false, maxRate: UInt64? = nil) {
+        self.snapshot = snapshot
+        self.destination = destination
+        self.since = since
+        self.allowFull = allowFull
+        self.maxRate = maxRate
+    }
+}
+
+/// What an export did.
+public struct ExportOutcome: Sendable {
+    public var record: ExportRecord
+    public var statistics: CopyStatistics
+    /// Blocks the change tracking reported (the whole device for a full export).
+    public var plannedBlocks: UInt64
+    /// True when the change tracking could not be read and `--allow-full` made it read everything.
+    public var readEverything: Bool
+    /// True when an interrupted run of the same export was finished.
+    public var resumed: Bool
+}
+
+extension Orchestrator {
+    /// The block size of exports of `device`: its change-tracking block, so that one changed era
+    /// block is one image block; devices without tracking use 64 KiB.
+    static func exportBlockSize(_ device: DeviceRecord) -> Int {
+        device.cbtBlockSectors.map { $0 * 512 } ?? 65536
+    }
+
+    /// Copies a snapshot out: everything, or only what changed since an earlier export.
+    ///
+    /// The image's manifest is marked incomplete before the first block is written and complete
+    /// after the last is synced, so that a crash leaves an image that says so; running the same
+    /// export again copies the same blocks of the same snapshot and completes it.
+    public func export(_ request: ExportRequest, progress: ((CopyProgress) -> Void)? = nil,
+                       cancel: CancellationFlag? = nil) throws -> ExportOutcome {
+        let (snapshot, device) = try self.snapshot(named: request.snapshot)
+        let snapshotDevice = try Layout.snapshotName(device.name, snapshot.name)
+        try checkReadable(snapshot, device: snapshotDevice)
+        let blockSize = Self.exportBlockSize(device)
+        let size = UInt64(device.sizeBytes)
+
+        let base = try request.since.map { try baseExport($0, device: device, snapshot: snapshot, blockSize: blockSize) }
+
+        // The image and its manifest decide whether this is a new export or the re-run of one
+        // that stopped half-way.
+        var resumedManifest: ImageManifest?
+        if case .image(let path) = request.destination {
+            resumedManifest = try checkImage(path, device: device, snapshot: snapshot, base: base)
+        } else if base != nil, case .standardOutput(.raw) = request.destination {
+            throw SnapstackError(.invalidArgument, "an incremental export cannot be a raw stream",
+                                 why: "a raw stream has no room to say which blocks changed",
+                                 remedy: "use --format delta and `snapstack apply` on the receiving side")
+        }
+
+        // Which blocks to read.
+        var readEverything = false
+        var ranges: [Range<UInt64>]
+        let blockCount = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        if let base {
+            do {
+                ranges = try changedBlocks(of: device, since: base.era ?? 0)
+            } catch let error where request.allowFull {
+                notice("cannot read the change tracking of \(device.name) (\(error)); reading every block as --allow-full asks")
+                ranges = [0..<blockCount]
+                readEverything = true
+            }
+        } else {
+            ranges = [0..<blockCount]
+        }
+        let extents = ranges.map { range in
+            let offset = range.lowerBound * UInt64(blockSize)
+            return Extent(offset: offset, length: min(range.upperBound * UInt64(blockSize), size) - offset)
+        }
+        let plannedBlocks = ranges.reduce(0) { $0 + UInt64($1.count) }
+
+        // The record, before any byte moves.
+        let now = Date()
+        var record = ExportRecord(
+            id: resumedManifest?.export.id ?? ExportRecord.newID(), deviceID: device.id,
+            snapshotID: snapshot.id, snapshotName: snapshot.name, kind: base == nil ? .full : .incremental,
+            baseExportID: base?.id, era: snapshot.era, sinceEra: base?.era,
+            blockSizeBytes: Int64(blockSize), deviceSizeBytes: Int64(size),
+            imagePath: request.destination.imagePath?.string, format: request.destination.formatName,
+            createdAt: resumedManifest?.export.createdAt ?? now)
+        try store.save(record)
+
+        let manifest = ImageManifest(
+            state: .incomplete,
+            export: .init(id: record.id, kind: record.kind.rawValue, base: base?.id,
+                          chain: (resumedManifest?.export.chain.dropLast() ?? baseChain(request.destination)) + [record.id],
+                          createdAt: record.createdAt, completedAt: nil),
+            device: .init(id: device.id, name: device.name, sizeBytes: size, wwn: device.wwn, serial: device.serial,
+                          partUUID: device.partUUID, fsUUID: device.fsUUID),
+            snapshot: .init(id: snapshot.id, name: snapshot.name, era: snapshot.era, createdAt: snapshot.createdAt),
+            sinceEra: base?.era, blockSize: blockSize,
+            checksumFile: request.destination.imagePath.map { ImageManifest.checksumPath(forImage: $0).lastComponent?.string ?? "" } ?? "")
+
+        let engine: CopyEngine
+        do {
+            engine = try CopyEngine(source: FilePath(snapshotDevice.devicePath),
+                                    options: CopyOptions(blockSize: blockSize, maxRate: request.maxRate))
+        } catch {
+            throw SnapstackError(.failed, "cannot open the snapshot \(snapshotDevice.devicePath)", why: "\(error)", cause: error)
+        }
+        guard engine.sourceSize >= size else {
+            throw SnapstackError(.failed, "the snapshot \(snapshotDevice.devicePath) is smaller than its origin",
+                                 why: "\(engine.sourceSize) bytes, the device has \(size)")
+        }
+
+        let statistics: CopyStatistics
+        do {
+            switch request.destination {
+            case .image(let path):
+                statistics = try copyIntoImage(path, manifest: manifest, engine: engine, extents: extents,
+                                               fresh: base == nil, progress: progress, cancel: cancel)
+            case .standardOutput(.raw):
+                let sink = RawStreamSink(descriptor: .standardOutput, size: size)
+                statistics = try engine.run(extents: extents, into: sink, progress: progress, cancel: cancel)
+                try sink.finish()
+            case .standardOutput(.delta):
+                var streamed = manifest
+                streamed.state = .complete
+                streamed.export.completedAt = Date()
+                let sink = try DeltaStreamWriter(
+                    descriptor: .standardOutput,
+                    header: DeltaStreamHeader(blockSize: blockSize, deviceSize: size, payload: try streamed.encoded()))
+                statistics = try engine.run(extents: extents, into: sink, progress: progress, cancel: cancel)
+                try sink.finish()
+            }
+        } catch let error as CopyError where error.isCancelled {
+            throw SnapstackError(.failed, "export \(record.id) of \(device.name)-\(snapshot.name) was cancelled",
+                                 why: "the image is marked incomplete",
+                                 remedy: "run the same command again to finish it", cause: error)
+        } catch let error as SnapstackError {
+            throw error
+        } catch {
+            throw SnapstackError(.failed, "export \(record.id) of \(device.name)-\(snapshot.name) failed", why: "\(error)",
+                                 remedy: "run the same command again to finish it", cause: error)
+        }
+
+        record.state = .complete
+        record.bytesRead = Int64(statistics.bytesRead)
+        record.bytesWritten = Int64(statistics.bytesWritten)
+        record.completedAt = Date()
+        try store.save(record)
+        try? store.record(event: "export", subject: device.name,
+                          message: "\(record.kind.rawValue) export \(record.id) of \(snapshot.name): \(statistics.bytesRead) bytes read")
+        return ExportOutcome(record: record, statistics: statistics, plannedBlocks: plannedBlocks,
+                             readEverything: readEverything, resumed: resumedManifest != nil)
+    }
+
+    /// Blocks of `device` written in era `era` or later, read from a metadata snapshot of its
+    /// era device (dm-era's `take_metadata_snap`, dropped again whatever happens).
+    public func changedBlocks(of device: DeviceRecord, since era: Int64) throws -> [Range<UInt64>] {
+        guard device.cbtBlockSectors != nil, let metadataFile = device.eraMetadataPath else {
+            throw SnapstackError(.refused, "\(device.name) has no change tracking",
+                                 why: "it was protected with --no-cbt", remedy: "take a full export")
+        }
+        let realName = try Layout.realName(device.name)
+        // One metadata snapshot per era device at a time: two exports of the same device
+        // must not drop each other's.
+        let lock = try StateLock(directory: metadataDirectory, name: "\(device.id).lock", mode: .exclusive, timeout: 300)
+        defer { withExtendedLifetime(lock) {} }
+        guard case .era(let status)? = try dm.status(realName).first?.status else {
+            throw SnapstackError(.failed, "\(realName.devicePath) is not tracking changes",
+                                 remedy: "run `snapstack reconcile`")
+        }
+        guard era >= 0, era <= Int64(status.currentEra) else {
+            throw SnapstackError(.invalidArgument, "era \(era) is not an era of \(device.name)",
+                                 why: "its current era is \(status.currentEra)")
+        }
+        if status.heldMetadataRoot != nil {
+            // Held by a reader that died: nobody else can hold it while we have the lock.
+            try dm.message(realName, era: .dropMetadataSnapshot)
+        }
+        try dm.message(realName, era: .takeMetadataSnapshot)
+        defer { try? dm.message(realName, era: .dropMetadataSnapshot) }
+        guard let loop = try Loop.find(backingFile: metadataFile).first else {
+            throw SnapstackError(.failed, "the change-tracking metadata \(metadataFile) is not attached",
+                                 remedy: "run `snapstack reconcile`")
+        }
+        do {
+            return try EraMetadata(path: FilePath(loop.path)).changedBlocks(since: UInt32(era))
+        } catch {
+            throw SnapstackError(.failed, "cannot read the change tracking of \(device.name) from \(loop.path)",
+                                 why: "\(error)", remedy: "--allow-full reads every block instead", cause: error)
+        }
+    }
+
+    // MARK: Checks
+
+    private func checkReadable(_ snapshot: SnapshotRecord, device name: DMName) throws {
+        guard snapshot.state == .active else {
+            throw SnapstackError(.refused, "\(name.devicePath) cannot be exported", why: "it is \(snapshot.state.rawValue)")
+        }
+        guard try dm.info(name) != nil else {
+            throw SnapstackError(.failed, "\(name.devicePath) does not exist", remedy: "run `snapstack reconcile`")
+        }
+        switch try dm.status(name).first?.status {
+        case .snapshot(.invalid)?, .snapshot(.overflow)?:
+            throw SnapstackError(.refused, "\(name.devicePath) cannot be exported",
+                                 why: "the kernel invalidated it (its store overflowed)",
+                                 remedy: "drop it and take a new snapshot with a larger --size")
+        default: break
+        }
+    }
+
+    private func baseExport(_ id: String, device: DeviceRecord, snapshot: SnapshotRecord, blockSize: Int) throws -> ExportRecord {
+        guard let base = try store.export(id: id) else {
+            throw SnapstackError(.notFound, "no export has the id \"\(id.replacingNewlines)\"",
+                                 remedy: "`snapstack exports` lists them")
+        }
+        guard base.deviceID == device.id else {
+            throw SnapstackError(.refused, "export \(id) is not of \(device.name)",
+                                 remedy: "name an export of the same device")
+        }
+        guard base.state == .complete else {
+            throw SnapstackError(.refused, "export \(id) did not complete", remedy: "finish it by running it again, or take a full export")
+        }
+        guard let baseEra = base.era, device.cbtBlockSectors != nil else {
+            throw SnapstackError(.refused, "\(device.name) has no change tracking to build on export \(id)",
+                                 remedy: "take a full export")
+        }
+        guard base.blockSizeBytes == Int64(blockSize), base.deviceSizeBytes == device.sizeBytes else {
+            throw SnapstackError(.refused, "export \(id) does not match \(device.name) any more",
+                                 why: "its block size or device size differs", remedy: "take a full export")
+        }
+        if let era = snapshot.era, baseEra > era {
+            throw SnapstackError(.refused, "export \(id) is newer than snapshot \(snapshot.name)",
+                                 remedy: "export a snapshot taken after export \(id)'s")
+        }
+        return base
+    }
+
+    /// Checks that `path` may receive this export; returns the manifest of an interrupted run of
+    /// the same export, which this run finishes.
+    private func checkImage(_ path: FilePath, device: DeviceRecord, snapshot: SnapshotRecord,
+                            base: ExportRecord?) throws -> ImageManifest? {
+        let imageExists = FileManager.default.fileExists(atPath: path.string)
+        guard let manifest = try ImageManifest.read(forImage: path) else {
+            if imageExists {
+                throw SnapstackError(.refused, "\(path) exists and is not a snapstack image",
+                                     why: "it has no manifest beside it", remedy: "export to a new path")
+            }
+            if let base {
+                throw SnapstackError(.notFound, "\(path) does not exist",
+                                     why: "an incremental export updates the image of export \(base.id)",
+                                     remedy: "name that image, or take a full export")
+            }
+            return nil
+        }
+        guard manifest.device.id == device.id else {
+            throw SnapstackError(.refused, "\(path) holds an image of \(manifest.device.name), not of \(device.name)",
+                                 remedy: "export to another path")
+        }
+        if manifest.state == .incomplete {
+            guard manifest.snapshot.id == snapshot.id, manifest.export.base == base?.id else {
+                let again = manifest.export.base.map { " --since \($0)" } ?? ""
+                throw SnapstackError(
+                    .refused, "\(path) is incomplete",
+                    why: "export \(manifest.export.id) of snapshot \(manifest.snapshot.name)\(again) stopped half-way",
+                    remedy: "run that export again to finish it; if its snapshot is gone, take a full export to a new path")
+            }
+            return manifest
+        }
+        guard let base else {
+            throw SnapstackError(.refused, "\(path) already holds export \(manifest.export.id)",
+                                 why: "a full export never overwrites an image",
+                                 remedy: "add --since \(manifest.export.id) for an incremental, or export to a new path")
+        }
+        guard manifest.export.id == base.id else {
+            throw SnapstackError(.refused, "\(path) holds export \(manifest.export.id), not export \(base.id)",
+                                 remedy: "use --since \(manifest.export.id)")
+        }
+        guard manifest.blockSize == Self.exportBlockSize(device), manifest.device.sizeBytes == UInt64(device.sizeBytes) else {
+            throw SnapstackError(.refused, "\(path) does not match \(device.name)'s size or block size",
+                                 remedy: "take a full export to a new path")
+        }
+        return nil
+    }
+
+    private func baseChain(_ destination: ExportDestination) -> [String] {
+        guard case .image(let path) = destination, let manifest = try? ImageManifest.read(forImage: path) else { return [] }
+        return manifest.export.chain
+    }
+
+    // MARK: Image
+
+    private func copyIntoImage(_ path: FilePath, manifest: ImageManifest, engine: CopyEngine, extents: [Extent],
+                               fresh: Bool, progress: ((CopyProgress) -> Void)?, cancel: CancellationFlag?) throws -> CopyStatistics {
+        // Intent first: from here until the last sync the image is not to be trusted.
+        try manifest.write(forImage: path)
+        let sums = try ChecksumFile(path: ImageManifest.checksumPath(forImage: path), blockCount: manifest.blockCount, create: true)
+        let sink: SparseFileSink
+        do {
+            sink = try SparseFileSink(path: path, size: manifest.device.sizeBytes, zeroBlocks: fresh ? .leaveHoles : .punchHoles,
+                                      permissions: [.ownerReadWrite, .groupRead])
+        } catch {
+            throw SnapstackError(.failed, "cannot open the image \(path)", why: "\(error)", cause: error)
+        }
+        let statistics = try engine.run(extents: extents, into: sink,
+                                        onBlock: { try sums.set($0.index, $0.digest) },
+                                        progress: progress, cancel: cancel)
+        try sink.finish()
+        try sums.sync()
+        var done = manifest
+        done.state = .complete
+        done.export.completedAt = Date()
+        done.checksums.digest = try sums.fileDigest().hex
+        try done.write(forImage: path)
+        return statistics
+    }
+}
+
+extension ExportDestination {
+    var imagePath: FilePath? {
+        if case .image(let path) = self { return path }
+        return nil
+    }
+
+    var formatName: String {
+        switch self {
+        case .image: "image"
+        case .standardOutput(let format): format.rawValue
+        }
+    }
+}
+
+/// The changed ranges of a device, for `snapstack changes`.
+public struct ChangeList: Sendable {
+    public var device: DeviceRecord
+    public var sinceEra: Int64
+    /// The export `--since` named, if it named one.
+    public var sinceExport: String?
+    public var blockSize: Int
+    public var ranges: [Range<UInt64>]
+
+    public var changedBlocks: UInt64 { ranges.reduce(0) { $0 + UInt64($1.count) } }
+}
+
+extension Orchestrator {
+    /// The blocks of device `name` written since an export's snapshot or since an era. An
+    /// argument that is an export's id names that export; otherwise it must be an era number.
+    public func changes(of name: String, since: String) throws -> ChangeList {
+        let device = try self.device(named: name)
+        let era: Int64
+        var export: String?
+        if let record = try store.export(id: since) {
+            guard record.deviceID == device.id else {
+                throw SnapstackError(.refused, "export \(since) is not of \(device.name)")
+            }
+            guard let recordEra = record.era else {
+                throw SnapstackError(.refused, "export \(since) has no era", why: "it was taken without change tracking")
+            }
+            era = recordEra
+            export = record.id
+        } else if let number = Int64(since), number >= 0 {
+            era = number
+        } else {
+            throw SnapstackError(.notFound, "\"\(since.replacingNewlines)\" is neither an export id nor an era number",
+                                 remedy: "`snapstack exports` lists exports; `snapstack devices -o +era` shows eras")
+        }
+        return ChangeList(device: device, sinceEra: era, sinceExport: export, blockSize: Self.exportBlockSize(device),
+                          ranges: try changedBlocks(of: device, since: era))
+    }
+
+    /// Every export on record, oldest first.
+    public func exports() throws -> [(ExportRecord, deviceName: String)] {
+        let names = Dictionary(uniqueKeysWithValues: try store.devices().map { ($0.id, $0.name) })
+        return try store.exports().map { ($0, names[$0.deviceID] ?? $0.deviceID) }
+    }
+}

@@ -1,0 +1,189 @@
+import CopyEngine
+import Foundation
+import SystemPackage
+
+/// The manifest beside an exported image (`IMAGE.manifest`, JSON): which device and snapshot the
+/// image holds, which export wrote it last and on top of which, and where the per-block
+/// checksums are. An image is only trusted when its manifest says `complete`.
+///
+/// The manifest is replaced atomically (write a temporary file, fsync, rename, fsync the
+/// directory): after a crash it is either the old one or the new one, never half of each.
+public struct ImageManifest: Codable, Sendable, Equatable {
+    public static let formatName = "snapstack-image"
+    public static let currentVersion = 1
+
+    public enum State: String, Codable, Sendable {
+        /// Every block of the image matches the export's snapshot.
+        case complete
+        /// An export was writing when it stopped: the image mixes two snapshots and must not be
+        /// used until the same export is run again.
+        case incomplete
+    }
+
+    public struct Export: Codable, Sendable, Equatable {
+        public var id: String
+        public var kind: String
+        /// The export the image held before this one was applied (incrementals only).
+        public var base: String?
+        /// Every export applied to the image, the first full one first.
+        public var chain: [String]
+        public var createdAt: Date
+        public var completedAt: Date?
+    }
+
+    public struct Device: Codable, Sendable, Equatable {
+        public var id: String
+        public var name: String
+        public var sizeBytes: UInt64
+        public var wwn: String?
+        public var serial: String?
+        public var partUUID: String?
+        public var fsUUID: String?
+    }
+
+    public struct Snapshot: Codable, Sendable, Equatable {
+        public var id: String
+        public var name: String
+        /// The snapshot's first era: an incremental on top of this image reads from it.
+        public var era: Int64?
+        public var createdAt: Date
+    }
+
+    public struct Checksums: Codable, Sendable, Equatable {
+        /// `xxh3-128`: one XXH3-128 digest (16 bytes, canonical order) per block.
+        public var algorithm: String
+        /// The checksum file's name, in the image's directory.
+        public var file: String
+        /// XXH3-128 of the checksum file, so that a damaged checksum file is told from a damaged image.
+        public var digest: String?
+    }
+
+    public var format: String
+    public var version: Int
+    public var state: State
+    public var export: Export
+    public var device: Device
+    public var snapshot: Snapshot
+    /// The first era an incremental read; nil for a full export.
+    public var sinceEra: Int64?
+    public var blockSize: Int
+    public var blockCount: UInt64
+    public var checksums: Checksums
+
+    public init(state: State, export: Export, device: Device, snapshot: Snapshot, sinceEra: Int64?,
+                blockSize: Int, checksumFile: String, checksumDigest: String? = nil) {
+        format = Self.formatName
+        version = Self.currentVersion
+        self.state = state
+        self.export = export
+        self.device = device
+        self.snapshot = snapshot
+        self.sinceEra = sinceEra
+        self.blockSize = blockSize
+        blockCount = (device.sizeBytes + UInt64(blockSize) - 1) / UInt64(blockSize)
+        checksums = Checksums(algorithm: "xxh3-128", file: checksumFile, digest: checksumDigest)
+    }
+
+    // MARK: Files
+
+    /// The manifest's path for an image.
+    public static func path(forImage image: FilePath) -> FilePath {
+        FilePath(image.string + ".manifest")
+    }
+
+    /// The checksum file's path for an image.
+    public static func checksumPath(forImage image: FilePath) -> FilePath {
+        FilePath(image.string + ".sums")
+    }
+
+    /// Reads the manifest of `image`; nil when there is none.
+    public static func read(forImage image: FilePath) throws -> ImageManifest? {
+        let path = self.path(forImage: image)
+        guard FileManager.default.fileExists(atPath: path.string) else { return nil }
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path.string))
+        } catch {
+            throw SnapstackError(.failed, "cannot read the manifest \(path)", why: "\(error)", cause: error)
+        }
+        return try decode(data, source: path.string)
+    }
+
+    /// Parses a manifest, checking that it is one this build understands.
+    public static func decode(_ data: Data, source: String) throws -> ImageManifest {
+        let manifest: ImageManifest
+        do {
+            manifest = try decoder.decode(ImageManifest.self, from: data)
+        } catch {
+            throw SnapstackError(.failed, "\(source) is not a snapstack image manifest",
+                                 why: "\(error)", remedy: "check the path; a damaged manifest needs a new full export",
+                                 cause: error)
+        }
+        guard manifest.format == formatName else {
+            throw SnapstackError(.failed, "\(source) is not a snapstack image manifest",
+                                 why: "its format is \"\(manifest.format)\"")
+        }
+        guard manifest.version <= currentVersion else {
+            throw SnapstackError(.failed, "\(source) was written by a newer snapstack",
+                                 why: "manifest version \(manifest.version), this build reads up to \(currentVersion)",
+                                 remedy: "use a newer snapstack")
+        }
+        guard manifest.blockSize > 0, manifest.blockSize % 512 == 0,
+              manifest.blockCount == (manifest.device.sizeBytes + UInt64(manifest.blockSize) - 1) / UInt64(manifest.blockSize)
+        else {
+            throw SnapstackError(.failed, "\(source) is inconsistent",
+                                 why: "block size \(manifest.blockSize) and \(manifest.blockCount) blocks do not cover \(manifest.device.sizeBytes) bytes")
+        }
+        return manifest
+    }
+
+    public func encoded() throws -> Data {
+        try Self.encoder.encode(self)
+    }
+
+    /// Replaces the manifest of `image` atomically and durably.
+    public func write(forImage image: FilePath) throws {
+        let path = Self.path(forImage: image)
+        let temporary = FilePath(path.string + ".tmp")
+        do {
+            let data = try encoded() + Data("\n".utf8)
+            let fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            try fd.closeAfter {
+                _ = try fd.writeAll(data)
+                try fsyncing(fd)
+            }
+            guard rename(temporary.string, path.string) == 0 else { throw Errno(rawValue: errno) }
+            try syncDirectory(of: path)
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary.string)
+            throw SnapstackError(.failed, "cannot write the manifest \(path)", why: "\(error)", cause: error)
+        }
+    }
+
+    private static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return encoder
+    }()
+
+    private static let decoder: JSONDecoder = {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }()
+}
+
+/// fsync of the directory holding `path`, so that a rename or a new file survives a power cut.
+func syncDirectory(of path: FilePath) throws {
+    let directory = path.removingLastComponent()
+    let fd = try FileDescriptor.open(directory.isEmpty ? "." : directory, .readOnly, options: [.directory])
+    try fd.closeAfter { try fsyncing(fd) }
+}
+
+/// `fsync(2)`, retried on EINTR.
+func fsyncing(_ fd: FileDescriptor) throws {
+    while fsync(fd.rawValue) != 0 {
+        guard errno == EINTR else { throw Errno(rawValue: errno) }
+    }
+}
