@@ -25,7 +25,7 @@ public struct UdevError: Error, CustomStringConvertible {
 
 /// A libudev context (`udev_new`). Not shared between threads: make one where it is used.
 public final class UdevContext {
-    private let handle: OpaquePointer
+    let handle: OpaquePointer
 
     public init() throws {
         guard let handle = udev_new() else { throw UdevError(operation: "udev_new") }
@@ -71,7 +71,7 @@ public final class UdevContext {
         return Self.copy(device)
     }
 
-    private static func copy(_ device: OpaquePointer) -> UdevDevice {
+    static func copy(_ device: OpaquePointer) -> UdevDevice {
         func string(_ pointer: UnsafePointer<CChar>?) -> String? { pointer.map { String(cString: $0) } }
         var properties: [String: String] = [:]
         var entry = udev_device_get_properties_list_entry(device)
