@@ -110,6 +110,9 @@ let package = Package(
             name: "CopyEngineTests",
             dependencies: ["CopyEngine", "BlockIO"]),
         .testTarget(
+            name: "ImageTests",
+            dependencies: ["Snapstack", "CopyEngine", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).

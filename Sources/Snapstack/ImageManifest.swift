@@ -29,6 +29,15 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         public var chain: [String]
         public var createdAt: Date
         public var completedAt: Date?
+
+        public init(id: String, kind: String, base: String?, chain: [String], createdAt: Date, completedAt: Date?) {
+            self.id = id
+            self.kind = kind
+            self.base = base
+            self.chain = chain
+            self.createdAt = createdAt
+            self.completedAt = completedAt
+        }
     }
 
     public struct Device: Codable, Sendable, Equatable {
@@ -39,6 +48,17 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         public var serial: String?
         public var partUUID: String?
         public var fsUUID: String?
+
+        public init(id: String, name: String, sizeBytes: UInt64, wwn: String? = nil, serial: String? = nil,
+                    partUUID: String? = nil, fsUUID: String? = nil) {
+            self.id = id
+            self.name = name
+            self.sizeBytes = sizeBytes
+            self.wwn = wwn
+            self.serial = serial
+            self.partUUID = partUUID
+            self.fsUUID = fsUUID
+        }
     }
 
     public struct Snapshot: Codable, Sendable, Equatable {
@@ -47,6 +67,13 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         /// The snapshot's first era: an incremental on top of this image reads from it.
         public var era: Int64?
         public var createdAt: Date
+
+        public init(id: String, name: String, era: Int64?, createdAt: Date) {
+            self.id = id
+            self.name = name
+            self.era = era
+            self.createdAt = createdAt
+        }
     }
 
     public struct Checksums: Codable, Sendable, Equatable {
