@@ -320,6 +320,24 @@ public struct DeviceMapperClient: Sendable {
         return true
     }
 
+    /// Removes `name` when its last opener closes it (`DM_DEV_REMOVE` with `DM_DEFERRED_REMOVE`,
+    /// `dm_task_deferred_remove`): at once if nothing has it open, else the kernel marks it and
+    /// removes it on the last close. Never retries and never waits for the device; udev is
+    /// waited for only when the kernel removed it now (libdm completes the cookie itself when
+    /// the kernel generated no uevent). Returns false when no such device exists.
+    @discardableResult
+    public func removeDeferred(_ name: DMName) throws -> Bool {
+        guard try info(name) != nil else { return false }
+        try task(DM_DEVICE_REMOVE, "remove", device: name.rawValue) { dmt in
+            try set(dm_task_set_name(dmt, name.rawValue), dmt, "remove", name.rawValue)
+            try set(dm_task_deferred_remove(dmt), dmt, "remove", name.rawValue)
+            try withCookie(dmt, [], nil, "remove", name.rawValue) {
+                try run(dmt, "remove", name.rawValue)
+            }
+        }
+        return true
+    }
+
     /// Sends a target message (`DM_TARGET_MSG`) to the line at `sector` and returns the
     /// target's answer, nil when it gave none.
     @discardableResult

@@ -184,6 +184,7 @@ extension Orchestrator {
                 try dm.create(top, uuid: try Layout.uuid(deviceID: device.id, .top), table: table)
             }
         }
+        publishMember(device, source: source)
         Failpoint.protectTopCreated.hit()
     }
 
@@ -200,6 +201,7 @@ extension Orchestrator {
                 if deleteMetadata { try? FileManager.default.removeItem(atPath: path) }
             }
         }
+        withdrawMember(device)
     }
 
     /// Tears the stack of `name` down, leaving the disk as it was. Refuses while the top device
