@@ -1,1 +1,111 @@
-// `snapstack daemon`: boot-time reconcile, udev hotplug, store watch, sd_notify.
+// `snapstack daemon`: boot-time reconcile, udev hotplug, the auto-protect policy, store watch,
+// sd_notify, on swift-service-lifecycle.
+import Foundation
+import Logging
+import Policy
+import ServiceLifecycle
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the daemon runs.
+public struct DaemonOptions: Sendable {
+    public var stateDirectory: FilePath
+    /// The configuration file (default `/etc/snapstack/snapstack.conf`).
+    public var configPath: String
+    /// Whether `configPath` was named: a named file must exist, the default one need not.
+    public var configExplicit: Bool
+    /// Seconds one operation waits for the state lock before trying again.
+    public var lockTimeout: Double
+    public var logLevel: Logger.Level
+
+    public static let defaultConfigPath = Policy.defaultPath
+    /// The names `--log-level` takes.
+    public static let logLevels = Logger.Level.allCases.map(\.rawValue)
+
+    /// `logLevel` is one of `logLevels`; anything else is `info`.
+    public init(stateDirectory: FilePath, configPath: String = Policy.defaultPath, configExplicit: Bool = false,
+                lockTimeout: Double = 30, logLevel: String) {
+        self.init(stateDirectory: stateDirectory, configPath: configPath, configExplicit: configExplicit,
+                  lockTimeout: lockTimeout, logLevel: Logger.Level(rawValue: logLevel) ?? .info)
+    }
+
+    public init(stateDirectory: FilePath, configPath: String = Policy.defaultPath, configExplicit: Bool = false,
+                lockTimeout: Double = 30, logLevel: Logger.Level = .info) {
+        self.stateDirectory = stateDirectory
+        self.configPath = configPath
+        self.configExplicit = configExplicit
+        self.lockTimeout = lockTimeout
+        self.logLevel = logLevel
+    }
+}
+
+public enum Daemon {
+    /// Runs until SIGTERM or SIGINT, which shut it down gracefully: the operation under way
+    /// finishes (no device is left suspended), then the daemon tells the service manager it is
+    /// stopping and returns.
+    public static func run(_ options: DaemonOptions) async throws {
+        // SIGHUP means "reload" from the first instant, before its handler is installed.
+        signal(SIGHUP, SIG_IGN)
+        let logger = DaemonLogging.makeLogger(level: options.logLevel)
+        let notifier = SystemdNotifier()
+        let worker = Worker()
+        let policy = PolicyHolder(path: options.configPath, explicit: options.configExplicit)
+        switch policy.load() {
+        case .success(let loaded):
+            logger.notice("starting", metadata: ["config": "\(options.configPath)", "rules": "\(loaded.rules.count)",
+                                                 "state": "\(options.stateDirectory)"])
+        case .failure(let error):
+            // Stacks are rebuilt all the same: a bad file must not leave disks unprotected.
+            logger.error("bad configuration, running without auto-protect rules: \(error)",
+                         metadata: ["config": "\(error.file)", "line": "\(error.line)"])
+        }
+        // The stores: section is read at start; a reload changes the rules only.
+        let stores = policy.policy.stores
+
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: HotplugService(options: options, policy: policy, notifier: notifier, worker: worker, logger: logger),
+                  successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: ReloadService(policy: policy, notifier: notifier, logger: logger),
+                  successTerminationBehavior: .ignore),
+            .init(service: WatchdogService(notifier: notifier, worker: worker,
+                                           stuckAfter: .seconds(Int64(options.lockTimeout) + 300), logger: logger),
+                  successTerminationBehavior: .ignore),
+        ]
+        // STORE WATCH: uncomment this one line once Sources/SnapstackDaemon/StoreWatch.swift exists.
+        // services.append(.init(service: StoreWatchService(stateDirectory: options.stateDirectory, settings: StoreWatchSettings(enabled: stores.enabled, threshold: stores.threshold, step: stores.step, limit: stores.limit, pollInterval: stores.pollInterval), logger: logger), successTerminationBehavior: .ignore))
+        _ = stores
+
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger))
+        try await group.run()
+    }
+
+    /// Checks the configuration file, as `snapstack daemon --check-config` does: what it says,
+    /// one line a rule, or the error (`FILE:LINE:COLUMN: reason`).
+    public static func checkConfiguration(path: String) -> Result<String, PolicyError> {
+        PolicyHolder(path: path, explicit: true).load().map { policy in
+            var lines = ["\(path): \(policy.rules.count) rule(s)"]
+            for (index, rule) in policy.rules.enumerated() {
+                let action: String
+                switch rule.action {
+                case .exclude: action = "exclude"
+                case .protect(let protect):
+                    action = "protect as \(protect.name)"
+                        + (protect.cbtBlock.map { ", cbt-block \($0.rawValue) bytes" } ?? ", no change tracking")
+                }
+                let matches = rule.properties.map { "\($0.property)=\($0.globs.map(\.pattern).joined(separator: "|"))" }
+                    + (rule.minimumSize.map { ["size>=\($0.rawValue)"] } ?? []) + (rule.maximumSize.map { ["size<=\($0.rawValue)"] } ?? [])
+                lines.append("  \(index + 1). line \(rule.line)\(rule.label.map { " \"\($0)\"" } ?? ""): "
+                             + "\(matches.isEmpty ? "every device" : matches.joined(separator: " ")) -> \(action)")
+            }
+            let stores = policy.stores
+            lines.append("stores: watch \(stores.enabled ? "on" : "off"), threshold \(Int((stores.threshold * 100).rounded()))%, grow by "
+                         + (stores.step.map { "\($0.rawValue) bytes" } ?? "doubling") + ", max "
+                         + (stores.limit.map { "\($0.rawValue) bytes" } ?? "none") + ", every \(stores.pollInterval)")
+            return lines.joined(separator: "\n")
+        }
+    }
+}

@@ -22,6 +22,6 @@ struct SnapstackCommand: ParsableCommand {
             ProtectCommand.self, UnprotectCommand.self, SnapshotCommand.self, DropCommand.self, MergeCommand.self,
             ExportCommand.self, ApplyCommand.self, VerifyCommand.self, RestoreCommand.self, ChangesCommand.self,
             DevicesCommand.self, SnapshotsCommand.self, ExportsCommand.self, StatusCommand.self, ReconcileCommand.self,
-            DoctorCommand.self, FailpointsCommand.self,
+            DoctorCommand.self, FailpointsCommand.self, DaemonCommand.self,
         ])
 }

@@ -1,0 +1,257 @@
+import BlockIO
+import Foundation
+import Logging
+import Policy
+import ServiceLifecycle
+import Snapstack
+import Synchronization
+import SystemPackage
+import Udev
+import UnixSignals
+
+/// The policy in force, replaced as a whole when a reload succeeds.
+final class PolicyHolder: Sendable {
+    private let current: Mutex<Policy>
+    let path: String
+    /// Whether the path was named (`--config`): then a missing file is an error, whereas a
+    /// missing default file means "no policy".
+    let explicit: Bool
+
+    init(path: String, explicit: Bool) {
+        self.path = path
+        self.explicit = explicit
+        current = Mutex(.empty)
+    }
+
+    var policy: Policy { current.withLock { $0 } }
+
+    /// Reads the file; on success it becomes the policy, on failure the last good one stays.
+    func load() -> Result<Policy, PolicyError> {
+        let result: Result<Policy, PolicyError>
+        if !explicit && !FileManager.default.fileExists(atPath: path) {
+            result = .success(Policy(file: path))
+        } else {
+            result = Result { () throws(PolicyError) in try Policy.load(path: path) }
+        }
+        if case .success(let policy) = result { current.withLock { $0 = policy } }
+        return result
+    }
+}
+
+/// Re-reads the configuration on SIGHUP (`systemctl reload snapstack`). A file with errors is
+/// reported — file, line, column and reason — and the policy in force stays.
+struct ReloadService: Service {
+    let policy: PolicyHolder
+    let notifier: SystemdNotifier
+    let logger: Logger
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            notifier.reloading()
+            switch policy.load() {
+            case .success(let loaded):
+                logger.notice("configuration reloaded", metadata: ["config": "\(policy.path)", "rules": "\(loaded.rules.count)"])
+            case .failure(let error):
+                logger.error("bad configuration, keeping the previous policy: \(error)",
+                             metadata: ["config": "\(error.file)", "line": "\(error.line)"])
+            }
+            notifier.ready(status: "watching for block devices; \(policy.policy.rules.count) auto-protect rule(s)")
+        }
+    }
+}
+
+/// The heart of the daemon: at start, `reconcile` (every protected disk that is present gets
+/// its stack back, change tracking continuing from its era metadata) and the policy applied
+/// to the devices already present; then, for each udev event on a block device, `add`
+/// rebuilds the stack of a protected disk or applies the auto-protect policy, and `remove`
+/// tears down what belonged to the disk that went away. Events are handled one at a time, in
+/// order, each under the state lock for just that operation, so that the command line keeps
+/// working beside the daemon.
+struct HotplugService: Service {
+    let options: DaemonOptions
+    let policy: PolicyHolder
+    let notifier: SystemdNotifier
+    let worker: Worker
+    let logger: Logger
+    let events = Counter()
+
+    final class Counter: Sendable {
+        private let value = Atomic<Int>(0)
+        func increment() -> Int { value.add(1, ordering: .relaxed).newValue }
+    }
+
+    func run() async throws {
+        // Listening starts before the boot-time pass: a disk that appears meanwhile is queued
+        // in the socket, not missed.
+        let monitor = try UdevMonitor()
+        notifier.status("rebuilding the stacks of protected disks")
+        await boot()
+        let count = (try? await locked("count protected devices") { $0.protectedCount() }) ?? 0
+        notifier.ready(status: "watching for block devices; \(count) protected device(s), \(policy.policy.rules.count) auto-protect rule(s)")
+        logger.notice("ready", metadata: ["protected": "\(count)", "rules": "\(policy.policy.rules.count)"])
+
+        for await event in monitor.cancelOnGracefulShutdown() {
+            let received = ContinuousClock.now
+            switch event.action {
+            case .add: await appeared(event.device, coldplug: false, received: received)
+            case .remove: await vanished(event.device)
+            default: break
+            }
+            let handled = events.increment()
+            logger.debug("event handled", metadata: ["action": "\(event.action)", "device": "\(event.device.sysName)",
+                                                     "seqnum": "\(event.sequenceNumber)", "events": "\(handled)"])
+        }
+        notifier.stopping()
+        logger.notice("stopping")
+    }
+
+    // MARK: Boot
+
+    func boot() async {
+        do {
+            let actions = try await locked("reconcile") { orchestrator in
+                try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
+            }
+            for action in actions { logger.notice("reconcile: \(action)") }
+        } catch {
+            logger.error("reconcile at start failed: \(error)")
+        }
+        // Members are hidden from udev again, also where the persistent markers were not
+        // readable at coldplug (/var mounted later); then udev is let finish, so that the
+        // by-uuid links point at the top devices before local-fs-pre.target is reached.
+        _ = try? await locked("republish members") { try $0.republishMembers() }
+        _ = try? await worker.perform { try UdevContext().waitUntilIdle(timeout: 30) }
+        // The policy applies to the disks that are present, as udev's coldplug replays `add`.
+        let devices = (try? await worker.perform { try UdevContext().blockDevices() }) ?? []
+        for device in devices where device.deviceNode != nil {
+            await appeared(device, coldplug: true, received: .now)
+        }
+    }
+
+    // MARK: Events
+
+    func appeared(_ device: UdevDevice, coldplug: Bool, received: ContinuousClock.Instant) async {
+        guard let node = device.deviceNode, let size = Self.size(of: device.number), size > .zero,
+              !Self.isOurs(device, stateDirectory: options.stateDirectory) else { return }
+        var log = logger
+        log[metadataKey: "device"] = "\(node)"
+        log[metadataKey: "action"] = coldplug ? "present" : "add"
+        let elapsed = { "\(Self.milliseconds(ContinuousClock.now - received)) ms" }
+        do {
+            switch try await locked("restack \(node)", { try $0.restack(device) }) {
+            case .rebuilt(let name):
+                log.notice("stack rebuilt over the disk of \(name)", metadata: ["name": "\(name)", "elapsed": "\(elapsed())"])
+                return
+            case .alreadyStacked(let name):
+                log.debug("already stacked", metadata: ["name": "\(name)"])
+                return
+            case .waiting(let name, let why):
+                log.warning("cannot rebuild the stack of \(name) yet: \(why)", metadata: ["name": "\(name)"])
+                return
+            case .notProtected:
+                break
+            }
+        } catch {
+            log.error("cannot rebuild the stack: \(error)")
+            return
+        }
+
+        var properties = device.properties
+        properties["KERNEL"] = device.sysName
+        let current = policy.policy
+        switch current.decision(properties: properties, size: size) {
+        case .noMatch:
+            if coldplug { log.debug("no rule matches") } else { log.info("no rule matches") }
+        case .exclude(let rule):
+            log.info("excluded by \(rule)")
+        case .protect(let name, let cbtBlock, let rule):
+            guard !name.isEmpty else {
+                log.error("\(rule) gives this device an empty name; fix the name template in \(current.file)")
+                return
+            }
+            do {
+                let top = try await locked("protect \(node)") { orchestrator in
+                    try orchestrator.protect(devicePath: node, name: name, options: ProtectOptions(cbtBlock: cbtBlock))
+                    return try Layout.topName(name).devicePath
+                }
+                log.notice("protected as \(top) by \(rule)", metadata: ["name": "\(name)", "elapsed": "\(elapsed())"])
+            } catch let error as SnapstackError where error.kind == .refused {
+                log.warning("\(rule) matches, but it is left alone: \(error)", metadata: ["name": "\(name)"])
+            } catch {
+                log.error("\(rule) matches, but protecting it failed: \(error)", metadata: ["name": "\(name)"])
+            }
+        }
+    }
+
+    func vanished(_ device: UdevDevice) async {
+        guard !Self.isOurs(device, stateDirectory: options.stateDirectory) else { return }
+        var log = logger
+        log[metadataKey: "device"] = "\(device.deviceNode ?? device.sysName)"
+        log[metadataKey: "action"] = "remove"
+        do {
+            guard let outcome = try await locked("tear down after \(device.sysName)", { try $0.tearDownVanished(device.number) }) else {
+                log.debug("not a protected disk")
+                return
+            }
+            if outcome.deferred.isEmpty {
+                log.notice("disk of \(outcome.name) went away; its stack is removed", metadata: ["name": "\(outcome.name)"])
+            } else {
+                log.warning("disk of \(outcome.name) went away; \(outcome.deferred.joined(separator: ", ")) still open: they fail every I/O and go when closed",
+                            metadata: ["name": "\(outcome.name)"])
+            }
+        } catch {
+            log.error("cannot tear down the stack of the disk that went away: \(error)")
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Runs `body` on the worker with the state opened under the exclusive lock, taken for this
+    /// operation only. While another snapstack holds the lock longer than the lock timeout (a
+    /// long merge), it tries again, until shutdown.
+    func locked<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Orchestrator) throws -> T) async throws -> T {
+        let state = options.stateDirectory, timeout = options.lockTimeout
+        let logger = self.logger
+        while true {
+            do {
+                return try await worker.perform {
+                    let orchestrator = try Orchestrator(stateDirectory: state, lockTimeout: timeout)
+                    orchestrator.notice = { logger.warning("\($0)") }
+                    return try body(orchestrator)
+                }
+            } catch let error as SnapstackError where error.kind == .locked && !Task.isShuttingDownGracefully && !Task.isCancelled {
+                logger.warning("\(what): \(error); trying again")
+            }
+        }
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+    }
+
+    static func size(of number: DeviceNumber) -> Bytes? {
+        guard let text = try? String(contentsOfFile: "/sys/dev/block/\(number)/size", encoding: .utf8),
+              let sectors = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+        return Sectors(sectors).bytes
+    }
+
+    /// snapstack's own dm devices, and the loop devices of its era metadata and stores: never
+    /// candidates for protection, and their removal is no disk going away.
+    static func isOurs(_ device: UdevDevice, stateDirectory: FilePath) -> Bool {
+        let uuid = device["DM_UUID"] ?? (try? String(contentsOfFile: "/sys/dev/block/\(device.number)/dm/uuid", encoding: .utf8))
+        if let uuid, uuid.hasPrefix(Layout.uuidPrefix) { return true }
+        if device.number.major == 7,
+           let file = try? String(contentsOfFile: "/sys/dev/block/\(device.number)/loop/backing_file", encoding: .utf8),
+           file.hasPrefix(stateDirectory.string + "/") {
+            return true
+        }
+        return false
+    }
+}
+
+extension Orchestrator {
+    /// How many devices are protected, for the daemon's status line.
+    func protectedCount() -> Int {
+        (try? deviceSummaries().count) ?? 0
+    }
+}
