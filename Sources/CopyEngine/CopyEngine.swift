@@ -102,6 +102,8 @@ public final class CopyEngine {
     public let sourceIsBlockDevice: Bool
     /// Whether reads bypass the page cache (false after a refused O_DIRECT).
     public private(set) var directIO: Bool
+    /// The time source of the rate limit; tests put a virtual clock here.
+    public var clock: any CopyClock = SystemClock()
     private let fd: Int32
     private let ioSize: Int
 
@@ -211,7 +213,7 @@ public final class CopyEngine {
         let depth = max(1, min(options.queueDepth, reads.count))
         let pool = SharedBuffers(count: depth, size: ioSize, alignment: logicalBlockSize)
         let limiter = options.maxRate.map {
-            RateLimiter(bytesPerSecond: $0, burst: UInt64(ioSize))
+            RateLimiter(bytesPerSecond: $0, burst: UInt64(ioSize), clock: clock)
         }
         let pipeline = Pipeline(slots: depth, reads: reads)
         let context = ReaderContext(fd: fd, path: path, blockSize: options.blockSize,
