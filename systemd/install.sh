@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs snapstack's system integration: the systemd unit, the udev rules, the module list
+# and the example configuration -- what a package would ship. Run from anywhere.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: systemd/install.sh [--root DIR] [--prefix DIR] [--binary FILE] [--sbindir DIR]
+                          [--state-dir DIR] [--no-reload]
+
+Places, under DIR (default /; a package's staging directory when packaging):
+  PREFIX/lib/systemd/system/snapstack.service    Type=notify, before local-fs-pre.target
+  PREFIX/lib/udev/rules.d/61-snapstack.rules     hides protected disks and hidden layers
+  PREFIX/lib/modules-load.d/snapstack.conf       dm-mod dm-era dm-snapshot loop
+  PREFIX/share/doc/snapstack/snapstack.conf.example
+  /etc/snapstack/snapstack.conf                  the example, only if there is none yet
+  SBINDIR/snapstack                              with --binary FILE (e.g. .build/release/snapstack)
+PREFIX defaults to /usr, SBINDIR to PREFIX/sbin; the unit runs SBINDIR/snapstack.
+--state-dir DIR   a state directory other than /var/lib/snapstack: written into the unit
+                  (SNAPSTACK_STATE_DIR) and into the udev rules' marker lookups. It must be on
+                  the root filesystem, which is mounted before the daemon starts.
+--no-reload       do not run `systemctl daemon-reload` and `udevadm control --reload`
+                  (they run only when installing into / on a running system).
+Then: systemctl enable --now snapstack.service
+EOF
+}
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+root=/
+prefix=/usr
+sbindir=
+binary=
+state_dir=/var/lib/snapstack
+reload=1
+while (($#)); do
+    case "$1" in
+        --root) root=${2:?--root needs a directory}; shift 2 ;;
+        --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
+        --sbindir) sbindir=${2:?--sbindir needs a directory}; shift 2 ;;
+        --binary) binary=${2:?--binary needs a file}; shift 2 ;;
+        --state-dir) state_dir=${2:?--state-dir needs a directory}; shift 2 ;;
+        --no-reload) reload=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+sbindir=${sbindir:-$prefix/sbin}
+for path in "$prefix" "$sbindir" "$state_dir"; do
+    [[ $path == /* ]] || die "'$path' must be an absolute path"
+    # The paths go into a unit file and udev rules, where these would break the syntax.
+    [[ $path != *[[:space:]\"\'\\\$%]* ]] || die "'$path' must not contain blanks, quotes, \\, \$ or %"
+done
+[[ -z $binary || -x $binary ]] || die "--binary '$binary' is not an executable file"
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source_dir=$(dirname "$here")
+dest() { printf '%s%s' "${root%/}" "$1"; }
+
+put() { # put MODE SOURCE-TEXT-FILE TARGET
+    install -D -m "$1" "$2" "$(dest "$3")"
+    echo "installed $3"
+}
+
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+
+# The unit, with the binary's path and the state directory.
+sed -e "s|^ExecStart=/usr/sbin/snapstack |ExecStart=$sbindir/snapstack |" "$here/snapstack.service" >"$staging/unit"
+if [[ $state_dir != /var/lib/snapstack ]]; then
+    sed -i "/^\[Service\]/a Environment=SNAPSTACK_STATE_DIR=$state_dir" "$staging/unit"
+fi
+put 0644 "$staging/unit" "$prefix/lib/systemd/system/snapstack.service"
+
+sed -e "s|/var/lib/snapstack/members/|$state_dir/members/|g" "$source_dir/udev-rules/61-snapstack.rules" >"$staging/rules"
+put 0644 "$staging/rules" "$prefix/lib/udev/rules.d/61-snapstack.rules"
+
+put 0644 "$here/modules-load.conf" "$prefix/lib/modules-load.d/snapstack.conf"
+put 0644 "$here/snapstack.conf.example" "$prefix/share/doc/snapstack/snapstack.conf.example"
+if [[ -e $(dest /etc/snapstack/snapstack.conf) ]]; then
+    echo "kept /etc/snapstack/snapstack.conf"
+else
+    put 0644 "$here/snapstack.conf.example" /etc/snapstack/snapstack.conf
+fi
+if [[ -n $binary ]]; then
+    put 0755 "$binary" "$sbindir/snapstack"
+fi
+
+if ((reload)) && [[ $(cd "$root" && pwd -P) == / ]]; then
+    if [[ -d /run/systemd/system ]]; then systemctl daemon-reload; fi
+    if [[ -S /run/udev/control ]]; then udevadm control --reload; fi
+fi
