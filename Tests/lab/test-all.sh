@@ -71,7 +71,8 @@ fi
 vm_log=$(mktemp /tmp/snapstack-vmsuite.XXXXXX)
 # stderr is merged so that the log holds everything the suite said, in order.
 set +e
-Tests/lab/vm.sh --timeout 2400 -- "$vmsuite" "$@" 2>&1 | tee "$vm_log"
+# --hotplug: the daemon scenarios hot-add and hot-remove disks through qemu.
+Tests/lab/vm.sh --timeout 2400 --hotplug -- "$vmsuite" "$@" 2>&1 | tee "$vm_log"
 vm_status=${PIPESTATUS[0]}
 set -e
 

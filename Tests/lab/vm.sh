@@ -24,7 +24,7 @@ readonly BOOT_BLACKLIST="modprobe.blacklist=kvm,kvm_amd,kvm_intel,powernow_k8,ah
 
 usage() {
     cat <<'EOF'
-Usage: Tests/lab/vm.sh [--timeout SECONDS] [--rwdir DIR]... [--memory SIZE] -- COMMAND [ARGS...]
+Usage: Tests/lab/vm.sh [--timeout SECONDS] [--rwdir DIR]... [--memory SIZE] [--hotplug] -- COMMAND [ARGS...]
 
 Boots a VM (virtme-ng, qemu without KVM, 2 CPUs) with this host's root file
 system and runs COMMAND as root in the current directory, after
@@ -37,6 +37,10 @@ Options:
   --rwdir DIR        make host directory DIR writable in the guest (repeatable);
                      everything else is read-only or a RAM overlay
   --memory SIZE      guest memory, qemu syntax (default 2G)
+  --hotplug          let COMMAND hot-plug disk images: qemu gets a QMP socket
+                     and 4 pcie-root-ports, and Tests/lab/hotplug-agent.py runs
+                     on the host; the guest finds its request directory in
+                     $SNAPSTACK_HOTPLUG_DIR (see the agent for the protocol)
   -h, --help         show this help
 
 Exit codes: COMMAND's own; 124 on timeout; 125 when the VM or the guest
@@ -61,6 +65,7 @@ die() {
 timeout_s=600
 memory=2G
 rwdirs=()
+hotplug=
 while (($#)); do
     case "$1" in
         --timeout)
@@ -81,6 +86,7 @@ while (($#)); do
             shift 2
             ;;
         --memory=*) memory=${1#*=}; shift ;;
+        --hotplug) hotplug=1; shift ;;
         -h | --help) usage; exit 0 ;;
         --) shift; break ;;
         -*) usage >&2; die "unknown option: $1" ;;
@@ -125,6 +131,7 @@ fi
 state=$(mktemp -d /tmp/snapstack-vm.XXXXXX)
 vng_pid=
 timer_pid=
+agent_pid=
 reader_pids=()
 
 kill_vm() {
@@ -142,6 +149,7 @@ kill_vm() {
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     [[ -z $timer_pid ]] || kill "$timer_pid" 2>/dev/null || true
+    [[ -z $agent_pid ]] || kill "$agent_pid" 2>/dev/null || true
     rm -rf "$state"
 }
 trap cleanup EXIT
@@ -159,6 +167,17 @@ for d in "${rwdirs[@]}"; do
     [[ $abs != *[=,]* ]] || die "--rwdir '$abs' must not contain '=' or ','"
     rwdir_args+=(--rwdir "$abs")
 done
+
+# Hotplug: a request directory inside $state (so the guest can write it), the
+# QMP socket beside it, and root ports for the agent to plug disks into.
+hotplug_ports=(hp1 hp2 hp3 hp4)
+if [[ -n $hotplug ]]; then
+    command -v python3 >/dev/null 2>&1 || die "--hotplug needs python3 on the host"
+    mkdir "$state/hotplug"
+    export SNAPSTACK_HOTPLUG_DIR=$state/hotplug
+else
+    unset SNAPSTACK_HOTPLUG_DIR
+fi
 
 # The guest script. It is generated with printf %q so that any argument
 # (spaces, quotes, newlines) reaches COMMAND unchanged; it runs under bash
@@ -215,6 +234,15 @@ vng_args=(
     # short path of the script goes there, never the command itself.
     --exec "/bin/bash $script"
 )
+if [[ -n $hotplug ]]; then
+    qemu_opts=(-qmp "unix:$state/qmp.sock,server=on,wait=off")
+    for i in "${!hotplug_ports[@]}"; do
+        qemu_opts+=(-device "pcie-root-port,id=${hotplug_ports[i]},bus=pcie.0,chassis=$((i + 1)),slot=$((i + 1))")
+    done
+    # One --qemu-opts=STRING: vng splits it on blanks (none of these has one), and
+    # the '=' keeps argparse from reading "-qmp" as an option of vng's own.
+    vng_args+=("--qemu-opts=${qemu_opts[*]}")
+fi
 
 # qemu reopens its stdout/stderr (/proc/self/fd/1, /proc/self/fd/2) with
 # O_TRUNC: if vm.sh's output were a file, qemu would clobber it. So vng always
@@ -231,6 +259,11 @@ reader_pids+=($!)
 # terminal on stdin would be put into raw mode by qemu.
 setsid vng "${vng_args[@]}" </dev/null >"$state/stdout" 2>"$state/stderr" &
 vng_pid=$!
+if [[ -n $hotplug ]]; then
+    python3 "$(dirname "${BASH_SOURCE[0]}")/hotplug-agent.py" "$state/qmp.sock" "$state/hotplug" "${hotplug_ports[@]}" \
+        </dev/null >&2 &
+    agent_pid=$!
+fi
 sleep "$timeout_s" &
 timer_pid=$!
 
