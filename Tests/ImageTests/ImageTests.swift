@@ -22,7 +22,8 @@ private let deviceSize: UInt64 = 40 * 65536 + 12288
 
 private func randomBytes(_ count: Int) -> [UInt8] {
     var generator = SystemRandomNumberGenerator()
-    return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    var words = (0..<(count + 7) / 8).map { _ in generator.next() }
+    return words.withUnsafeBytes { Array($0.prefix(count)) }
 }
 
 /// A "device" file: random blocks with some zero blocks among them.
