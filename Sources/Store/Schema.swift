@@ -103,6 +103,9 @@ enum Schema {
             }
         }
 
+        // Growths of snapshot stores in progress (StoreGrowth.swift).
+        StoreGrowthSchema.register(in: &migrator)
+
         return migrator
     }()
 

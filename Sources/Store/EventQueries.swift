@@ -1,0 +1,12 @@
+import GRDB
+
+extension Store {
+    /// The latest `limit` events, newest first; of `kind` only, when given.
+    public func events(kind: String?, limit: Int) throws -> [EventRecord] {
+        try read { db in
+            var request = EventRecord.all()
+            if let kind { request = request.filter(Column("kind") == kind) }
+            return try request.order(Column("id").desc).limit(limit).fetchAll(db)
+        }
+    }
+}
