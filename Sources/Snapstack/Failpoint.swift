@@ -30,6 +30,10 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case unprotectTopRemoved = "unprotect.top-removed"
     case unprotectRealRemoved = "unprotect.real-removed"
 
+    case extendRecorded = "extend.recorded"
+    case extendFileGrown = "extend.file-grown"
+    case extendCapacityRefreshed = "extend.capacity-refreshed"
+
     public static let environmentVariable = "SNAPSTACK_FAILPOINT"
 
     /// What state a crash here leaves.
@@ -54,6 +58,9 @@ public enum Failpoint: String, CaseIterable, Sendable {
         case .unprotectRecorded: "unprotect recorded, stack intact"
         case .unprotectTopRemoved: "top device removed, -real layer left"
         case .unprotectRealRemoved: "stack removed, metadata still attached"
+        case .extendRecorded: "store growth recorded, store unchanged"
+        case .extendFileGrown: "store file grown, its loop device still at the old size"
+        case .extendCapacityRefreshed: "kernel uses the larger store, new size not yet recorded"
         }
     }
 

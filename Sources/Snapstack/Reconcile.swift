@@ -113,6 +113,7 @@ extension Orchestrator {
                     }
                 }
             }
+            plan += try storeGrowthRepairs(device)
             if stackPresent {
                 plan.append((ReconcileAction(subject: device.name, action: "check the top table"), {
                     if try self.store.device(id: device.id) != nil { try self.restoreTopTable(device) }

@@ -1,0 +1,392 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+import Store
+import SystemPackage
+
+/// How `extend` changes the size of a snapshot's store.
+public enum StoreSizeChange: Sendable, Equatable {
+    /// To this size (`--size 4G`).
+    case to(Bytes)
+    /// By this much (`--size +2G`).
+    case by(Bytes)
+    /// By this share of the store's current size (`--size +50%`).
+    case byPercent(Double)
+    /// To this share of the origin's size (`--size 25%`), as `snapshot --size` counts.
+    case toPercentOfOrigin(Double)
+}
+
+/// A store that was grown.
+public struct ExtendResult: Sendable, Equatable {
+    /// `NAME-SNAP`.
+    public var name: String
+    public var previousSize: Bytes
+    /// The size recorded now, in whole chunks.
+    public var size: Bytes
+    /// The COW device's size as the kernel reports it now (`dmsetup status`: `<used>/<total>`).
+    public var kernelSize: Bytes?
+    /// True when the request was cut to the largest store the origin can fill.
+    public var limited: Bool
+}
+
+/// A snapshot's store as the kernel sees it now.
+public struct StoreUsage: Sendable, Equatable {
+    public enum Condition: Sendable, Equatable {
+        /// In use: `allocated` of `total` (the COW device's size), `metadata` of it the store's own.
+        case active(allocated: Bytes, total: Bytes, metadata: Bytes)
+        /// The kernel invalidated the snapshot: its store filled up (origin writes) or failed.
+        case invalid
+        /// A `PO` snapshot could not store a write to the snapshot itself.
+        case overflow
+        /// No live snapshot device: not yet re-activated after a reboot (`reconcile`).
+        case missing
+        /// Another status (`Unknown`).
+        case unknown
+    }
+
+    /// `NAME-SNAP`.
+    public var name: String
+    public var snapshotID: String
+    /// The protected device it is a snapshot of.
+    public var origin: String
+    public var originSize: Bytes
+    /// The store is a file snapstack made (and can grow), not a block device.
+    public var storeIsFile: Bool
+    public var storePath: String
+    /// The size recorded in the database.
+    public var storeSize: Bytes
+    public var chunk: Bytes
+    public var condition: Condition
+    /// True once `dropOverflowed` found it invalid but could not drop it (open).
+    public var markedInvalid: Bool
+
+    /// The share of the store in use, as `lvs` shows `Data%` (0...1); nil unless active.
+    public var usedFraction: Double? {
+        guard case .active(let allocated, let total, _) = condition, total > .zero else { return nil }
+        return Double(allocated.rawValue) / Double(total.rawValue)
+    }
+
+    /// The largest store this snapshot can use: one that holds a copy of every origin chunk.
+    public var largestUsefulSize: Bytes { Orchestrator.largestUsefulStore(origin: originSize, chunk: chunk) }
+}
+
+/// What `dropOverflowed` did.
+public struct OverflowDrop: Sendable, Equatable {
+    /// `NAME-SNAP`.
+    public var name: String
+    /// Why the snapshot is dead, in words for the event log.
+    public var reason: String
+    /// False when it is still open (mounted or read): it was marked invalid and is dropped
+    /// once closed.
+    public var dropped: Bool
+}
+
+/// A line of the event log.
+public struct EventSummary: Sendable, Equatable {
+    public var id: Int64
+    public var time: Date
+    /// `snapshot`, `drop`, `extend`, `overflow`, `store-limit`, `store-watch`, `reconcile`...
+    public var kind: String
+    /// The device or snapshot (`NAME`, `NAME-SNAP`), empty for the state as a whole.
+    public var subject: String
+    public var message: String
+}
+
+/// The kinds of event this file records.
+public enum StoreEvent {
+    /// A store was grown (by `extend` or by the store watch).
+    public static let extend = "extend"
+    /// A snapshot the kernel invalidated was dropped, or marked for dropping.
+    public static let overflow = "overflow"
+    /// A store is past the watch's threshold and cannot grow: it may overflow.
+    public static let storeLimit = "store-limit"
+    /// The store watch could not do what it meant to.
+    public static let storeWatch = "store-watch"
+}
+
+extension Orchestrator {
+    /// The store that holds a copy of every chunk of an `origin`: dm-snapshot's persistent
+    /// store (dm-snap-persistent.c) keeps one header chunk, then areas of one metadata chunk
+    /// followed by chunk/16 data chunks (16 bytes per exception), and zeroes the next area's
+    /// metadata chunk as soon as an area is full — so a store sized to the last data chunk
+    /// exactly would still fail on that zeroing.
+    public static func largestUsefulStore(origin: Bytes, chunk: Bytes) -> Bytes {
+        let chunkBytes = max(chunk.rawValue, 4096)
+        let data = (origin.rawValue + chunkBytes - 1) / chunkBytes
+        let perArea = chunkBytes / 16
+        return Bytes((2 + data + data / perArea) * chunkBytes)
+    }
+
+    /// Grows the store of the snapshot named `argument` (`NAME-SNAP` or its device path).
+    ///
+    /// The store file is grown and preallocated (`ftruncate`, `fallocate`), its loop device
+    /// takes the new size (`LOOP_SET_CAPACITY`), and the kernel uses it at once: dm-snapshot
+    /// reads the COW device's size each time it places a new chunk (`get_dev_size` in
+    /// `persistent_prepare_exception`) and reports it in its status, so no table reload — no
+    /// suspend — is needed; the new size is checked in the snapshot's status before it is
+    /// recorded. The growth is recorded before the file changes and finished after, so that
+    /// `reconcile` completes one a crash interrupted. `reason` is added to the event.
+    ///
+    /// Refused: a store that is a block device (grow the device itself), a snapshot that is not
+    /// live and valid, and a size that does not grow the store. A request past the largest
+    /// store the origin can fill is cut to it (`limited`).
+    @discardableResult
+    public func extend(snapshot argument: String, _ change: StoreSizeChange, reason: String? = nil) throws -> ExtendResult {
+        let (found, device) = try snapshot(named: argument)
+        let label = "\(device.name)-\(found.name)"
+        guard found.storeKind == .file else {
+            throw SnapstackError(.refused, "cannot extend \(label): its store is the block device \(found.storePath)",
+                                 why: "snapstack grows only the store files it makes",
+                                 remedy: "grow that device itself (e.g. lvextend): the kernel reads the store's size at every new chunk")
+        }
+        guard found.state == .active || found.state == .mergePending else {
+            throw SnapstackError(.refused, "cannot extend \(label)", why: "it is \(found.state.rawValue)",
+                                 remedy: found.state == .invalid ? "drop it" : "run `snapstack reconcile`")
+        }
+        let name = try Layout.snapshotName(device.name, found.name)
+        guard try dm.info(name) != nil else {
+            throw SnapstackError(.refused, "cannot extend \(label)", why: "\(name.devicePath) does not exist",
+                                 remedy: "run `snapstack reconcile` to re-activate it")
+        }
+        if case .snapshot(let status)? = try? dm.status(name).first?.status, status == .invalid || status == .overflow {
+            throw SnapstackError(.refused, "cannot extend \(label)",
+                                 why: "the kernel reports it \(status == .invalid ? "invalid" : "overflowed"): a larger store cannot bring back what it lost",
+                                 remedy: "drop it")
+        }
+        // An earlier growth a crash interrupted is finished first, so that sizes add up.
+        var snapshot = found
+        if let pending = try store.storeGrowth(snapshotID: snapshot.id) {
+            try finishGrowth(pending, of: snapshot, device: device)
+            snapshot = try store.snapshot(id: snapshot.id) ?? snapshot
+        }
+
+        let current = Bytes(UInt64(snapshot.storeSizeBytes))
+        let origin = Bytes(UInt64(device.sizeBytes))
+        let chunk = Sectors(UInt64(snapshot.chunkSectors)).bytes
+        var target: Bytes
+        switch change {
+        case .to(let size): target = size
+        case .by(let size): target = current + size
+        case .byPercent(let percent):
+            guard percent > 0, percent.isFinite else { throw SnapstackError(.invalidArgument, "a growth must be more than 0%") }
+            target = Bytes(current.rawValue + UInt64((Double(current.rawValue) * percent / 100).rounded(.up)))
+        case .toPercentOfOrigin(let percent):
+            guard percent > 0, percent.isFinite else { throw SnapstackError(.invalidArgument, "a size must be more than 0%") }
+            target = Bytes(UInt64((Double(origin.rawValue) * percent / 100).rounded(.up)))
+        }
+        // Whole chunks: the kernel places no partial chunk.
+        target = Bytes((target.rawValue + chunk.rawValue - 1) / chunk.rawValue * chunk.rawValue)
+        let largest = Self.largestUsefulStore(origin: origin, chunk: chunk)
+        let limited = target > largest
+        if limited { target = largest }
+        guard target > current else {
+            if limited {
+                throw SnapstackError(.invalidArgument, "the store of \(label) cannot grow",
+                                     why: "its \(Self.describe(current)) already hold a copy of every chunk of \(device.name); it cannot overflow")
+            }
+            throw SnapstackError(.invalidArgument, "\(Self.describe(target)) does not grow the store of \(label)",
+                                 why: "it has \(Self.describe(current)) already",
+                                 remedy: "give a larger size, or +SIZE to add to it")
+        }
+
+        // Intent, then the file, then the kernel, then the outcome.
+        let growth = StoreGrowthRecord(snapshotID: snapshot.id, fromBytes: snapshot.storeSizeBytes, toBytes: Int64(target.rawValue))
+        try store.begin(growth)
+        Failpoint.extendRecorded.hit()
+        do {
+            try FileAllocation.grow(FilePath(snapshot.storePath), to: target, preallocate: true)
+        } catch {
+            // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
+            _ = try? store.abandonStoreGrowth(snapshotID: snapshot.id)
+            let full = error.errno == .noSpace
+            throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
+                                 remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
+        }
+        Failpoint.extendFileGrown.hit()
+        let kernelSize: Bytes?
+        do {
+            kernelSize = try finishGrowth(growth, of: snapshot, device: device)
+        } catch var error as SnapstackError {
+            error.remedy = "run `snapstack reconcile` to finish growing it"
+            throw error
+        }
+        var message = "store grown from \(Self.describe(current)) to \(Self.describe(target))"
+        if limited { message += " (the most the origin can fill)" }
+        if let reason { message += "; \(reason)" }
+        event(StoreEvent.extend, label, message)
+        return ExtendResult(name: label, previousSize: current, size: target, kernelSize: kernelSize, limited: limited)
+    }
+
+    public func extend(snapshot argument: String, to size: Bytes) throws -> ExtendResult {
+        try extend(snapshot: argument, .to(size))
+    }
+
+    public func extend(snapshot argument: String, by size: Bytes) throws -> ExtendResult {
+        try extend(snapshot: argument, .by(size))
+    }
+
+    /// The steps of a growth after the file may have been grown; idempotent, used by
+    /// reconcile too. Returns the COW size the kernel reports, nil when the snapshot is not live.
+    @discardableResult
+    func finishGrowth(_ growth: StoreGrowthRecord, of snapshot: SnapshotRecord, device: DeviceRecord) throws -> Bytes? {
+        let label = "\(device.name)-\(snapshot.name)"
+        let target = Bytes(UInt64(growth.toBytes))
+        var size = target
+        try failing("cannot grow the store of \(label)") {
+            let path = FilePath(snapshot.storePath)
+            let existing = (try? FileManager.default.attributesOfItem(atPath: snapshot.storePath)[.size] as? NSNumber)?.uint64Value
+            if let existing, existing >= target.rawValue {
+                size = Bytes(existing)
+            } else {
+                try FileAllocation.grow(path, to: target, preallocate: true)
+            }
+            for loop in try Loop.find(backingFile: snapshot.storePath) { try Loop.refreshCapacity(loop.path) }
+        }
+        var kernelSize: Bytes?
+        let name = try Layout.snapshotName(device.name, snapshot.name)
+        if try dm.info(name) != nil, case .snapshot(.active(_, let total, _))? = try dm.status(name).first?.status {
+            kernelSize = total.bytes
+            guard total.bytes >= target else {
+                throw SnapstackError(.failed, "the kernel does not use the grown store of \(label)",
+                                     why: "\(name.devicePath) still reports \(Self.describe(total.bytes)) of COW space, not \(Self.describe(target))")
+            }
+        }
+        Failpoint.extendCapacityRefreshed.hit()
+        try store.finishStoreGrowth(snapshotID: snapshot.id, sizeBytes: Int64(size.rawValue))
+        return kernelSize
+    }
+
+    /// Reconcile's steps for growths a crash interrupted on `device`'s snapshots.
+    func storeGrowthRepairs(_ device: DeviceRecord) throws -> [(ReconcileAction, () throws -> Void)] {
+        var steps: [(ReconcileAction, () throws -> Void)] = []
+        for growth in try store.storeGrowths() {
+            guard let snapshot = try store.snapshot(id: growth.snapshotID), snapshot.deviceID == device.id else { continue }
+            let action = ReconcileAction(subject: "\(device.name)-\(snapshot.name)",
+                                         action: "finish growing its store to \(Self.describe(Bytes(UInt64(growth.toBytes))))")
+            steps.append((action, {
+                // An earlier step may have dropped or undone the snapshot: then nothing is left to grow.
+                guard let current = try self.store.snapshot(id: growth.snapshotID),
+                      let pending = try self.store.storeGrowth(snapshotID: growth.snapshotID) else { return }
+                try self.finishGrowth(pending, of: current, device: device)
+                self.event(StoreEvent.extend, action.subject,
+                           "store grown from \(Self.describe(Bytes(UInt64(pending.fromBytes)))) to \(Self.describe(Bytes(UInt64(pending.toBytes)))); finished by reconcile")
+            }))
+        }
+        return steps
+    }
+
+    // MARK: The store watch's view
+
+    /// Whether `stateDirectory` holds a state database yet, checked without creating anything.
+    public static func hasState(in stateDirectory: FilePath) -> Bool {
+        FileManager.default.fileExists(atPath: Store.databasePath(in: stateDirectory.string))
+    }
+
+    /// The stores of the live snapshots (active, merge pending, or marked invalid), with what
+    /// the kernel says of each (`DM_TABLE_STATUS`).
+    public func storeUsage() throws -> [StoreUsage] {
+        var result: [StoreUsage] = []
+        for device in try store.devices() where device.state == .protected {
+            for snapshot in try store.snapshots(deviceID: device.id)
+            where snapshot.state == .active || snapshot.state == .mergePending || snapshot.state == .invalid {
+                let name = try Layout.snapshotName(device.name, snapshot.name)
+                var condition = StoreUsage.Condition.missing
+                // A device that vanished between the two calls reads as missing, not as an error.
+                if try dm.info(name) != nil, let status = try? dm.status(name).first?.status {
+                    switch status {
+                    case .snapshot(.active(let allocated, let total, let metadata)):
+                        condition = .active(allocated: allocated.bytes, total: total.bytes, metadata: metadata.bytes)
+                    case .snapshot(.invalid): condition = .invalid
+                    case .snapshot(.overflow): condition = .overflow
+                    default: condition = .unknown
+                    }
+                }
+                result.append(StoreUsage(
+                    name: "\(device.name)-\(snapshot.name)", snapshotID: snapshot.id, origin: device.name,
+                    originSize: Bytes(UInt64(device.sizeBytes)), storeIsFile: snapshot.storeKind == .file,
+                    storePath: snapshot.storePath, storeSize: Bytes(UInt64(snapshot.storeSizeBytes)),
+                    chunk: Sectors(UInt64(snapshot.chunkSectors)).bytes, condition: condition,
+                    markedInvalid: snapshot.state == .invalid))
+            }
+        }
+        return result
+    }
+
+    // MARK: Overflow
+
+    /// Drops the snapshot named `argument` because the kernel reports it `Invalid` or
+    /// `Overflow`, through the ordinary drop path (which puts the origin back to `linear` when
+    /// it was the last snapshot: a table swap, no write to the origin's data), and records an
+    /// `overflow` event saying why. The origin was never at risk: when a store fills because
+    /// of origin writes, the kernel invalidates the snapshot and lets the writes through.
+    ///
+    /// A snapshot that is still open (mounted, being read) cannot be removed: it is marked
+    /// `invalid` in the database instead, and the next call drops it once it is closed.
+    /// Refused for a snapshot the kernel reports valid: that is `drop`'s job.
+    @discardableResult
+    public func dropOverflowed(snapshot argument: String, detail: String? = nil) throws -> OverflowDrop {
+        let (snapshot, device) = try snapshot(named: argument)
+        let label = "\(device.name)-\(snapshot.name)"
+        let name = try Layout.snapshotName(device.name, snapshot.name)
+        let info = try dm.info(name)
+        var status: SnapshotStatus?
+        if info != nil, case .snapshot(let current)? = try? dm.status(name).first?.status { status = current }
+        let store = Self.describe(Bytes(UInt64(snapshot.storeSizeBytes)))
+        var reason: String
+        switch status {
+        case .invalid?:
+            reason = "the kernel invalidated it: its store (\(store)) filled up with copies of chunks the origin overwrote, or failed"
+        case .overflow?:
+            reason = "the kernel reports it overflowed: a write to the snapshot did not fit in its store (\(store))"
+        default:
+            guard snapshot.state == .invalid else {
+                throw SnapstackError(.refused, "\(label) has not overflowed",
+                                     why: status.map { "the kernel reports \($0)" } ?? "\(name.devicePath) does not exist",
+                                     remedy: "use `snapstack drop` to drop a snapshot")
+            }
+            reason = "found invalid earlier"
+        }
+        if let detail { reason += " (\(detail))" }
+        reason += "; its content is incomplete. The origin's writes went through and its data is intact"
+        if let info, info.openCount > 0 {
+            if snapshot.state != .invalid {
+                var record = snapshot
+                record.state = .invalid
+                try self.store.update(record)
+                event(StoreEvent.overflow, label, reason + "; not dropped yet: \(name.devicePath) is open, it is dropped once closed")
+            }
+            return OverflowDrop(name: label, reason: reason, dropped: false)
+        }
+        event(StoreEvent.overflow, label, reason + "; dropping it")
+        try drop(snapshot, of: device)
+        return OverflowDrop(name: label, reason: reason, dropped: true)
+    }
+
+    // MARK: Events
+
+    /// Appends a line to the event log.
+    public func record(event kind: String, subject: String, message: String) {
+        event(kind, subject, message)
+    }
+
+    /// The event log, oldest first: the last `limit` lines, of `kind` only when given.
+    public func events(kind: String? = nil, limit: Int = 100) throws -> [EventSummary] {
+        try store.events(kind: kind, limit: limit).reversed().map {
+            EventSummary(id: $0.id ?? 0, time: $0.time, kind: $0.kind, subject: $0.subject, message: $0.message)
+        }
+    }
+
+    /// `16 MiB (16777216 bytes)`: exact for scripts that parse logs, short for people.
+    static func describe(_ size: Bytes) -> String {
+        let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var value = Double(size.rawValue)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        guard unit > 0 else { return "\(size.rawValue) bytes" }
+        let short = value == value.rounded() ? String(format: "%.0f", value) : String(format: "%.2f", value)
+        return "\(short) \(units[unit]) (\(size.rawValue) bytes)"
+    }
+}
