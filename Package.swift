@@ -115,10 +115,13 @@ let package = Package(
         .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),
+        .testTarget(
+            name: "StoreWatchTests",
+            dependencies: ["SnapstackDaemon", "Snapstack", "BlockIO"]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(
             name: "VMSuite",
-            dependencies: ["DeviceMapper", "Snapstack", "BlockIO", "ChangeTracking",
+            dependencies: ["DeviceMapper", "Snapstack", "SnapstackDaemon", "BlockIO", "ChangeTracking",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/VMSuite"),
         // Benchmark tier: the copy-out core against dd and cp on host loop devices.

@@ -60,6 +60,20 @@ public struct StoreUsage: Sendable, Equatable {
     /// True once `dropOverflowed` found it invalid but could not drop it (open).
     public var markedInvalid: Bool
 
+    public init(name: String, snapshotID: String, origin: String, originSize: Bytes, storeIsFile: Bool,
+                storePath: String, storeSize: Bytes, chunk: Bytes, condition: Condition, markedInvalid: Bool = false) {
+        self.name = name
+        self.snapshotID = snapshotID
+        self.origin = origin
+        self.originSize = originSize
+        self.storeIsFile = storeIsFile
+        self.storePath = storePath
+        self.storeSize = storeSize
+        self.chunk = chunk
+        self.condition = condition
+        self.markedInvalid = markedInvalid
+    }
+
     /// The share of the store in use, as `lvs` shows `Data%` (0...1); nil unless active.
     public var usedFraction: Double? {
         guard case .active(let allocated, let total, _) = condition, total > .zero else { return nil }
