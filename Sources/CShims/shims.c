@@ -142,6 +142,9 @@ int snapstack_blkzeroout(int fd, uint64_t offset, uint64_t length) {
     return ioctl(fd, BLKZEROOUT, range);
 }
 
-int snapstack_sync_file_range_write(int fd, int64_t offset, int64_t length) {
-    return sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);
+int snapstack_sync_file_range(int fd, int64_t offset, int64_t length, unsigned int flags) {
+    return sync_file_range(fd, (off64_t)offset, (off64_t)length, flags);
 }
+const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_BEFORE = SYNC_FILE_RANGE_WAIT_BEFORE;
+const unsigned int snapstack_SYNC_FILE_RANGE_WRITE = SYNC_FILE_RANGE_WRITE;
+const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_AFTER = SYNC_FILE_RANGE_WAIT_AFTER;

@@ -41,19 +41,47 @@ public final class SparseFileSink: CopySink {
         case punchHoles
     }
 
+    /// How data reaches the image file.
+    public enum WriteMode: Hashable, Sendable {
+        /// Through the page cache; `finish` flushes it all (fsync).
+        case buffered
+        /// Through the page cache, but each write is handed to writeback at once
+        /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) and, once on disk, dropped from the cache
+        /// (`posix_fadvise(POSIX_FADV_DONTNEED)`), at most `writeBehindWindow` bytes behind: the
+        /// copy neither floods the page cache (evicting the server's working set) nor leaves a
+        /// large flush for `finish`.
+        case writeBehind
+        /// O_DIRECT from the engine's aligned buffers; pieces that are not 4096-aligned (a
+        /// short last block) go through the page cache. Where the file system refuses O_DIRECT,
+        /// everything is buffered (`directWrites` says which).
+        case direct
+    }
+
+    /// Write-behind keeps at most this many bytes between "handed to writeback" and "on disk".
+    public static let writeBehindWindow: UInt64 = 32 << 20
+
     public let path: FilePath
     public let zeroBlocks: ZeroBlocks
+    public let writeMode: WriteMode
     public private(set) var bytesWritten: UInt64 = 0
     /// Bytes of zero blocks punched out (or, without hole punching, written as zeros).
     public private(set) var bytesPunched: UInt64 = 0
+    /// Whether data goes out with O_DIRECT (`.direct`, when the file system takes it).
+    public var directWrites: Bool { directFD != nil }
     private let fd: Int32
+    private var directFD: Int32?
     private var canPunch = true
+    /// Write-behind: ranges handed to writeback, oldest first, not yet waited for.
+    private var inFlight: [(offset: UInt64, length: UInt64)] = []
+    private var inFlightBytes: UInt64 = 0
 
     /// Opens (creating, mode `permissions`) the image and sets its size to `size`.
     public init(path: FilePath, size: UInt64, zeroBlocks: ZeroBlocks,
-                permissions: FilePermissions = [.ownerReadWrite]) throws(CopyError) {
+                permissions: FilePermissions = [.ownerReadWrite],
+                writeMode: WriteMode = .writeBehind) throws(CopyError) {
         self.path = path
         self.zeroBlocks = zeroBlocks
+        self.writeMode = writeMode
         var flags = O_WRONLY | O_CREAT
         if zeroBlocks == .leaveHoles { flags |= O_TRUNC }
         switch openFile(path.string, flags, mode_t(permissions.rawValue)) {
@@ -64,16 +92,26 @@ public final class SparseFileSink: CopySink {
             _ = closeFile(fd)
             throw CopyError("ftruncate", path.string, offset: size, error)
         }
+        if writeMode == .direct {
+            switch openFile(path.string, O_WRONLY | snapstack_O_DIRECT) {
+            case .success(let descriptor): directFD = descriptor
+            case .failure(.invalidArgument): directFD = nil  // no O_DIRECT here: buffered
+            case .failure(let error):
+                _ = closeFile(fd)
+                throw CopyError("open(O_DIRECT)", path.string, error)
+            }
+        }
     }
 
-    deinit { _ = closeFile(fd) }
+    deinit {
+        if let directFD { _ = closeFile(directFD) }
+        _ = closeFile(fd)
+    }
 
     public func write(offset: UInt64, bytes: UnsafeRawBufferPointer, blocks: [BlockRecord]) throws {
         try forEachRun(offset: offset, bytes: bytes, blocks: blocks) { start, run, zero in
             if !zero {
-                if case .failure(let error) = pwriteFully(fd, run, at: start) {
-                    throw CopyError("pwrite", path.string, offset: start, error)
-                }
+                try writeData(run, at: start)
                 bytesWritten += UInt64(run.count)
                 return
             }
@@ -91,15 +129,56 @@ public final class SparseFileSink: CopySink {
                 }
             }
             // The run is zeros already: writing it is the fallback.
-            if case .failure(let error) = pwriteFully(fd, run, at: start) {
-                throw CopyError("pwrite", path.string, offset: start, error)
-            }
+            try writeData(run, at: start)
             bytesPunched += UInt64(run.count)
         }
     }
 
-    /// `fsync(2)`.
+    private func writeData(_ run: UnsafeRawBufferPointer, at start: UInt64) throws {
+        let alignment = 4096
+        if let directFD, start % UInt64(alignment) == 0, run.count % alignment == 0,
+           Int(bitPattern: run.baseAddress) % alignment == 0 {
+            if case .failure(let error) = pwriteFully(directFD, run, at: start) {
+                throw CopyError("pwrite(O_DIRECT)", path.string, offset: start, error)
+            }
+            return
+        }
+        if case .failure(let error) = pwriteFully(fd, run, at: start) {
+            throw CopyError("pwrite", path.string, offset: start, error)
+        }
+        if writeMode == .writeBehind { try writeBehind(start, UInt64(run.count)) }
+    }
+
+    /// Starts writeback of the range just written; waits for the oldest ranges once more than
+    /// the window is in flight, and drops them from the page cache.
+    private func writeBehind(_ offset: UInt64, _ length: UInt64) throws {
+        if case .failure(let error) = retryingInterrupts({
+            snapstack_sync_file_range(fd, Int64(offset), Int64(length), snapstack_SYNC_FILE_RANGE_WRITE)
+        }) {
+            throw CopyError("sync_file_range", path.string, offset: offset, error)
+        }
+        inFlight.append((offset, length))
+        inFlightBytes += length
+        while inFlightBytes > SparseFileSink.writeBehindWindow, !inFlight.isEmpty {
+            try settle(inFlight.removeFirst())
+        }
+    }
+
+    private func settle(_ range: (offset: UInt64, length: UInt64)) throws {
+        inFlightBytes -= range.length
+        let all = snapstack_SYNC_FILE_RANGE_WAIT_BEFORE | snapstack_SYNC_FILE_RANGE_WRITE | snapstack_SYNC_FILE_RANGE_WAIT_AFTER
+        if case .failure(let error) = retryingInterrupts({
+            snapstack_sync_file_range(fd, Int64(range.offset), Int64(range.length), all)
+        }) {
+            throw CopyError("sync_file_range", path.string, offset: range.offset, error)
+        }
+        // Clean pages now: dropping them loses nothing.
+        _ = posix_fadvise(fd, off_t(range.offset), off_t(range.length), POSIX_FADV_DONTNEED)
+    }
+
+    /// Waits for the write-behind ranges still in flight, then `fsync(2)`s data and metadata.
     public func finish() throws {
+        while !inFlight.isEmpty { try settle(inFlight.removeFirst()) }
         if case .failure(let error) = syncDescriptor(fd) { throw CopyError("fsync", path.string, error) }
     }
 }

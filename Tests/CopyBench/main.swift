@@ -10,12 +10,15 @@ import Glibc
 #endif
 
 let usage = """
-    Usage: CopyBench export --source DEV --image IMG [--sums FILE] [--blocks FILE] [--punch-holes]
-                            [--block-size 64K] [--io-size 1M] [--queue-depth 4] [--readers 2]
-                            [--buffered] [--progress auto|terminal|json|none]
+    Usage: CopyBench export --source DEV (--image IMG | --null) [--sums FILE] [--blocks FILE] [--punch-holes]
+                            [--block-size 64K] [--io-size 4M] [--queue-depth 8] [--readers 4]
+                            [--buffered] [--write-mode behind|buffered|direct]
+                            [--progress auto|terminal|json|none]
     Copies DEV (all of it, or the blocks numbered in FILE, one per line) into the sparse image
     IMG (created, or with --punch-holes updated in place), writes "INDEX DIGEST" per block to
-    the sums file, and prints the statistics as one JSON line.
+    the sums file, and prints the statistics as one JSON line. --null reads and digests only, as
+    verify does. Without arguments it prints this and exits 64 (the benchmark uses that to load
+    the binary into the page cache before timing it).
     """
 
 func fail(_ message: String, status: Int32 = 1) -> Never {
@@ -55,15 +58,16 @@ var flags: Set<String> = []
 while let argument = arguments.first {
     arguments.removeFirst()
     switch argument {
-    case "--punch-holes", "--buffered": flags.insert(argument)
-    case "--source", "--image", "--sums", "--blocks", "--block-size", "--io-size", "--queue-depth", "--readers", "--progress":
+    case "--punch-holes", "--buffered", "--null": flags.insert(argument)
+    case "--source", "--image", "--sums", "--blocks", "--block-size", "--io-size", "--queue-depth", "--readers", "--progress",
+         "--write-mode":
         guard let value = arguments.first else { fail("\(argument) needs a value", status: 64) }
         arguments.removeFirst()
         values[argument] = value
     default: fail("unknown argument \(argument)\n\(usage)", status: 64)
     }
 }
-guard let source = values["--source"], let image = values["--image"] else { fail(usage, status: 64) }
+guard let source = values["--source"], values["--image"] != nil || flags.contains("--null") else { fail(usage, status: 64) }
 
 @MainActor func size(_ name: String, _ fallback: UInt64) -> Int {
     guard let text = values[name] else { return Int(fallback) }
@@ -71,9 +75,9 @@ guard let source = values["--source"], let image = values["--image"] else { fail
 }
 
 var options = CopyOptions(blockSize: size("--block-size", 64 << 10))
-options.ioSize = size("--io-size", 1 << 20)
-options.queueDepth = Int(values["--queue-depth"] ?? "4") ?? 4
-options.readers = Int(values["--readers"] ?? "2") ?? 2
+options.ioSize = size("--io-size", UInt64(options.ioSize))
+options.queueDepth = Int(values["--queue-depth"] ?? "\(options.queueDepth)") ?? options.queueDepth
+options.readers = Int(values["--readers"] ?? "\(options.readers)") ?? options.readers
 options.directIO = !flags.contains("--buffered")
 
 do {
@@ -83,8 +87,20 @@ do {
         let blocks = try readLines(list).compactMap { UInt64($0) }
         extents = Extent.ofBlocks(blocks, blockSize: options.blockSize, sourceSize: engine.sourceSize)
     }
-    let sink = try SparseFileSink(path: FilePath(image), size: engine.sourceSize,
-                                  zeroBlocks: flags.contains("--punch-holes") ? .punchHoles : .leaveHoles)
+    let sink: CopySink
+    if let image = values["--image"] {
+        let mode: SparseFileSink.WriteMode
+        switch values["--write-mode"] ?? "behind" {
+        case "behind": mode = .writeBehind
+        case "buffered": mode = .buffered
+        case "direct": mode = .direct
+        default: fail("--write-mode takes behind, buffered or direct", status: 64)
+        }
+        sink = try SparseFileSink(path: FilePath(image), size: engine.sourceSize,
+                                  zeroBlocks: flags.contains("--punch-holes") ? .punchHoles : .leaveHoles, writeMode: mode)
+    } else {
+        sink = NullSink()
+    }
     var sums: BufferedOutput?
     if let path = values["--sums"] {
         sums = BufferedOutput(try FileDescriptor.open(path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite]))
@@ -105,7 +121,9 @@ do {
         last = progress
         reporter.report(progress)
     })
+    let finishStart = SystemClock().now()
     try sink.finish()
+    let finishSeconds = Double(SystemClock().now() - finishStart) / 1e9
     if let sums {
         try sums.flush()
         try sums.fd.close()
@@ -113,7 +131,8 @@ do {
     if let last { reporter.finish(last) }
     print("{\"seconds\":\(statistics.seconds),\"bytesRead\":\(statistics.bytesRead),\"bytesWritten\":\(statistics.bytesWritten),"
         + "\"zeroBytes\":\(statistics.zeroBytes),\"blocks\":\(statistics.blocks),\"reads\":\(statistics.reads),"
-        + "\"directIO\":\(statistics.directIO),\"bufferBytes\":\(statistics.bufferBytes),\"punchedBytes\":\(sink.bytesPunched)}")
+        + "\"directIO\":\(statistics.directIO),\"bufferBytes\":\(statistics.bufferBytes),\"punchedBytes\":\((sink as? SparseFileSink)?.bytesPunched ?? 0),"
+        + "\"finishSeconds\":\(finishSeconds)}")
 } catch {
     fail("\(error)")
 }

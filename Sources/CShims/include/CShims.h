@@ -81,7 +81,10 @@ extern const int snapstack_FALLOC_FL_PUNCH_HOLE;
 /// BLKZEROOUT: makes [offset, offset + length) of a block device read as zeros (the device
 /// may unmap or write zeros). Returns 0 or -1 with errno set.
 int snapstack_blkzeroout(int fd, uint64_t offset, uint64_t length);
-/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback of a range without waiting.
-int snapstack_sync_file_range_write(int fd, int64_t offset, int64_t length);
+/// sync_file_range(2), which Glibc's module map does not show to Swift.
+int snapstack_sync_file_range(int fd, int64_t offset, int64_t length, unsigned int flags);
+extern const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_BEFORE;
+extern const unsigned int snapstack_SYNC_FILE_RANGE_WRITE;
+extern const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_AFTER;
 
 #endif
