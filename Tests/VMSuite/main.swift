@@ -36,7 +36,9 @@ while let argument = arguments.popFirst() {
 }
 
 var allScenarios: [Scenario] {
-    ClientScenarios.all + LoopScenarios.all + SnapshotScenarios.all + EraScenarios.all + CommandScenarios.all + OrchestratorScenarios.all + ExportScenarios.all
+    ClientScenarios.all + LoopScenarios.all + SnapshotScenarios.all + EraScenarios.all + ChangeTrackingScenarios.all + CommandScenarios.all + OrchestratorScenarios.all + ExportScenarios.all
+        + DaemonScenarios.all
+        + StoreWatchScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
