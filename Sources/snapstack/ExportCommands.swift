@@ -137,7 +137,8 @@ struct ExportCommand: ParsableCommand {
             let record = outcome.record
             let s = outcome.statistics
             copy.emit(["event": "exported", "id": record.id, "kind": record.kind.rawValue, "base": record.baseExportID as Any,
-                       "snapshot": record.snapshotName, "blocks_planned": outcome.plannedBlocks, "bytes_read": s.bytesRead,
+                       "snapshot": record.snapshotName, "era": record.era as Any, "since_era": record.sinceEra as Any,
+                       "block_size": record.blockSizeBytes, "blocks_planned": outcome.plannedBlocks, "bytes_read": s.bytesRead,
                        "bytes_written": s.bytesWritten, "zero_bytes": s.zeroBytes, "seconds": s.seconds,
                        "resumed": outcome.resumed, "read_everything": outcome.readEverything])
             if copy.format != .json {
@@ -167,6 +168,8 @@ struct VerifyCommand: ParsableCommand {
     var image: String
 
     @OptionGroup var copy: CopyArguments
+    /// Accepted as by every command; images need no state.
+    @OptionGroup var global: GlobalOptions
 
     func run() throws {
         try running {
@@ -209,6 +212,8 @@ struct RestoreCommand: ParsableCommand {
     var to: String
 
     @OptionGroup var copy: CopyArguments
+    /// Accepted as by every command; images need no state.
+    @OptionGroup var global: GlobalOptions
 
     func run() throws {
         try running {
@@ -247,6 +252,8 @@ struct ApplyCommand: ParsableCommand {
     var from: String?
 
     @OptionGroup var copy: CopyArguments
+    /// Accepted as by every command; images need no state.
+    @OptionGroup var global: GlobalOptions
 
     func run() throws {
         try running {

@@ -44,9 +44,7 @@ enum ExportScenarios {
 
     /// Blocks era_invalidate reports for the device written since `era`, taking and dropping a
     /// metadata snapshot itself.
-    static func eraWitness(_ lab: Lab, cli: CLI, device: String, since era: Int64) throws -> Set<UInt64> {
-        let row = try cli.rows("devices").first { $0["name"] as? String == device }
-        guard let id = row?["id"] as? String else { throw Failure(description: "no device \(device)") }
+    static func eraWitness(_ lab: Lab, cli: CLI, device: String, id: String, since era: Int64) throws -> Set<UInt64> {
         let loop = try lab.sh("losetup", "-j", cli.state + "/cbt/\(id).era").split(separator: ":").first.map(String.init) ?? ""
         let real = try DMName("snapstack-\(device)-real")
         try lab.dm.message(real, era: .takeMetadataSnapshot)
@@ -65,7 +63,7 @@ enum ExportScenarios {
 
     static func incrementalRounds(_ lab: Lab) throws {
         let cli = CLI(lab)
-        let size = Bytes.mebibytes(96)
+        let size = Bytes.mebibytes(64)
         let disk = try lab.loopDevice("disk", size: size)
         let top = try cli.protect(disk.path, "vol")
         try lab.sh("mkfs.ext4", "-q", "-b", "4096", top)
@@ -73,7 +71,7 @@ enum ExportScenarios {
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         try lab.sh("mount", top, mountPoint)
         defer { _ = try? lab.sh("umount", mountPoint) }
-        try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1M", "count=24", "status=none", "conv=fsync")
+        try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1M", "count=16", "status=none", "conv=fsync")
 
         let image = lab.scratch.appendingPathComponent("vol.img").path
         let first = lab.lastLineOf(try cli.ok("snapshot", "vol", "--as", "r0"))
@@ -81,57 +79,58 @@ enum ExportScenarios {
         try expect(!base.isEmpty, "export printed no id")
         try expectEqual(full["kind"] as? String, "full", "first export's kind")
         try expectEqual(try fileSHA256(lab, image), try lab.sha256(first, length: size), "full image vs snapshot r0")
-        try cli.ok("verify", image)
         try cli.ok("drop", "vol-r0")
+        guard let deviceID = try cli.rows("devices").first?["id"] as? String else { throw Failure(description: "no device id") }
 
         var generator = SeededGenerator(seed: UInt64(ProcessInfo.processInfo.environment["SNAPSTACK_SEED"].flatMap(UInt64.init)
                                                       ?? UInt64(Date().timeIntervalSince1970)))
         print("      seed \(generator.seed)")
-        let blockSize = UInt64(try exportRow(cli, base)["block"] as? NSNumber ?? 65536)
+        let blockSize = (full["block_size"] as? NSNumber)?.uint64Value ?? 0
+        try expect(blockSize >= 4096, "export reports block size \(blockSize)")
+        var baseEra = (full["era"] as? NSNumber)?.int64Value ?? -1
         for round in 1...5 {
             // Small unaligned rewrites inside the big file, a large new file, a straddling
             // write across a block boundary, and a small file: all through ext4.
-            for _ in 0..<8 {
-                let offset = UInt64.random(in: 0..<(24 << 20) - 5000, using: &generator)
-                try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1", "count=\(Int.random(in: 1...4000, using: &generator))",
-                           "seek=\(offset)", "conv=notrunc", "status=none")
+            var writes: [(offset: UInt64, count: Int)] = (0..<8).map { _ in
+                (UInt64.random(in: 0..<(16 << 20) - 5000, using: &generator), Int.random(in: 1...4000, using: &generator))
             }
-            let straddle = (UInt64.random(in: 1..<300, using: &generator) * blockSize) - 700
-            try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1", "count=1400", "seek=\(straddle)",
-                       "conv=notrunc", "status=none")
+            writes.append(((UInt64.random(in: 1..<(16 << 20) / blockSize, using: &generator) * blockSize) - 700, 1400))
+            let script = writes.map {
+                "dd if=/dev/urandom of=\"$1\" bs=1 count=\($0.count) seek=\($0.offset) conv=notrunc status=none"
+            }.joined(separator: " && ")
+            try lab.sh("sh", "-c", script, "sh", "\(mountPoint)/base")
             try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/large\(round)", "bs=1M",
-                       "count=\(Int.random(in: 1...6, using: &generator))", "status=none")
+                       "count=\(Int.random(in: 1...4, using: &generator))", "status=none")
             try lab.sh("sh", "-c", "head -c \(Int.random(in: 1...9000, using: &generator)) /dev/urandom > \"$1\"", "sh", "\(mountPoint)/small\(round)")
             try lab.sh("sync")
 
             let snapshot = lab.lastLineOf(try cli.ok("snapshot", "vol", "--as", "r\(round)"))
-            let baseEra = try exportRow(cli, base)["era"] as? NSNumber
             let (id, outcome) = try export(cli, "vol-r\(round)", "--to", image, "--since", base)
             try expectEqual(outcome["kind"] as? String, "incremental", "round \(round) kind")
             try expectEqual(try fileSHA256(lab, image), try lab.sha256(snapshot, length: size), "round \(round): image vs snapshot")
             // era_invalidate after the export: it sees at least what the export planned.
-            let changed = try eraWitness(lab, cli: cli, device: "vol", since: baseEra?.int64Value ?? -1)
+            let changed = try eraWitness(lab, cli: cli, device: "vol", id: deviceID, since: baseEra)
             let read = (outcome["bytes_read"] as? NSNumber)?.uint64Value ?? .max
             try expect(read > 0, "round \(round): the incremental read nothing")
             try expect(read <= UInt64(changed.count) * blockSize,
                        "round \(round): read \(read) bytes, era_invalidate reports \(changed.count) blocks of \(blockSize)")
             try expect(changed.count < Int(size.rawValue / blockSize) / 2, "round \(round): \(changed.count) blocks changed, too many to mean anything")
             print("      round \(round): read \(read / 1024) KiB for \(changed.count) changed blocks (\(size.rawValue / 1024) KiB device)")
-            try cli.ok("verify", image)
             try cli.ok("drop", "vol-r\(round)")
             base = id
+            baseEra = (outcome["era"] as? NSNumber)?.int64Value ?? -1
         }
+        try cli.ok("verify", image)
         // `changes` agrees with era_invalidate.
-        let since = try exportRow(cli, base)["era"] as? NSNumber
         try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/after", "bs=64k", "count=5", "status=none", "conv=fsync")
-        let listed = try cli.reportRows(["changes", "vol", "--since", "\(since?.int64Value ?? 0)"])
+        let listed = try cli.reportRows(["changes", "vol", "--since", base])
         var blocks = Set<UInt64>()
         for row in listed {
             let firstBlock = (row["first_block"] as? NSNumber)?.uint64Value ?? 0
             let count = (row["blocks"] as? NSNumber)?.uint64Value ?? 0
             blocks.formUnion(firstBlock..<(firstBlock + count))
         }
-        let witness = try eraWitness(lab, cli: cli, device: "vol", since: since?.int64Value ?? 0)
+        let witness = try eraWitness(lab, cli: cli, device: "vol", id: deviceID, since: baseEra)
         try expect(!blocks.isEmpty, "changes listed nothing after writes")
         try expect(blocks.isSubset(of: witness), "changes lists blocks era_invalidate does not: \(blocks.subtracting(witness).sorted().prefix(10))")
         try expect(witness.subtracting(blocks).count <= 64,
@@ -153,7 +152,12 @@ enum ExportScenarios {
         export.standardOutput = FileHandle.nullDevice
         export.standardError = FileHandle.nullDevice
         try export.run()
-        usleep(2_500_000)
+        // Killed once it has been copying for a moment: the manifest marks the copy's start.
+        let started = Date()
+        while !FileManager.default.fileExists(atPath: image + ".sums") && Date().timeIntervalSince(started) < 60 {
+            usleep(100_000)
+        }
+        usleep(1_500_000)
         kill(export.processIdentifier, SIGKILL)
         export.waitUntilExit()
         try expectEqual(export.terminationReason, .uncaughtSignal, "export still running when killed")
@@ -183,7 +187,7 @@ enum ExportScenarios {
 
     static func streamsAndRestore(_ lab: Lab) throws {
         let cli = CLI(lab)
-        let size = Bytes.mebibytes(48)
+        let size = Bytes.mebibytes(32)
         let disk = try lab.loopDevice("disk", size: size)
         let top = try cli.protect(disk.path, "str")
         try lab.writeRandom(top, offset: .zero, length: .mebibytes(8))
