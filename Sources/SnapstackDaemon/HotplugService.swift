@@ -108,6 +108,10 @@ struct HotplugService: Service {
     // MARK: Boot
 
     func boot() async {
+        let started = ContinuousClock.now
+        func step(_ what: String) {
+            logger.debug("boot: \(what)", metadata: ["elapsed": "\(Self.milliseconds(ContinuousClock.now - started)) ms"])
+        }
         do {
             let actions = try await locked("reconcile") { orchestrator in
                 try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
@@ -116,16 +120,20 @@ struct HotplugService: Service {
         } catch {
             logger.error("reconcile at start failed: \(error)")
         }
+        step("reconciled")
         // Members are hidden from udev again, also where the persistent markers were not
         // readable at coldplug (/var mounted later); then udev is let finish, so that the
         // by-uuid links point at the top devices before local-fs-pre.target is reached.
         _ = try? await locked("republish members") { try $0.republishMembers() }
-        _ = try? await worker.perform { try UdevContext().waitUntilIdle(timeout: 30) }
+        step("members republished")
+        let idle = (try? await worker.perform { try UdevContext().waitUntilIdle(timeout: 30) }) ?? false
+        step(idle ? "udev is idle" : "udev is still busy after 30 s")
         // The policy applies to the disks that are present, as udev's coldplug replays `add`.
         let devices = (try? await worker.perform { try UdevContext().blockDevices() }) ?? []
         for device in devices where device.deviceNode != nil {
             await appeared(device, coldplug: true, received: .now)
         }
+        step("policy applied to \(devices.count) present device(s)")
     }
 
     // MARK: Events

@@ -50,6 +50,13 @@ struct DaemonCommand: ParsableCommand {
             }
             return
         }
+        // The signals the daemon handles are blocked in every thread from here on (threads
+        // inherit the mask), so that one arriving before its handler is registered waits
+        // instead of killing the process; the handlers read them through signalfd.
+        var blocked = sigset_t()
+        sigemptyset(&blocked)
+        for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&blocked, signal) }
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
         let options = DaemonOptions(stateDirectory: global.resolvedStateDirectory, configPath: path,
                                     configExplicit: config != nil, lockTimeout: global.lockTimeout,
                                     logLevel: logLevel)

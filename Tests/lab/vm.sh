@@ -170,7 +170,7 @@ done
 
 # Hotplug: a request directory inside $state (so the guest can write it), the
 # QMP socket beside it, and root ports for the agent to plug disks into.
-hotplug_ports=(hp1 hp2 hp3 hp4)
+hotplug_ports=(hpport1 hpport2 hpport3 hpport4)
 if [[ -n $hotplug ]]; then
     command -v python3 >/dev/null 2>&1 || die "--hotplug needs python3 on the host"
     mkdir "$state/hotplug"
