@@ -65,7 +65,7 @@ public enum Daemon {
         // The stores: section is read at start; a reload changes the rules only.
         let stores = policy.policy.stores
 
-        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: HotplugService(options: options, policy: policy, notifier: notifier, worker: worker, logger: logger),
                   successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: ReloadService(policy: policy, notifier: notifier, logger: logger),
@@ -74,9 +74,15 @@ public enum Daemon {
                                            stuckAfter: .seconds(Int64(options.lockTimeout) + 300), logger: logger),
                   successTerminationBehavior: .ignore),
         ]
-        // STORE WATCH: uncomment this one line once Sources/SnapstackDaemon/StoreWatch.swift exists.
-        // services.append(.init(service: StoreWatchService(stateDirectory: options.stateDirectory, settings: StoreWatchSettings(enabled: stores.enabled, threshold: stores.threshold, step: stores.step, limit: stores.limit, pollInterval: stores.pollInterval), logger: logger), successTerminationBehavior: .ignore))
-        _ = stores
+        // Grows snapshot stores before they fill up, and drops a snapshot whose store overflowed.
+        var storeLogger = logger
+        storeLogger[metadataKey: "service"] = "store-watch"
+        services.append(.init(
+            service: Contained(name: "the store watch", logger: storeLogger, service: StoreWatchService(
+                stateDirectory: options.stateDirectory, settings: StoreWatchSettings(
+                    enabled: stores.enabled, threshold: stores.threshold, step: stores.step, limit: stores.limit,
+                    pollInterval: stores.pollInterval), logger: storeLogger)),
+            successTerminationBehavior: .ignore))
 
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger))
@@ -106,6 +112,23 @@ public enum Daemon {
                          + (stores.step.map { "\($0.rawValue) bytes" } ?? "doubling") + ", max "
                          + (stores.limit.map { "\($0.rawValue) bytes" } ?? "none") + ", every \(stores.pollInterval)")
             return lines.joined(separator: "\n")
+        }
+    }
+}
+
+/// Runs a service whose failure must not stop the others: the store watch failing leaves the
+/// stacks and hotplug running, and says so.
+struct Contained: Service {
+    let name: String
+    let logger: Logger
+    let service: any Service
+
+    func run() async throws {
+        do {
+            try await service.run()
+        } catch is CancellationError {
+        } catch {
+            logger.error("\(name) stopped: \(error)")
         }
     }
 }

@@ -171,7 +171,7 @@ struct HotplugService: Service {
         case .noMatch:
             if coldplug { log.debug("no rule matches") } else { log.info("no rule matches") }
         case .exclude(let rule):
-            log.info("excluded by \(rule)")
+            if coldplug { log.debug("excluded by \(rule)") } else { log.info("excluded by \(rule)") }
         case .protect(let name, let cbtBlock, let rule):
             guard !name.isEmpty else {
                 log.error("\(rule) gives this device an empty name; fix the name template in \(current.file)")
