@@ -116,6 +116,9 @@ let package = Package(
             name: "PolicyTests",
             dependencies: ["Policy"]),
         .testTarget(
+            name: "SnapstackDaemonTests",
+            dependencies: ["SnapstackDaemon"]),
+        .testTarget(
             name: "StoreWatchTests",
             dependencies: ["SnapstackDaemon", "Snapstack", "BlockIO"]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).

@@ -88,6 +88,18 @@ struct JournalLogHandler: LogHandler {
         return String(("SNAPSTACK_" + String(mapped)).prefix(64))
     }
 
+    /// One entry in the protocol's binary field form.
+    static func encode(_ fields: [(String, String)]) -> [UInt8] {
+        var payload: [UInt8] = []
+        for (name, value) in fields {
+            let bytes = Array(value.utf8)
+            payload += Array(name.utf8) + [0x0A]
+            withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { payload += $0 }
+            payload += bytes + [0x0A]
+        }
+        return payload
+    }
+
     func log(event: LogEvent) {
         var all = metadata
         if let extra = event.metadata { all.merge(extra) { $1 } }
@@ -97,14 +109,7 @@ struct JournalLogHandler: LogHandler {
             ("CODE_FUNC", event.function),
         ]
         fields += flatten(all).map { (Self.fieldName($0.0), $0.1) }
-        var payload: [UInt8] = []
-        for (name, value) in fields {
-            let bytes = Array(value.utf8)
-            payload += Array(name.utf8) + [0x0A]
-            withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { payload += $0 }
-            payload += bytes + [0x0A]
-        }
-        if sendDatagram(payload, to: Self.socket) != nil {
+        if sendDatagram(Self.encode(fields), to: Self.socket) != nil {
             StderrLogHandler(metadata: metadata, logLevel: logLevel).log(event: event)
         }
     }
