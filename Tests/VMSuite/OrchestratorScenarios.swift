@@ -408,6 +408,10 @@ enum OrchestratorScenarios {
                 try lab.writeRandom(top, offset: .mebibytes(2), length: .mebibytes(1))
                 command = [operation, "vol-s"]
             }
+        case "extend":
+            _ = try cli.protect(disk, "vol")
+            try cli.ok("snapshot", "vol", "--as", "s", "--size", "1M")
+            command = ["extend", "vol-s", "--size", "+1M"]
         default:
             throw Failure(description: "no command for failpoint \(point)")
         }
