@@ -70,7 +70,8 @@ enum ExportScenarios {
         let mountPoint = lab.scratch.appendingPathComponent("mnt").path
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         try lab.sh("mount", top, mountPoint)
-        defer { _ = try? lab.sh("umount", mountPoint) }
+        var mounted = true
+        defer { if mounted { _ = try? lab.sh("umount", mountPoint) } }
         try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1M", "count=16", "status=none", "conv=fsync")
 
         let image = lab.scratch.appendingPathComponent("vol.img").path
@@ -135,6 +136,9 @@ enum ExportScenarios {
         try expect(blocks.isSubset(of: witness), "changes lists blocks era_invalidate does not: \(blocks.subtracting(witness).sorted().prefix(10))")
         try expect(witness.subtracting(blocks).count <= 64,
                    "era_invalidate (taken later) reports \(witness.subtracting(blocks).count) blocks more than changes")
+        try lab.sh("umount", mountPoint)
+        mounted = false
+        try cli.ok("unprotect", "vol")
     }
 
     static func interruptedExport(_ lab: Lab) throws {
@@ -183,6 +187,7 @@ enum ExportScenarios {
         let damaged = try lab.run([CommandScenarios.snapstack, "verify", image], allowFailure: true)
         try expectEqual(damaged.status, 9, "verify of a flipped byte (stderr: \(damaged.stderr))")
         try expect(damaged.stderr.contains("block 5 "), "verify does not name block 5: \(damaged.stderr)")
+        try cli.ok("unprotect", "kill", "--force")
     }
 
     static func streamsAndRestore(_ lab: Lab) throws {
@@ -237,14 +242,16 @@ enum ExportScenarios {
         try lab.sh("mkfs.ext4", "-q", busy.path)
         let mountPoint = lab.scratch.appendingPathComponent("busy").path
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try lab.sh("mount", busy.path, mountPoint)
+        // Read-only, so that ext4 itself (lazy inode-table init, superblock updates) leaves the
+        // bytes alone while the refusal is checked.
+        try lab.sh("mount", "-o", "ro", busy.path, mountPoint)
         defer { _ = try? lab.sh("umount", mountPoint) }
         let before = try lab.sha256(busy.path, length: size)
         let mounted = try lab.run([CommandScenarios.snapstack, "restore", direct, "--to", busy.path], allowFailure: true)
         try expectEqual(mounted.status, 6, "restore onto a mounted device (stderr: \(mounted.stderr))")
         try expect(mounted.stderr.contains("mounted"), "restore refusal does not say mounted: \(mounted.stderr)")
         try expectEqual(try lab.sha256(busy.path, length: size), before, "a refused restore changed the device")
-        try cli.ok("drop", "str-s2")
+        try cli.ok("unprotect", "str", "--force")
     }
 }
 
