@@ -79,7 +79,7 @@ public struct UdevFlags: OptionSet, Hashable, Sendable {
 /// so that a caller can resume several devices inside a freeze window and wait for udev after
 /// it (libdm shares one cookie between tasks, as lvm2's deptree does).
 public final class UdevTransaction {
-    fileprivate var cookie: UInt32 = 0
+    var cookie: UInt32 = 0
     fileprivate init() {}
 }
 
@@ -101,7 +101,7 @@ public enum EraMessage: String, Sendable, CaseIterable {
 /// every task runs under one process-wide lock. libdm's messages are captured into the error
 /// that is thrown, never printed.
 public struct DeviceMapperClient: Sendable {
-    private static let libdm: Mutex<Void> = {
+    static let libdm: Mutex<Void> = {
         snapstack_dm_log_install()
         return Mutex(())
     }()

@@ -87,4 +87,15 @@ extern const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_BEFORE;
 extern const unsigned int snapstack_SYNC_FILE_RANGE_WRITE;
 extern const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_AFTER;
 
+// ---- device-mapper ioctls without libdm (dm_ioctl.c) ----------------------------------------
+/// DM_DEV_SUSPEND on `control_fd` (/dev/mapper/control): suspends `name` (`suspend` != 0; with
+/// DM_SKIP_LOCKFS_FLAG and DM_NOFLUSH_FLAG as asked) or resumes it, swapping in its inactive
+/// table if one is loaded; a resume carries `event_nr` (udev cookie and flags) into its uevent.
+/// Safe to call from several threads at once. Returns 0, or -1 with errno set.
+int snapstack_dm_suspend(int control_fd, const char *name, int suspend, int skip_lockfs, int no_flush,
+                         uint32_t event_nr);
+/// DM_TARGET_MSG: sends `message` to the target at `sector` of `name`, ignoring any answer.
+/// Safe to call from several threads at once. Returns 0, or -1 with errno set.
+int snapstack_dm_message(int control_fd, const char *name, uint64_t sector, const char *message);
+
 #endif
