@@ -152,28 +152,42 @@ extension Orchestrator {
             }
             Failpoint.snapshotPreloaded.hit()
 
-            // The freeze window.
+            // The era each snapshot begins, read before the freeze: the checkpoint in the window
+            // starts exactly the next one (dm-era counts one era per checkpoint). A status costs
+            // an era metadata commit, so it stays out of the window. Should anything else start
+            // an era in between, the recorded one is older than the truth, so changes since the
+            // snapshot are a superset, never short.
             var eras: [Int64?] = []
+            for member in members {
+                var era: Int64? = nil
+                if member.device.cbtBlockSectors != nil {
+                    try failing("cannot read the era of \(member.device.name)") {
+                        if case .era(let status) = try dm.status(member.real).first?.status { era = Int64(status.currentEra) + 1 }
+                    }
+                }
+                eras.append(era)
+            }
+
+            // The freeze window. Every top is suspended at the same time, each from a thread of
+            // its own, and resumed the same way, so that the window of a set of many devices
+            // costs about what one device's does; what runs inside it is only what must.
+            let checkpoints = members.filter { $0.device.cbtBlockSectors != nil }
+                .map { (device: $0.real, text: EraMessage.checkpoint.rawValue) }
+            let snapshotNames = try members.indices.map { try Layout.snapshotName(members[$0].device.name, records[$0].name) }
             try failing("cannot take the snapshot set") {
                 try dm.withUdevTransaction { udev in
-                    let started = DispatchTime.now()
-                    try dm.withSuspended(members.map(\.top), transaction: udev) {
+                    dm.prepare(udev)
+                    let (_, window) = try dm.withSuspendedTogether(members.map(\.top)) { suspended in
                         Failpoint.snapshotSuspended.hit()
-                        for (index, member) in members.enumerated() {
-                            var era: Int64? = nil
-                            if member.device.cbtBlockSectors != nil {
-                                // No I/O reaches the era layer while its top is suspended, so the
-                                // new era begins exactly at the snapshot point.
-                                try dm.message(member.real, era: .checkpoint)
-                                if case .era(let status) = try dm.status(member.real).first?.status {
-                                    era = Int64(status.currentEra)
-                                }
-                            }
-                            eras.append(era)
-                            try dm.resume(try Layout.snapshotName(member.device.name, records[index].name), transaction: udev)
-                        }
+                        // No I/O reaches an era layer while its top is suspended, so each new
+                        // era begins exactly at the snapshot point.
+                        try suspended.message(checkpoints)
+                        // A snapshot must be live before its origin's snapshot-origin table is,
+                        // or writes in between would not be copied (dm-snap skips inactive
+                        // snapshots). Each resume is quick (no old table to retire).
+                        for name in snapshotNames { try dm.resume(name, transaction: udev) }
                     }
-                    freeze = Int64((DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1000)
+                    freeze = Int64(window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000)
                 }
             }
             Failpoint.snapshotResumed.hit()
