@@ -7,10 +7,35 @@ import Udev
 
 /// How a device is protected.
 public struct ProtectOptions: Sendable {
-    /// The change-tracking granularity; nil protects without change tracking.
+    /// The change-tracking granularity; nil protects without change tracking, and
+    /// `automaticCBTBlock` picks it from the device's size (`cbtBlock(forDeviceSize:)`).
     public var cbtBlock: Bytes? = ProtectOptions.defaultCBTBlock
-    public static let defaultCBTBlock = Bytes.kibibytes(64)
+    /// Stands for "as the device's size asks" (no real block has zero bytes).
+    public static let automaticCBTBlock = Bytes.zero
+    public static let defaultCBTBlock = automaticCBTBlock
     public init(cbtBlock: Bytes? = ProtectOptions.defaultCBTBlock) { self.cbtBlock = cbtBlock }
+
+    /// The smallest block the automatic choice makes. dm-era holds the first write to each
+    /// block in an era until a metadata commit is on disk, and splits every I/O at block
+    /// boundaries: 1 MiB keeps both off the write path of a backup cycle (Tests/bench/write-path.sh
+    /// measures it: README, "Write-path cost and defaults"), at the price of incrementals that
+    /// read up to 1 MiB for a scattered 4 KiB write.
+    public static let minimumAutomaticCBTBlock = Bytes.mebibytes(1)
+    /// The automatic block doubles until the device has at most this many blocks (blksnap's
+    /// tracker does the same), which bounds the era metadata (about 8 bytes a block) and the
+    /// time `era_invalidate` and an export spend walking it...
+    public static let automaticCBTBlockCount: UInt64 = 1 << 21
+    /// ...but never beyond this size (blksnap's limit too).
+    public static let maximumAutomaticCBTBlock = Bytes.mebibytes(64)
+
+    /// The change-tracking block for a device of `size` bytes: `minimumAutomaticCBTBlock`,
+    /// doubled while the device would have more than `automaticCBTBlockCount` blocks, up to
+    /// `maximumAutomaticCBTBlock`.
+    public static func cbtBlock(forDeviceSize size: Bytes) -> Bytes {
+        var block = minimumAutomaticCBTBlock.rawValue
+        while size.rawValue / block > automaticCBTBlockCount && block < maximumAutomaticCBTBlock.rawValue { block *= 2 }
+        return Bytes(block)
+    }
 }
 
 extension Orchestrator {
@@ -68,6 +93,10 @@ extension Orchestrator {
         if let opener = openers.first {
             throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is open by process \(opener)",
                                  remedy: "stop what uses it first")
+        }
+        var options = options
+        if options.cbtBlock == ProtectOptions.automaticCBTBlock {
+            options.cbtBlock = ProtectOptions.cbtBlock(forDeviceSize: facts.size)
         }
         let cbtBlock = options.cbtBlock.map { Sectors($0.rawValue / Sectors.size) }
         if let block = options.cbtBlock {

@@ -29,7 +29,8 @@ struct ProtectCommand: ParsableCommand {
     var name: String
 
     @Option(name: .customLong("cbt-block"), help: ArgumentHelp(
-        "Change-tracking granularity, a multiple of 4K (default 64K).", valueName: "size"))
+        "Change-tracking granularity, a multiple of 4K (default: 1M, doubled for every 2M blocks the device would exceed; see README, \"Write-path cost and defaults\").",
+        valueName: "size"))
     var cbtBlock: SizeArgument?
 
     @Flag(name: .customLong("no-cbt"), help: "Protect without changed-block tracking.")
