@@ -4,7 +4,9 @@ import Glibc
 
 /// `count` buffers of `size` bytes each, in one allocation aligned to `alignment` (O_DIRECT
 /// needs the address, the length and the file offset aligned to the device's logical block
-/// size). Zero-filled at allocation. Freed in deinit; a pointer exists only inside `with…`.
+/// size). Zero-filled at allocation when asked (a zero source); the engine's pool is not, as
+/// it hands out only bytes a read has just filled. Freed in deinit; a pointer exists only
+/// inside `with…`.
 struct AlignedBuffers: ~Copyable {
     let count: Int
     let size: Int
@@ -12,7 +14,7 @@ struct AlignedBuffers: ~Copyable {
     private let base: UnsafeMutableRawPointer
 
     /// Aligns to at least the page size: cheap, and it keeps buffers off shared cache lines.
-    init(count: Int, size: Int, alignment: Int) {
+    init(count: Int, size: Int, alignment: Int, zeroed: Bool = true) {
         precondition(count > 0 && size > 0, "empty buffer pool")
         precondition(alignment > 0 && alignment & (alignment - 1) == 0, "alignment must be a power of two")
         precondition(size % alignment == 0, "buffer size must be a multiple of the alignment")
@@ -23,7 +25,7 @@ struct AlignedBuffers: ~Copyable {
         let status = posix_memalign(&memory, self.alignment, count * size)
         // Out of memory for a bounded, small pool is not something a caller can handle.
         guard status == 0, let memory else { fatalError("posix_memalign(\(count * size)) failed: \(status)") }
-        memset(memory, 0, count * size)
+        if zeroed { memset(memory, 0, count * size) }
         self.base = memory
     }
 
@@ -46,7 +48,7 @@ final class SharedBuffers: @unchecked Sendable {
     let buffers: AlignedBuffers
 
     init(count: Int, size: Int, alignment: Int) {
-        buffers = AlignedBuffers(count: count, size: size, alignment: alignment)
+        buffers = AlignedBuffers(count: count, size: size, alignment: alignment, zeroed: false)
     }
 
     func withBuffer<R, E: Error>(_ index: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {

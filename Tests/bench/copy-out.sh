@@ -10,7 +10,8 @@
 # same file system as the device's backing file:
 #   - full export: CopyBench (the engine + a sparse image + a sums file of every block's
 #     XXH3-128, i.e. an export's work) vs `dd iflag=direct bs=4M` vs `cp --sparse=always`;
-#   - the dense half alone: CopyBench vs dd over the same 2 GiB of random data;
+#   - the dense half alone: CopyBench vs dd over the same 2 GiB of random data (and, as the
+#     strongest dd, with oflag=direct too);
 #   - an incremental: 1% of the blocks (random, a tenth of them now zero) changed on the device,
 #     copied by CopyBench into the previous image with hole punching, vs the full export;
 #   - peak memory (max RSS, /usr/bin/time) of the full export of a 1 GiB and a G GiB device.
@@ -112,6 +113,10 @@ changed=$(wc -l < "$work/changed.list")
 
 declare -A times rss
 record() { times[$1]+="$2 "; }
+# The engine's own time (copy + finish, without process start) from CopyBench's JSON line.
+record_engine() {
+    times[$1]+="$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(int(1000 * (s["seconds"] + s["finishSeconds"])))' "$work/stdout") "
+}
 
 # Runs a command with caches dropped first; prints "MILLISECONDS MAXRSS_KIB". The programs
 # themselves are loaded again right after the drop (dd, cp and sync live in the page cache on
@@ -123,7 +128,7 @@ timed() {
     dd --version >/dev/null; cp --version >/dev/null; sync --version >/dev/null
     local t0 t1 out
     t0=$(now_ns)
-    out=$(/usr/bin/time -f '%M' "$@" 2>&1 >/dev/null) || { echo "copy-out.sh: failed: $* ($out)" >&2; exit 1; }
+    out=$(/usr/bin/time -f '%M' "$@" 2>&1 >"$work/stdout") || { echo "copy-out.sh: failed: $* ($out)" >&2; exit 1; }
     t1=$(now_ns)
     echo "$(((t1 - t0) / 1000000)) ${out##*$'\n'}"
 }
@@ -131,7 +136,7 @@ timed() {
 for ((rep = 1; rep <= reps; rep++)); do
     echo "rep $rep/$reps..." >&2
     read -r ms kib < <(timed "$bench" export --source "$dev" --image "$work/export.img" --sums "$work/export.sums" "${bench_args[@]}")
-    record export "$ms"; rss[big]+="$kib "
+    record export "$ms"; rss[big]+="$kib "; record_engine export_engine
     read -r ms _ < <(timed dd if="$dev" of="$work/dd.img" iflag=direct bs=4M conv=fsync status=none)
     record dd "$ms"; rm -f "$work/dd.img"
     read -r ms _ < <(timed sh -c 'cp --sparse=always "$1" "$2" && sync "$2"' cp "$dev" "$work/cp.img")
@@ -143,10 +148,12 @@ for ((rep = 1; rep <= reps; rep++)); do
     record dense_export "$ms"; rm -f "$work/dense.img"
     read -r ms _ < <(timed dd if="$dev" of="$work/dense.img" iflag=direct bs=4M count=$((dense_blocks * block / (4 * mib))) conv=fsync status=none)
     record dense_dd "$ms"; rm -f "$work/dense.img"
+    read -r ms _ < <(timed dd if="$dev" of="$work/dense.img" iflag=direct oflag=direct bs=4M count=$((dense_blocks * block / (4 * mib))) conv=fsync status=none)
+    record dense_dd_direct "$ms"; rm -f "$work/dense.img"
 
     cp --sparse=always "$work/base.img" "$work/inc.img"
     read -r ms _ < <(timed "$bench" export --source "$dev" --image "$work/inc.img" --punch-holes --blocks "$work/changed.list" --sums "$work/inc.sums" "${bench_args[@]}")
-    record incremental "$ms"
+    record incremental "$ms"; record_engine incremental_engine
     cmp -s "$work/inc.img" "$work/export.img" || { echo "copy-out.sh: the incremental image differs from the full export" >&2; exit 1; }
     rm -f "$work/inc.img" "$work/export.img"
 
@@ -157,11 +164,12 @@ done
 
 python3 - "$size_gib" "$reps" "$changed" "$blocks" \
     "${times[export]}" "${times[dd]}" "${times[cp]}" "${times[dense_export]}" "${times[dense_dd]}" \
-    "${times[incremental]}" "${times[small_export]}" "${rss[big]}" "${rss[small]}" <<'PY'
+    "${times[incremental]}" "${times[small_export]}" "${rss[big]}" "${rss[small]}" \
+    "${times[dense_dd_direct]}" "${times[export_engine]}" "${times[incremental_engine]}" <<'PY'
 import statistics, sys
 gib, reps, changed, blocks = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 series = [[int(x) for x in s.split()] for s in sys.argv[5:]]
-export, dd, cp, dense_export, dense_dd, inc, small, rss_big, rss_small = series
+export, dd, cp, dense_export, dense_dd, inc, small, rss_big, rss_small, dense_dd_direct, export_engine, inc_engine = series
 med = statistics.median
 def row(name, ms, size_mib=None):
     rate = f"{size_mib / (med(ms) / 1000):8.0f} MiB/s" if size_mib else ""
@@ -173,7 +181,10 @@ row(f"dd iflag=direct bs=4M conv=fsync", dd, gib * 1024)
 row(f"cp --sparse=always + sync", cp, gib * 1024)
 row(f"dense half: export", dense_export, gib * 512)
 row(f"dense half: dd iflag=direct bs=4M", dense_dd, gib * 512)
+row(f"dense half: dd iflag=direct oflag=direct bs=4M", dense_dd_direct, gib * 512)
 row(f"incremental: {changed} of {blocks} blocks (1%)", inc)
+row(f"  full export, engine time only", export_engine)
+row(f"  incremental, engine time only", inc_engine)
 row(f"export 1 GiB", small, 1024)
 print(f"  {'peak RSS of the export, 1 GiB / ' + str(gib) + ' GiB':<44} {med(rss_small) / 1024:7.1f} MiB / {med(rss_big) / 1024:.1f} MiB")
 print("ratios (goal):")
@@ -181,5 +192,7 @@ print(f"  export throughput / dd, dense half       {med(dense_dd) / med(dense_ex
 print(f"  export throughput / dd, whole device     {med(dd) / med(export):5.2f}x")
 print(f"  export throughput / cp, whole device     {med(cp) / med(export):5.2f}x  (>= 1)")
 print(f"  incremental 1% / full export time        {100 * med(inc) / med(export):5.1f}%  (<= 5%)")
+print(f"    the same, engine time only             {100 * med(inc_engine) / med(export_engine):5.1f}%  (without process start)")
+print(f"  export throughput / dd oflag=direct, dense half {med(dense_dd_direct) / med(dense_export):5.2f}x")
 print(f"  peak RSS {gib} GiB / 1 GiB                  {med(rss_big) / med(rss_small):5.2f}x  (independent of size: ~1)")
 PY
