@@ -107,13 +107,22 @@ extension MetadataDevice {
         var nextEntry: UInt64 = 0
         var entriesPerBlock: Int?
         var checked = Set<UInt64>()
+        var previous: MetadataBlock?
         try walkBTree(root: root, tree, valueSize: 8) { (key, leaf, offset) throws(EraMetadataError) in
             guard key == nextBlockIndex else {
                 throw EraMetadataError(path: path, reason: .malformed(
                     tree, block: leaf.location, "array block \(nextBlockIndex) is missing (the next index is \(key))"))
             }
             let location = leaf.u64(offset)
-            let block = try read(location, as: blocks)
+            // A resize inserts one shared block for a run of consecutive indexes: on a large,
+            // mostly untouched array most indexes are the block just read.
+            let block: MetadataBlock
+            if let previous, previous.location == location {
+                block = previous
+            } else {
+                block = try read(location, as: blocks)
+            }
+            previous = block
             func malformed(_ detail: String) -> EraMetadataError {
                 EraMetadataError(path: path, reason: .malformed(blocks, block: location, detail))
             }
