@@ -177,7 +177,9 @@ enum ExportScenarios {
         try expectEqual(try fileSHA256(lab, image), try lab.sha256(snapshot, length: size), "finished image vs snapshot")
 
         // One flipped byte in block 5.
-        let offset = 5 * 65536 + 1234
+        let block = (try exportRow(cli, id)["block"] as? NSNumber)?.intValue ?? 0
+        try expect(block >= 4096 && 6 * block <= Int(size.rawValue), "export block size \(block)")
+        let offset = 5 * block + 1234
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: image))
         try handle.seek(toOffset: UInt64(offset))
         let byte = try handle.read(upToCount: 1)?.first ?? 0
