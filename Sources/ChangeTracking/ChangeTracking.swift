@@ -2,6 +2,10 @@
 import BlockIO
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What a held metadata snapshot contains, for diagnostics: which eras still have their own
 /// writeset and how much the kernel has already digested into the era array.
 public struct EraInventory: Sendable, Equatable {
@@ -45,13 +49,30 @@ public final class EraMetadata {
     /// block 0 (magic, crc32c, location, version, metadata block size).
     public init(path: FilePath) throws(EraMetadataError) {
         device = try MetadataDevice(path: path)
-        superblock = try EraSuperblock(try device.read(0, as: .superblock), path: path, structure: .superblock)
+        superblock = try Self.readLiveSuperblock(device)
+    }
+
+    /// The kernel rewrites block 0 in place at every commit (every first write to a block in an
+    /// era, every message), so a read can meet a half-written superblock: a checksum mismatch
+    /// there is read again a few times before it counts. Every other block the snapshot
+    /// reaches is never written while the snapshot holds it.
+    private static func readLiveSuperblock(_ device: borrowing MetadataDevice) throws(EraMetadataError) -> EraSuperblock {
+        var attempt = 1
+        while true {
+            do {
+                return try EraSuperblock(try device.read(0, as: .superblock), path: device.path, structure: .superblock)
+            } catch {
+                guard case .checksumMismatch = error.reason, attempt < 3 else { throw error }
+                attempt += 1
+                usleep(10_000)
+            }
+        }
     }
 
     /// Re-reads the live superblock and returns the held snapshot's superblock copy; throws
     /// `noMetadataSnapshot` when none is held.
     public func snapshotSuperblock() throws(EraMetadataError) -> EraSuperblock {
-        superblock = try EraSuperblock(try device.read(0, as: .superblock), path: path, structure: .superblock)
+        superblock = try Self.readLiveSuperblock(device)
         guard let location = superblock.metadataSnapshot else {
             throw EraMetadataError(path: path, reason: .noMetadataSnapshot)
         }

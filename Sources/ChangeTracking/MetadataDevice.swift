@@ -92,7 +92,7 @@ struct MetadataDevice: ~Copyable {
         }
     }
 
-    /// `pread(2)` of block `location`, which `structure` at `referrer` pointed to; a location past
+    /// `pread(2)` of block `location`, where a `structure` is expected; a location past
     /// the end of the device is reported as such rather than as a failed read.
     func read(_ location: UInt64, as structure: EraStructure) throws(EraMetadataError) -> MetadataBlock {
         guard location < blockCount else {
