@@ -39,9 +39,11 @@ extension Orchestrator {
     ///
     /// Everything slow happens before the freeze: store files, loop devices, the snapshot
     /// devices with their tables loaded but inactive, the origins' snapshot-origin tables
-    /// loaded. Then every top device is suspended (which freezes its filesystem), each era
-    /// starts a new era so that the change-tracking boundary is the snapshot point, the
-    /// snapshots are resumed, then the tops. udev is waited for only after the last resume.
+    /// loaded, the era numbers read, the udev cookie made. Then every top device is suspended
+    /// at the same time, one thread each (which freezes its filesystem), every era starts a new
+    /// era at the same time so that the change-tracking boundary is the snapshot point, the
+    /// snapshots are resumed, then all tops at the same time. udev is waited for only after
+    /// the last resume.
     public func snapshot(_ names: [String], options: SnapshotOptions = SnapshotOptions()) throws -> SnapshotSetResult {
         guard !names.isEmpty else { throw SnapstackError(.invalidArgument, "name at least one protected device") }
         guard Set(names).count == names.count else {

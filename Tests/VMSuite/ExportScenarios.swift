@@ -65,7 +65,8 @@ enum ExportScenarios {
         let cli = CLI(lab)
         let size = Bytes.mebibytes(64)
         let disk = try lab.loopDevice("disk", size: size)
-        let top = try cli.protect(disk.path, "vol")
+        // Small blocks, so that a few scattered writes leave most of the 64 MiB unchanged.
+        let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K")
         try lab.sh("mkfs.ext4", "-q", "-b", "4096", top)
         let mountPoint = lab.scratch.appendingPathComponent("mnt").path
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)

@@ -84,7 +84,8 @@ enum OrchestratorScenarios {
         try expectEqual(try lab.sh("dmsetup", "table", "snapstack-vol").trimmingCharacters(in: .newlines),
                         "0 \(disk.facts.sectors.rawValue) linear \(realNumber) 0", "top table")
         let real = try lab.sh("dmsetup", "table", "snapstack-vol-real").trimmingCharacters(in: .newlines)
-        try expect(real.hasPrefix("0 \(disk.facts.sectors.rawValue) era 7:") && real.hasSuffix(" \(disk.facts.number) 128"),
+        // The automatic change-tracking block of a 32 MiB disk: 1 MiB, 2048 sectors.
+        try expect(real.hasPrefix("0 \(disk.facts.sectors.rawValue) era 7:") && real.hasSuffix(" \(disk.facts.number) 2048"),
                    "real table: \(real)")
         let uuid = try lab.dmsetupInfo(try DMName("snapstack-vol"), "uuid") ?? ""
         try expect(uuid.hasPrefix("SNAPSTACK-1-") && uuid.hasSuffix("-top"), "top uuid \(uuid)")
@@ -304,7 +305,7 @@ enum OrchestratorScenarios {
     static func reconcileRebuilds(_ lab: Lab) throws {
         let cli = CLI(lab)
         let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
-        let top = try cli.protect(disk.path, "vol")
+        let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K")
         try cli.ok("snapshot", "vol", "--as", "keep")
         let snapshotBefore = try lab.sha256("/dev/mapper/snapstack-vol-keep", length: .mebibytes(32))
         try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
