@@ -130,7 +130,7 @@ let package = Package(
         // Benchmark tier: the copy-out core against dd and cp on host loop devices.
         .executableTarget(
             name: "CopyBench",
-            dependencies: ["CopyEngine", "BlockIO", "Snapstack",
+            dependencies: ["CopyEngine", "BlockIO",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/CopyBench"),
     ],

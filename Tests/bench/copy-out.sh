@@ -52,7 +52,11 @@ if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
 fi
 [[ -x /usr/bin/time ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
 echo "building CopyBench (release)..." >&2
-swift build -c release --scratch-path .build-bench --product CopyBench 2>&1 | tail -n 1 >&2
+if ! swift build -c release --scratch-path .build-bench --product CopyBench > "${TMPDIR:-/tmp}/copy-out-build.log" 2>&1; then
+    tail -n 30 "${TMPDIR:-/tmp}/copy-out-build.log" >&2
+    echo "copy-out.sh: building CopyBench failed (log: ${TMPDIR:-/tmp}/copy-out-build.log)" >&2
+    exit 1
+fi
 bench=$PWD/.build-bench/release/CopyBench
 
 work=$(mktemp -d "$base_dir/snapstack-copy-bench.XXXXXX")
