@@ -143,6 +143,7 @@ public struct StoreWatchService: Service {
         switch action {
         case .grow(let snapshot, let size, let used):
             let percent = String(format: "%.1f%%", used * 100)
+            let started = ContinuousClock.now
             do {
                 let result = try orchestrator.extend(
                     snapshot: snapshot, .to(size),
@@ -150,7 +151,7 @@ public struct StoreWatchService: Service {
                 planner.succeeded(snapshot)
                 logger.info("grew a snapshot store", metadata: [
                     "snapshot": "\(snapshot)", "from": "\(result.previousSize.rawValue)", "to": "\(result.size.rawValue)",
-                    "used": "\(percent)",
+                    "used": "\(percent)", "took": "\(ContinuousClock.now - started)",
                 ])
             } catch let error as SnapstackError where error.kind == .notFound || error.kind == .invalidArgument {
                 // Dropped, or grown by a command, since the look.
