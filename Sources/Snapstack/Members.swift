@@ -5,8 +5,8 @@ import SystemPackage
 import Udev
 
 /// Markers that tell snapstack's udev rules (udev-rules/61-snapstack.rules) that a block device
-/// is a protected disk, so that they hide it (`SYSTEMD_READY=0`, `UDISKS_IGNORE=1`, no by-uuid
-/// or by-label link) and only the top device gets mounted. A rule can only afford a file test:
+/// is a protected disk, so that they hide it (`SYSTEMD_READY=0`, `UDISKS_IGNORE=1`, its by-uuid
+/// and by-label links ranked below the top device's) and only the top device gets mounted. A rule can only afford a file test:
 /// it runs for every block event, in udev's worker, and must never block udev.
 ///
 /// - `/run/snapstack/members/MAJ:MIN` names the device a stack is built over now. It is exact
@@ -61,7 +61,7 @@ enum MemberMarkers {
 
 extension Orchestrator {
     /// Marks `source` as the disk under `device`'s stack and asks udev to run its rules for it
-    /// again, so that the disk loses its by-uuid link to the top device. Best effort: a marker
+    /// again, so that the disk yields its by-uuid link to the top device. Best effort: a marker
     /// that cannot be written costs the hiding, never the stack.
     func publishMember(_ device: DeviceRecord, source: DeviceNumber) {
         MemberMarkers.remove(id: device.id, in: MemberMarkers.runtimeDirectory)

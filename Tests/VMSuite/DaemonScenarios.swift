@@ -246,7 +246,12 @@ enum DaemonScenarios {
             process.standardOutput = FileHandle(forWritingAtPath: file)!
             process.standardError = FileHandle.nullDevice
             try process.run()
-            usleep(300_000)   // let it bind its sockets
+            // udevadm prints this line once both of its sockets are bound.
+            let deadline = Date().addingTimeInterval(30)
+            while !((try? String(contentsOfFile: file, encoding: .utf8))?.contains("KERNEL - the kernel uevent") ?? false) {
+                guard Date() < deadline else { throw Failure(description: "udevadm monitor did not start within 30 s") }
+                usleep(20_000)
+            }
         }
 
         deinit {
@@ -439,9 +444,12 @@ enum DaemonScenarios {
         let cli = OrchestratorScenarios.CLI(lab)
         let disk1 = try lab.loopDevice("disk1", size: .mebibytes(32), random: true)
         let disk2 = try lab.loopDevice("disk2", size: .mebibytes(16), random: true)
-        let top1 = try cli.protect(disk1.path, "vol1")
+        let top1 = try cli.protect(disk1.path, "vol1", "--cbt-block", "64K")
         let top2 = try cli.protect(disk2.path, "vol2", "--no-cbt")
         try cli.ok("snapshot", "vol1", "--as", "keep")
+        // A backup of it, that an incremental after the reboot builds on.
+        let image = lab.scratch.appendingPathComponent("vol1.img").path
+        let (base, _) = try ExportScenarios.export(cli, "vol1-keep", "--to", image)
         try lab.writeRandom(top1, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
         try lab.writeRandom(top2, offset: .zero, length: .kibibytes(64))
         let snapshot = try lab.sha256("/dev/mapper/snapstack-vol1-keep", length: .mebibytes(32))
@@ -481,6 +489,13 @@ enum DaemonScenarios {
         try lab.sh("dmsetup", "message", "snapstack-vol1-real", "0", "drop_metadata_snap")
         try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
         try expectEqual(try cli.run(["status"]).status, 0, "status beside the running daemon")
+        // An incremental backup after the reboot holds what was written before and after it.
+        try lab.writeRandom(top1, offset: .mebibytes(20), length: .kibibytes(8))
+        try cli.ok("snapshot", "vol1", "--as", "after")
+        _ = try ExportScenarios.export(cli, "vol1-after", "--to", image, "--since", base)
+        try expectEqual(try ExportScenarios.fileSHA256(lab, image),
+                        try lab.sha256("/dev/mapper/snapstack-vol1-after", length: .mebibytes(32)),
+                        "the incremental image after the reboot vs the snapshot it was taken from")
         try expectEqual(try daemon.terminate(), 0, "daemon exit status after SIGTERM")
         // The stacks outlive the daemon: stopping it is no unprotect.
         try expect(try lab.dmsetupNames().contains("snapstack-vol1-keep"), "stopping the daemon removed a stack")
