@@ -71,7 +71,9 @@ trap 'exit 130' INT TERM
 block=$((64 << 10))
 mib=$((1 << 20))
 
-# A device of $2 GiB over backing file $1: random data, written zeros, a hole.
+# A device of $2 GiB over backing file $1: random data, written zeros, a hole. Sets $device
+# (not printed: a command substitution's subshell would lose the loop device from $loops, and
+# cleanup would leave it bound).
 make_device() {
     local file=$1 gib=$2 total=$(($2 * 1024))
     truncate -s "${gib}G" "$file"
@@ -83,12 +85,12 @@ make_device() {
     loops+=("$loop")
     [[ $(cat "/sys/block/${loop#/dev/}/loop/dio") == 1 ]] ||
         { echo "copy-out.sh: $loop did not get direct I/O" >&2; exit 1; }
-    echo "$loop"
+    device=$loop
 }
 
 echo "laying out a ${size_gib} GiB and a 1 GiB device in $work ($fs_type)..." >&2
-dev=$(make_device "$work/dev.img" "$size_gib")
-small=$(make_device "$work/small.img" 1)
+make_device "$work/dev.img" "$size_gib"; dev=$device
+make_device "$work/small.img" 1; small=$device
 dev_bytes=$(blockdev --getsize64 "$dev")
 blocks=$((dev_bytes / block))
 dense_blocks=$((blocks / 2))
