@@ -96,15 +96,25 @@ public struct StoreWatchService: Service {
             "step": "\(settings.step.map { "\($0.rawValue)" } ?? "double")",
             "limit": "\(settings.limit.map { "\($0.rawValue)" } ?? "origin")", "interval": "\(settings.pollInterval)",
         ])
-        while !events.isCancelled {
+        watching: while !events.isCancelled {
             do {
                 // Before the look: an event raised during it wakes the wait at once.
                 try events.arm()
             } catch {
                 logger.error("cannot watch for device-mapper events: \(error)")
             }
-            let wait = look(&planner, at: clock.now - start)
-            if try events.wait(timeout: wait) == .cancelled { break }
+            let looked = clock.now
+            let wait = look(&planner, at: looked - start)
+            switch try events.wait(timeout: wait) {
+            case .cancelled: break watching
+            case .timeout: continue
+            case .event:
+                // Events come in bursts (a drop is a removal and a table swap, and other dm users
+                // raise theirs): look at most every `minimumWait`. Disarmed, the wait only sleeps.
+                let since = clock.now - looked
+                if since < StoreWatchPlanner.minimumWait,
+                   try events.wait(timeout: StoreWatchPlanner.minimumWait - since) == .cancelled { break watching }
+            }
         }
         logger.info("store watch stopped")
     }
