@@ -142,7 +142,8 @@ private func contents(_ path: String) throws -> Data {
                 try Int.fetchOne(db, sql: "PRAGMA schema_version")
             )
         }
-        #expect(migrations == ["v1"])
+        // Each migration applied exactly once, in the order they were released.
+        #expect(migrations == ["v1", "v2-exports", "v2-store-growth"])
         // Any DDL bumps schema_version, so an unchanged one shows no migration ran.
         #expect(schemaVersionAgain == schemaVersion)
     }
