@@ -40,7 +40,8 @@ public struct Policy: Sendable, Equatable {
     /// What a policy decided for one device.
     public enum Decision: Sendable, Equatable {
         /// Protect the device as `name` (already expanded and made a valid device name; empty
-        /// when the template gave nothing), with change tracking at `cbtBlock`, or none when nil.
+        /// when the template gave nothing), with change tracking at `cbtBlock` (zero: as the
+        /// device's size asks), or none when nil.
         case protect(name: String, cbtBlock: Bytes?, rule: RuleReference)
         case exclude(rule: RuleReference)
         case noMatch
@@ -113,10 +114,14 @@ public struct PropertyMatch: Sendable, Equatable {
 /// What `protect:` asks for.
 public struct ProtectAction: Sendable, Equatable {
     public static let defaultNameTemplate = "${ID_SERIAL:-${KERNEL}}${ID_PART_ENTRY_NUMBER:+-part${ID_PART_ENTRY_NUMBER}}"
-    public static let defaultCBTBlock = Bytes.kibibytes(64)
+    /// `cbt-block: auto`, the default: the block follows the device's size, as `snapstack protect`
+    /// chooses it (zero bytes stands for it, as in the library's `ProtectOptions`).
+    public static let automaticCBTBlock = Bytes.zero
+    public static let defaultCBTBlock = automaticCBTBlock
 
     public var name: NameTemplate
-    /// nil: protect without change tracking (`no-cbt: true`).
+    /// The change-tracking block; `automaticCBTBlock` lets the device's size choose; nil
+    /// protects without change tracking (`no-cbt: true`).
     public var cbtBlock: Bytes?
 
     public init(name: NameTemplate, cbtBlock: Bytes? = ProtectAction.defaultCBTBlock) {

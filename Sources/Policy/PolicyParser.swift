@@ -243,9 +243,14 @@ struct PolicyParser {
                     template = try string(value, "the name template")
                     templateNode = value
                 case "cbt-block":
+                    if try string(value, "cbt-block") == "auto" {
+                        cbtBlock = ProtectAction.automaticCBTBlock
+                        cbtNode = value
+                        continue
+                    }
                     let block = try size(value, "cbt-block")
                     guard block.rawValue % 4096 == 0, block >= .kibibytes(4), block <= .gibibytes(1) else {
-                        throw error(value, "cbt-block must be a multiple of 4K between 4K and 1G")
+                        throw error(value, "cbt-block must be auto, or a multiple of 4K between 4K and 1G")
                     }
                     cbtBlock = block
                     cbtNode = value

@@ -100,7 +100,8 @@ public enum Daemon {
                 case .exclude: action = "exclude"
                 case .protect(let protect):
                     action = "protect as \(protect.name)"
-                        + (protect.cbtBlock.map { ", cbt-block \($0.rawValue) bytes" } ?? ", no change tracking")
+                        + (protect.cbtBlock.map { $0 == ProtectAction.automaticCBTBlock ? ", cbt-block by device size" : ", cbt-block \($0.rawValue) bytes" }
+                            ?? ", no change tracking")
                 }
                 let matches = rule.properties.map { "\($0.property)=\($0.globs.map(\.pattern).joined(separator: "|"))" }
                     + (rule.minimumSize.map { ["size>=\($0.rawValue)"] } ?? []) + (rule.maximumSize.map { ["size<=\($0.rawValue)"] } ?? [])

@@ -60,6 +60,8 @@ private func failure(_ text: String) -> PolicyError? {
         guard case .protect(let action) = policy.rules[1].action else { Issue.record("not protect"); return }
         #expect(action.cbtBlock == .kibibytes(256))
         #expect(action.name.source == "bk-${ID_SERIAL}")
+        #expect(try parse("rules:\n  - protect: {cbt-block: auto}\n").rules[0].action
+                    == .protect(ProtectAction(name: try NameTemplate(ProtectAction.defaultNameTemplate), cbtBlock: .zero)))
         guard case .protect(let plain) = policy.rules[2].action else { Issue.record("not protect"); return }
         #expect(plain.cbtBlock == nil)
         #expect(plain.name.source == ProtectAction.defaultNameTemplate)
@@ -173,7 +175,7 @@ private func failure(_ text: String) -> PolicyError? {
             Issue.record("the protect rule did not match"); return
         }
         #expect(name == "backup-1234-part1")
-        #expect(block == .kibibytes(64))
+        #expect(block == ProtectAction.automaticCBTBlock)
         #expect(second.index == 2)
     }
 
