@@ -52,7 +52,7 @@ if let captureDirectory {
 
 /// A scenario that hangs (I/O on a device left suspended does) must fail the suite loudly
 /// rather than run into the lab's wall-clock limit without saying where it stuck.
-let scenarioLimit: Double = 600
+let scenarioLimit: Double = 900
 nonisolated(unsafe) var current = ""
 let watchdog = DispatchSource.makeTimerSource(queue: DispatchQueue.global())
 watchdog.setEventHandler {

@@ -72,7 +72,7 @@ vm_log=$(mktemp /tmp/snapstack-vmsuite.XXXXXX)
 # stderr is merged so that the log holds everything the suite said, in order.
 set +e
 # --hotplug: the daemon scenarios hot-add and hot-remove disks through qemu.
-Tests/lab/vm.sh --timeout 2400 --hotplug -- "$vmsuite" "$@" 2>&1 | tee "$vm_log"
+Tests/lab/vm.sh --timeout 3600 --hotplug -- "$vmsuite" "$@" 2>&1 | tee "$vm_log"
 vm_status=${PIPESTATUS[0]}
 set -e
 
