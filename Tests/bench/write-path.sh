@@ -5,7 +5,7 @@
 # as median (min-max) over the repetitions: only same-run ratios mean anything (the VM is
 # emulated and the host may be busy).
 #
-#   bash Tests/bench/write-path.sh [REPS]      (default 3; about 15 minutes on an idle host)
+#   bash Tests/bench/write-path.sh [REPS]      (default 3)
 #
 # Write path: fio, direct I/O, libaio, iodepth 16: 4k random writes (the same offsets in every
 # run, so a second run rewrites blocks the first one marked) and 1M sequential writes, on
@@ -42,7 +42,7 @@ if [[ ${SNAPSTACK_IN_VM:-} != 1 ]]; then
     command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null
     swift build -c release --scratch-path "$build" --product snapstack 2>&1 | tail -n 1
     export SNAPSTACK_BUILD_DIR=$build
-    exec Tests/lab/vm.sh --timeout 3600 --memory 3G -- bash "$0" "$reps"
+    exec Tests/lab/vm.sh --timeout 7200 --memory 3G -- bash "$0" "$reps"
 fi
 
 # ---- inside the VM ------------------------------------------------------------------------
@@ -93,7 +93,8 @@ fio_bw() { # target rw bs io_size
 }
 rand() { fio_bw "$1" randwrite 4k $rand_io; }
 seqw() { fio_bw "$1" write 1M $seq_io; }
-record() { echo "$1|$2|$rep|$3" >>"$results"; } # config workload value
+# Each figure also goes to stderr as it is measured, so that a run cut short still shows them.
+record() { echo "$1|$2|$rep|$3" | tee -a "$results" >&2; } # config workload value
 
 run_raw() {
     record raw rand "$(rand $ss_disk)"
@@ -175,7 +176,7 @@ for ((rep = 0; rep < reps; rep++)); do
     echo "freeze window: repetition $((rep + 1)) of $reps" >&2
     for ((k = 0; k < ${#set_sizes[@]}; k++)); do
         count=${set_sizes[$(((k + rep * 2) % ${#set_sizes[@]}))]}
-        echo "$count $(set_freeze "$count" r$rep)" >>"$freeze_self"
+        echo "$count $(set_freeze "$count" r$rep)" | tee -a "$freeze_self" >&2
     done
 done
 for count in "${set_sizes[@]}"; do
