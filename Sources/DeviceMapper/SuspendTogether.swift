@@ -135,19 +135,23 @@ private struct RawControl: Sendable {
 /// number of CPUs, not of devices).
 ///
 /// `@unchecked Sendable`: `jobs[i]` and `results[i]` are written by one side before it signals
-/// a semaphore and read by the other side after waiting on it, which orders the accesses.
+/// a semaphore and read by the other side after waiting on it, which orders the accesses. They
+/// are fixed buffers, not arrays: threads writing different elements of one Swift array at once
+/// race on the array's copy-on-write check and reference count.
 private final class Crew: @unchecked Sendable {
     let count: Int
-    private var jobs: [(@Sendable () -> DeviceMapperError?)?]
-    private var results: [DeviceMapperError?]
+    private let jobs: UnsafeMutablePointer<(@Sendable () -> DeviceMapperError?)?>
+    private let results: UnsafeMutablePointer<DeviceMapperError?>
     private let start: [DispatchSemaphore]
     private let done = DispatchSemaphore(value: 0)
     private var finished = false
 
     init(count: Int) {
         self.count = count
-        jobs = Array(repeating: nil, count: count)
-        results = Array(repeating: nil, count: count)
+        jobs = .allocate(capacity: count)
+        jobs.initialize(repeating: nil, count: count)
+        results = .allocate(capacity: count)
+        results.initialize(repeating: nil, count: count)
         start = (0..<count).map { _ in DispatchSemaphore(value: 0) }
         for index in 0..<count {
             let thread = Thread { [self] in work(index) }
@@ -173,7 +177,14 @@ private final class Crew: @unchecked Sendable {
             start[index].signal()
         }
         for _ in work.indices { done.wait() }
-        return Array(results[..<work.count])
+        return (0..<work.count).map { results[$0] }
+    }
+
+    deinit {
+        jobs.deinitialize(count: count)
+        jobs.deallocate()
+        results.deinitialize(count: count)
+        results.deallocate()
     }
 
     /// Lets every thread end.
