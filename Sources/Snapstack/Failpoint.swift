@@ -14,6 +14,7 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case snapshotRecorded = "snapshot.recorded"
     case snapshotStoreAttached = "snapshot.store-attached"
     case snapshotPreloaded = "snapshot.preloaded"
+    case snapshotActivated = "snapshot.activated"
     case snapshotSuspended = "snapshot.suspended"
     case snapshotResumed = "snapshot.resumed"
 
@@ -46,6 +47,7 @@ public enum Failpoint: String, CaseIterable, Sendable {
         case .snapshotRecorded: "snapshot set recorded, nothing built"
         case .snapshotStoreAttached: "COW stores created and attached"
         case .snapshotPreloaded: "snapshot devices and origin tables loaded but inactive"
+        case .snapshotActivated: "snapshots live, origins not yet switched to snapshot-origin"
         case .snapshotSuspended: "every top device suspended (filesystems frozen)"
         case .snapshotResumed: "snapshots live, not yet marked active"
         case .dropRecorded: "drop recorded, nothing removed"

@@ -39,11 +39,13 @@ extension Orchestrator {
     ///
     /// Everything slow happens before the freeze: store files, loop devices, the snapshot
     /// devices with their tables loaded but inactive, the origins' snapshot-origin tables
-    /// loaded, the era numbers read, the udev cookie made. Then every top device is suspended
-    /// at the same time, one thread each (which freezes its filesystem), every era starts a new
-    /// era at the same time so that the change-tracking boundary is the snapshot point, the
-    /// snapshots are resumed, then all tops at the same time. udev is waited for only after
-    /// the last resume.
+    /// loaded, the era numbers read, the udev cookie made, and the snapshots of origins without
+    /// other snapshots made live (they see every write until their origin's table swaps). Then
+    /// every top device is suspended at the same time, one thread each (which freezes its
+    /// filesystem), every era starts a new era at the same time so that the change-tracking
+    /// boundary is the snapshot point, any snapshot of an origin with other snapshots is
+    /// resumed, then all tops at the same time, each swapping in its snapshot-origin table.
+    /// udev is waited for only after the last resume.
     public func snapshot(_ names: [String], options: SnapshotOptions = SnapshotOptions()) throws -> SnapshotSetResult {
         guard !names.isEmpty else { throw SnapstackError(.invalidArgument, "name at least one protected device") }
         guard Set(names).count == names.count else {
@@ -139,6 +141,8 @@ extension Orchestrator {
                 cows.append(try attachStore(record))
             }
             Failpoint.snapshotStoreAttached.hit()
+            // Whether the origin's snapshot-origin table is live already (it has other snapshots).
+            var originLive: [Bool] = []
             for (index, member) in members.enumerated() {
                 let record = records[index]
                 let name = try Layout.snapshotName(member.device.name, record.name)
@@ -149,7 +153,9 @@ extension Orchestrator {
                                                                               chunkSize: chunkSectors))))
                     let origin = try Table(length: Sectors(UInt64(member.device.sizeBytes) / Sectors.size),
                                            .snapshotOrigin(SnapshotOrigin(origin: .number(member.realNumber))))
-                    if try dm.table(member.top) != origin { try dm.load(member.top, table: origin) }
+                    let live = try dm.table(member.top) == origin
+                    if !live { try dm.load(member.top, table: origin) }
+                    originLive.append(live)
                 }
             }
             Failpoint.snapshotPreloaded.hit()
@@ -179,15 +185,29 @@ extension Orchestrator {
             try failing("cannot take the snapshot set") {
                 try dm.withUdevTransaction { udev in
                     dm.prepare(udev)
+                    // A snapshot must be live before its origin's snapshot-origin table is, or
+                    // writes in between would not be copied (dm-snap skips inactive snapshots).
+                    // Where the origin has no live snapshot-origin yet, its writes still go
+                    // straight to the -real layer through the top's linear table, past the
+                    // snapshot, which reads them there as it reads every chunk it has not
+                    // copied: the snapshot shows the origin as it is until the top swaps
+                    // tables, which happens inside the freeze. So these snapshots go live
+                    // before the window, and the window does not grow with them.
+                    for index in members.indices where !originLive[index] {
+                        try dm.resume(snapshotNames[index], transaction: udev)
+                    }
+                    Failpoint.snapshotActivated.hit()
                     let (_, window) = try dm.withSuspendedTogether(members.map(\.top)) { suspended in
                         Failpoint.snapshotSuspended.hit()
                         // No I/O reaches an era layer while its top is suspended, so each new
                         // era begins exactly at the snapshot point.
                         try suspended.message(checkpoints)
-                        // A snapshot must be live before its origin's snapshot-origin table is,
-                        // or writes in between would not be copied (dm-snap skips inactive
-                        // snapshots). Each resume is quick (no old table to retire).
-                        for name in snapshotNames { try dm.resume(name, transaction: udev) }
+                        // Where the snapshot-origin table is live already, resuming a snapshot
+                        // makes it copy from that instant on (the kernel suspends the origin
+                        // internally for it): only inside the freeze is that the set's instant.
+                        for index in members.indices where originLive[index] {
+                            try dm.resume(snapshotNames[index], transaction: udev)
+                        }
                     }
                     freeze = Int64(window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000)
                 }
