@@ -3,24 +3,23 @@ import CShims
 import Foundation
 import SystemPackage
 
-/// What the body of `withSuspendedTogether` may do while every device is suspended.
-public struct SuspendedTogether: Sendable {
-    fileprivate let crew: Crew
-    fileprivate let control: RawControl
-
+extension DeviceMapperClient {
     /// Sends every message of `messages` at the same time, each from a thread of its own
-    /// (`DM_TARGET_MSG`, without libdm), and returns once all are answered. An era `checkpoint`
-    /// waits for a metadata commit, so N of them one after another cost N commits; at the same
-    /// time they cost about one. Throws the first failure after all have been tried.
-    public func message(_ messages: [(device: DMName, text: String)]) throws {
-        precondition(messages.count <= crew.count, "more messages than threads")
-        let control = self.control
+    /// (`DM_TARGET_MSG` on `/dev/mapper/control`, without libdm, whose tasks must run one at a
+    /// time), and returns once all are answered. An era `checkpoint` waits for a metadata
+    /// commit, so N of them one after another cost N commits; at the same time they cost about
+    /// one. Throws the first failure after all have been tried.
+    public func messageTogether(_ messages: [(device: DMName, text: String)]) throws {
+        guard !messages.isEmpty else { return }
+        let descriptor = try Self.openControl(operation: "message")
+        defer { try? descriptor.close() }
+        let control = RawControl(fd: descriptor.rawValue)
+        let crew = Crew(count: messages.count)
+        defer { crew.finish() }
         let failures = crew.run(messages.map { device, text in { control.message(device, text) } })
         if let failure = failures.lazy.compactMap({ $0 }).first { throw failure }
     }
-}
 
-extension DeviceMapperClient {
     /// Suspends every device of `names` at the same time, each from a thread of its own, runs
     /// `body` once all of them are suspended, then resumes all of them at the same time.
     ///
@@ -40,15 +39,9 @@ extension DeviceMapperClient {
     /// Returns `body`'s value and the freeze window: from the first suspend issued to the
     /// return of the last resume.
     public func withSuspendedTogether<T>(_ names: [DMName], options: SuspendOptions = [],
-                                         _ body: (SuspendedTogether) throws -> T) throws -> (value: T, window: Duration) {
-        guard !names.isEmpty else { return (try body(SuspendedTogether(crew: Crew(count: 0), control: RawControl(fd: -1))), .zero) }
-        let descriptor: FileDescriptor
-        do {
-            descriptor = try FileDescriptor.open("/dev/mapper/control", .readWrite, options: [.closeOnExec])
-        } catch {
-            throw DeviceMapperError(kind: .driverUnavailable, operation: "suspend", errno: error as? Errno,
-                                    messages: ["cannot open /dev/mapper/control"])
-        }
+                                         _ body: () throws -> T) throws -> (value: T, window: Duration) {
+        guard !names.isEmpty else { return (try body(), .zero) }
+        let descriptor = try Self.openControl(operation: "suspend")
         defer { try? descriptor.close() }
         let control = RawControl(fd: descriptor.rawValue)
         let crew = Crew(count: names.count)
@@ -74,7 +67,7 @@ extension DeviceMapperClient {
         }
         let value: T
         do {
-            value = try body(SuspendedTogether(crew: crew, control: control))
+            value = try body()
         } catch var error as DeviceMapperError {
             let failures = resumeAll()
             if !failures.isEmpty { error.rollbackFailure = failures.joined(separator: "; ") }
@@ -92,6 +85,17 @@ extension DeviceMapperClient {
             throw DeviceMapperError(kind: .failed, operation: "resume", messages: failures)
         }
         return (value, window)
+    }
+}
+
+extension DeviceMapperClient {
+    fileprivate static func openControl(operation: String) throws -> FileDescriptor {
+        do {
+            return try FileDescriptor.open("/dev/mapper/control", .readWrite, options: [.closeOnExec])
+        } catch {
+            throw DeviceMapperError(kind: .driverUnavailable, operation: operation, errno: error as? Errno,
+                                    messages: ["cannot open /dev/mapper/control"])
+        }
     }
 }
 

@@ -15,6 +15,7 @@ public enum Failpoint: String, CaseIterable, Sendable {
     case snapshotStoreAttached = "snapshot.store-attached"
     case snapshotPreloaded = "snapshot.preloaded"
     case snapshotActivated = "snapshot.activated"
+    case snapshotCheckpointed = "snapshot.checkpointed"
     case snapshotSuspended = "snapshot.suspended"
     case snapshotResumed = "snapshot.resumed"
 
@@ -48,6 +49,7 @@ public enum Failpoint: String, CaseIterable, Sendable {
         case .snapshotStoreAttached: "COW stores created and attached"
         case .snapshotPreloaded: "snapshot devices and origin tables loaded but inactive"
         case .snapshotActivated: "snapshots live, origins not yet switched to snapshot-origin"
+        case .snapshotCheckpointed: "new eras begun, origins not yet switched"
         case .snapshotSuspended: "every top device suspended (filesystems frozen)"
         case .snapshotResumed: "snapshots live, not yet marked active"
         case .dropRecorded: "drop recorded, nothing removed"

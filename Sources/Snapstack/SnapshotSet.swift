@@ -40,12 +40,13 @@ extension Orchestrator {
     /// Everything slow happens before the freeze: store files, loop devices, the snapshot
     /// devices with their tables loaded but inactive, the origins' snapshot-origin tables
     /// loaded, the era numbers read, the udev cookie made, and the snapshots of origins without
-    /// other snapshots made live (they see every write until their origin's table swaps). Then
-    /// every top device is suspended at the same time, one thread each (which freezes its
-    /// filesystem), every era starts a new era at the same time so that the change-tracking
-    /// boundary is the snapshot point, any snapshot of an origin with other snapshots is
-    /// resumed, then all tops at the same time, each swapping in its snapshot-origin table.
-    /// udev is waited for only after the last resume.
+    /// other snapshots made live (they see every write until their origin's table swaps), every
+    /// era started anew (so the change-tracking boundary is at most the few milliseconds to the
+    /// freeze before the snapshot point: changes since a snapshot are a superset). Then every
+    /// top device is suspended at the same time, one thread each (which freezes its
+    /// filesystem), any snapshot of an origin with other snapshots is resumed, then all tops at
+    /// the same time, each swapping in its snapshot-origin table. udev is waited for only after
+    /// the last resume.
     public func snapshot(_ names: [String], options: SnapshotOptions = SnapshotOptions()) throws -> SnapshotSetResult {
         guard !names.isEmpty else { throw SnapstackError(.invalidArgument, "name at least one protected device") }
         guard Set(names).count == names.count else {
@@ -160,11 +161,10 @@ extension Orchestrator {
             }
             Failpoint.snapshotPreloaded.hit()
 
-            // The era each snapshot begins, read before the freeze: the checkpoint in the window
-            // starts exactly the next one (dm-era counts one era per checkpoint). A status costs
-            // an era metadata commit, so it stays out of the window. Should anything else start
-            // an era in between, the recorded one is older than the truth, so changes since the
-            // snapshot are a superset, never short.
+            // The era each snapshot begins: the checkpoint below starts exactly the next one
+            // (dm-era counts one era per checkpoint). Should anything else start an era in
+            // between, the recorded one is older than the truth, so changes since the snapshot
+            // are a superset, never short.
             var eras: [Int64?] = []
             for member in members {
                 var era: Int64? = nil
@@ -176,9 +176,6 @@ extension Orchestrator {
                 eras.append(era)
             }
 
-            // The freeze window. Every top is suspended at the same time, each from a thread of
-            // its own, and resumed the same way, so that the window of a set of many devices
-            // costs about what one device's does; what runs inside it is only what must.
             let checkpoints = members.filter { $0.device.cbtBlockSectors != nil }
                 .map { (device: $0.real, text: EraMessage.checkpoint.rawValue) }
             let snapshotNames = try members.indices.map { try Layout.snapshotName(members[$0].device.name, records[$0].name) }
@@ -197,11 +194,19 @@ extension Orchestrator {
                         try dm.resume(snapshotNames[index], transaction: udev)
                     }
                     Failpoint.snapshotActivated.hit()
-                    let (_, window) = try dm.withSuspendedTogether(members.map(\.top)) { suspended in
+                    // Every era starts a new era just before the freeze, all at the same time.
+                    // A checkpoint waits for an era metadata commit (tens of milliseconds on a
+                    // file system: most of a one-device window when it was inside it). Writes
+                    // between it and the freeze are in the snapshot and counted in the new era
+                    // too: an incremental after this snapshot reads them again, so it is a
+                    // superset of the changes, never short.
+                    try dm.messageTogether(checkpoints)
+                    Failpoint.snapshotCheckpointed.hit()
+                    // The freeze window: every top is suspended at the same time, each from a
+                    // thread of its own, and resumed the same way, swapping in its
+                    // snapshot-origin table.
+                    let (_, window) = try dm.withSuspendedTogether(members.map(\.top)) {
                         Failpoint.snapshotSuspended.hit()
-                        // No I/O reaches an era layer while its top is suspended, so each new
-                        // era begins exactly at the snapshot point.
-                        try suspended.message(checkpoints)
                         // Where the snapshot-origin table is live already, resuming a snapshot
                         // makes it copy from that instant on (the kernel suspends the origin
                         // internally for it): only inside the freeze is that the set's instant.

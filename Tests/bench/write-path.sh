@@ -1,40 +1,62 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): what snapstack's stack costs the writes of the protected device, and
 # how the freeze window of a snapshot set grows with its number of devices; in one VM run,
-# REPS interleaved repetitions. Prints ratios to the raw disk measured in the same repetition,
-# as median (min-max) over the repetitions: only same-run ratios mean anything (the VM is
-# emulated and the host may be busy).
+# interleaved repetitions. Prints ratios to the raw disk measured in the same repetition, as
+# median (min-max) over the repetitions: only same-run ratios mean anything (the VM is emulated
+# and the host may be busy).
 #
-#   bash Tests/bench/write-path.sh [REPS]      (default 3)
+#   bash Tests/bench/write-path.sh [--reps N] [--disk ram|latency] [--latency-us US]
+#                                  [--part all|write|freeze]
+#   (a bare number is --reps; defaults: 3 repetitions, ram disks, 2000 us, all)
 #
-# Write path: fio, direct I/O, libaio, iodepth 16: 4k random writes (the same offsets in every
-# run, so a second run rewrites blocks the first one marked) and 1M sequential writes, on
+# Write path: fio, direct I/O, libaio, iodepth 16: 4k random writes and 1M sequential writes,
+# within the first 256 MiB of the disk, on
 #   - the raw disk;
-#   - the stack without change tracking (--no-cbt): linear over linear;
-#   - the stack with dm-era for several --cbt-block sizes, on a fresh era (cold: every first
-#     write to a block waits for a metadata commit) and on blocks already marked in the current
-#     era (warm: the steady state between two backups);
-#   - the stack with a live snapshot (taking it starts a new era, so its writes are also cold
-#     for dm-era) for several --chunk sizes, next to an LVM snapshot (`lvcreate -s -c`) of an LV
-#     of the same size on the same kind of disk, and that LV without a snapshot.
-# The disks are RAM disks (brd): O_DIRECT works on them, they allocate their pages once (the
-# script writes them first) and afterwards cost the same for every run, so the differences left
-# are the layers' own. A loop device over a file would add the backing filesystem's noise
-# (the guest's /tmp is tmpfs, where loop devices cannot do direct I/O at all, and a host folder
-# reaches the guest over 9p). brd is faster than any real disk, so every layer's CPU cost shows
-# at its largest here: the ratios are upper bounds of the cost on real disks.
+#   - an LV (one linear layer), for scale;
+#   - the stack without change tracking (--no-cbt);
+#   - the stack with dm-era for several --cbt-block sizes (and the default): *cold* is the first
+#     write to each block of a fresh era (dm-era holds it until a metadata commit is on disk);
+#     *warm* writes blocks already marked in the current era (the steady state between backups);
+#   - the stack with a live snapshot (taking it starts a new era, so these writes are cold for
+#     dm-era too) for several --chunk sizes, the store a file in the state directory (the
+#     default) and a disk of its own (--store DEV); next to an LVM snapshot (`lvcreate -s -c`)
+#     of an LV of the same size whose COW is a disk of its own.
+# Steady states (raw, LV, no CBT, warm) are timed runs; first writes (cold, snapshots) write a
+# fixed amount, so every write is a first write of its chunk or nearly.
 #
-# Freeze window: `snapstack snapshot` of sets of 1, 2, 4, 8, 16 and 32 devices, the window
-# recorded by snapstack itself (first suspend to last resume), and once per size read from
-# strace's DM_DEV_SUSPEND timestamps; next to the same count of `lvcreate -s` run one after
-# another (each freezes its own origin; the set's points in time spread over all of them).
+# Disks, all of the same kind, created in the VM:
+#   ram      RAM disks (brd). No latency at all: every layer's CPU cost shows at its largest,
+#            so the ratios are upper bounds of the cost on real disks.
+#   latency  null_blk, memory-backed, each I/O completing after --latency-us: a disk whose
+#            time is spent waiting, as a real one's is, rather than copying memory.
+# The state directory (era metadata, store files) is ext4 on a disk of the same kind, as it
+# would be on a real machine.
+#
+# Freeze window (always on RAM disks: a suspend waits for in-flight I/O, and there is none):
+# `snapstack snapshot` of sets of 1, 2, 4, 8, 16 and 32 devices, the window recorded by
+# snapstack itself (first suspend to last resume), and once per size read from strace's
+# DM_DEV_SUSPEND timestamps; next to the same count of `lvcreate -s` run one after another
+# (each freezes its own origin; the set's points in time spread over all of them).
 #
 # Environment: SNAPSTACK_BUILD_DIR (default .build) is the SwiftPM scratch path to build in.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-reps=${1:-3}
-[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [REPS]" >&2; exit 64; }
+usage() { sed -n '8,10p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 64; }
+reps=3 disk=ram latency_us=2000 part=all
+while (($#)); do
+    case $1 in
+    --reps) reps=${2:-}; shift 2 || usage ;;
+    --disk) disk=${2:-}; shift 2 || usage ;;
+    --latency-us) latency_us=${2:-}; shift 2 || usage ;;
+    --part) part=${2:-}; shift 2 || usage ;;
+    [0-9]*) reps=$1; shift ;;
+    *) usage ;;
+    esac
+done
+[[ $reps =~ ^[1-9][0-9]*$ && $latency_us =~ ^[1-9][0-9]*$ ]] || usage
+[[ $disk == ram || $disk == latency ]] || usage
+[[ $part == all || $part == write || $part == freeze ]] || usage
 build=${SNAPSTACK_BUILD_DIR:-.build}
 
 if [[ ${SNAPSTACK_IN_VM:-} != 1 ]]; then
@@ -42,7 +64,8 @@ if [[ ${SNAPSTACK_IN_VM:-} != 1 ]]; then
     command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null
     swift build -c release --scratch-path "$build" --product snapstack 2>&1 | tail -n 1
     export SNAPSTACK_BUILD_DIR=$build
-    exec Tests/lab/vm.sh --timeout 7200 --memory 3G -- bash "$0" "$reps"
+    exec Tests/lab/vm.sh --timeout 7200 --memory 3G -- bash "$0" --reps "$reps" --disk "$disk" \
+        --latency-us "$latency_us" --part "$part"
 fi
 
 # ---- inside the VM ------------------------------------------------------------------------
@@ -53,8 +76,9 @@ work=$(mktemp -d /tmp/bench.XXXXXX)
 state=$work/state
 results=$work/results
 region_mb=256          # fio writes within the first 256 MiB of each disk
-rand_io=16M            # 4096 random 4k writes per run
-seq_io=128M            # 128 sequential 1M writes per run
+rand_io=32M            # 8192 random 4k first writes per cold or snapshot run
+seq_io=128M            # 128 sequential 1M first writes per cold or snapshot run
+steady_s=4             # seconds per steady-state run
 cow_mb=300             # snapshot store: more than the region, so no snapshot ever fills up
 disk_mb=$((region_mb + cow_mb + 44))
 era_blocks=(64K 256K 1M 4M)
@@ -63,17 +87,32 @@ set_sizes=(1 2 4 8 16 32)
 
 ss() { "$snapstack" "$@" --state-dir "$state"; }
 
-# Two disks for the write path (snapstack's, and LVM's PV) and 33 for the freeze window.
-modprobe brd rd_nr=35 rd_size=$((disk_mb * 1024))
-ss_disk=/dev/ram0 lvm_disk=/dev/ram1 lvm_set_disk=/dev/ram34
+# brd: 5 disks for the write path (when they are RAM disks), 33 for the freeze window.
+modprobe brd rd_nr=38 rd_size=$((disk_mb * 1024))
+if [[ $disk == ram ]]; then
+    disks=(/dev/ram0 /dev/ram1 /dev/ram2 /dev/ram3 /dev/ram4)
+    disk_label="RAM disks (brd)"
+else
+    modprobe null_blk nr_devices=5 gb=1 memory_backed=1 queue_mode=2 hw_queue_depth=64 \
+        irqmode=2 completion_nsec=$((latency_us * 1000))
+    disks=(/dev/nullb0 /dev/nullb1 /dev/nullb2 /dev/nullb3 /dev/nullb4)
+    disk_label="null_blk, memory-backed, ${latency_us} us per I/O"
+fi
+ss_disk=${disks[0]} ss_cow_disk=${disks[1]} lvm_disk=${disks[2]} lvm_cow_disk=${disks[3]} state_disk=${disks[4]}
+set_disk() { echo "/dev/ram$((4 + $1))"; }    # 1..32
+lvm_set_disk=/dev/ram37
+
 for d in "$ss_disk" "$lvm_disk"; do dd if=/dev/zero of="$d" bs=1M count=$region_mb oflag=direct status=none; done
-pvcreate -q "$lvm_disk" "$lvm_set_disk" >/dev/null
-vgcreate -q benchvg "$lvm_disk" >/dev/null
+mkfs.ext4 -q -E nodiscard "$state_disk"
+mkdir -p "$state"
+mount "$state_disk" "$state"
+pvcreate -q "$lvm_disk" "$lvm_cow_disk" "$lvm_set_disk" >/dev/null
+vgcreate -q benchvg "$lvm_disk" "$lvm_cow_disk" >/dev/null
 vgcreate -q benchsetvg "$lvm_set_disk" >/dev/null
-lvcreate -q -y -L ${region_mb}M -n origin benchvg >/dev/null
+lvcreate -q -y -L ${region_mb}M -n origin benchvg "$lvm_disk" >/dev/null
 dd if=/dev/zero of=/dev/benchvg/origin bs=1M count=$region_mb oflag=direct status=none
 # Inactive first, then one activation: no lvcreate per LV pays lvm's activation cost.
-for i in $(seq 1 32); do lvcreate -q -y -an -Zn -L 16M -n o$i benchsetvg >/dev/null 2>&1; done
+for i in $(seq 1 32); do lvcreate -q -y -an -Zn -L 8M -n o$i benchsetvg >/dev/null 2>&1; done
 vgchange -q -ay benchsetvg >/dev/null
 udevadm settle
 
@@ -82,34 +121,38 @@ cleanup() {
         "$snapstack" unprotect "$n" --force --state-dir "$state" >/dev/null 2>&1 || true
     done
     vgremove -q -y -ff benchvg benchsetvg >/dev/null 2>&1 || true
+    umount "$state" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# fio's write bandwidth in KiB/s (terse format, field 48).
-fio_bw() { # target rw bs io_size
+# fio's write bandwidth in KiB/s (terse format, field 48): a fixed amount, or for steady_s.
+fio_bw() { # target rw bs io_size|timed
+    local amount=(--io_size="$4")
+    [[ $4 == timed ]] && amount=(--runtime="$steady_s" --time_based)
     fio --name=w --filename="$1" --direct=1 --ioengine=libaio --iodepth=16 --rw="$2" --bs="$3" \
-        --size=${region_mb}M --io_size="$4" --randrepeat=1 --minimal 2>/dev/null | awk -F';' '{print $48}'
+        --size=${region_mb}M "${amount[@]}" --randrepeat=1 --minimal 2>/dev/null | awk -F';' '{print $48}'
 }
-rand() { fio_bw "$1" randwrite 4k $rand_io; }
-seqw() { fio_bw "$1" write 1M $seq_io; }
+rand() { fio_bw "$1" randwrite 4k "${2:-$rand_io}"; }
+seqw() { fio_bw "$1" write 1M "${2:-$seq_io}"; }
 # Each figure also goes to stderr as it is measured, so that a run cut short still shows them.
 record() { echo "$1|$2|$rep|$3" | tee -a "$results" >&2; } # config workload value
+fill() { dd if=/dev/zero of="$1" bs=1M count=$region_mb oflag=direct status=none; }
 
 run_raw() {
-    record raw rand "$(rand $ss_disk)"
-    record raw seq "$(seqw $ss_disk)"
+    record raw rand "$(rand $ss_disk timed)"
+    record raw seq "$(seqw $ss_disk timed)"
 }
 
 run_lv() {
-    record "lvm LV, no snapshot" rand "$(rand /dev/benchvg/origin)"
-    record "lvm LV, no snapshot" seq "$(seqw /dev/benchvg/origin)"
+    record "lvm LV, no snapshot" rand "$(rand /dev/benchvg/origin timed)"
+    record "lvm LV, no snapshot" seq "$(seqw /dev/benchvg/origin timed)"
 }
 
 run_nocbt() {
     ss protect $ss_disk --name wb --no-cbt >/dev/null 2>&1
-    record "stack, no CBT" rand "$(rand /dev/mapper/snapstack-wb)"
-    record "stack, no CBT" seq "$(seqw /dev/mapper/snapstack-wb)"
+    record "stack, no CBT" rand "$(rand /dev/mapper/snapstack-wb timed)"
+    record "stack, no CBT" seq "$(seqw /dev/mapper/snapstack-wb timed)"
     ss unprotect wb >/dev/null
 }
 
@@ -122,23 +165,30 @@ run_cbt() { # block (or "default")
     fi
     local top=/dev/mapper/snapstack-wb
     record "$label cold" rand "$(rand $top)"
-    record "$label warm" rand "$(rand $top)"
+    fill $top        # every block of the region marked in this era
+    record "$label warm" rand "$(rand $top timed)"
+    record "$label warm" seq "$(seqw $top timed)"
     # A new era, as a snapshot would start: every block is unmarked again.
     dmsetup message snapstack-wb-real 0 checkpoint
     record "$label cold" seq "$(seqw $top)"
-    record "$label warm" seq "$(seqw $top)"
     ss unprotect wb >/dev/null
 }
 
 run_snapshots() { # chunk
-    local chunk=$1
+    local chunk=$1 v
     ss protect $ss_disk --name wb >/dev/null 2>&1
     for w in seq rand; do
         ss snapshot wb --as s --chunk "$chunk" --size ${cow_mb}M >/dev/null
         if [[ $w == seq ]]; then v=$(seqw /dev/mapper/snapstack-wb); else v=$(rand /dev/mapper/snapstack-wb); fi
         record "snapshot $chunk chunk: snapstack" $w "$v"
         ss drop wb-s >/dev/null
-        lvcreate -q -y -s -c "$chunk" -L ${cow_mb}M -n s benchvg/origin >/dev/null
+        # A disk of its own as the store; its old header must not look like a store to reuse.
+        dd if=/dev/zero of=$ss_cow_disk bs=1M count=1 oflag=direct status=none
+        ss snapshot wb --as s --chunk "$chunk" --store $ss_cow_disk >/dev/null
+        if [[ $w == seq ]]; then v=$(seqw /dev/mapper/snapstack-wb); else v=$(rand /dev/mapper/snapstack-wb); fi
+        record "snapshot $chunk chunk: snapstack, store a disk" $w "$v"
+        ss drop wb-s >/dev/null
+        lvcreate -q -y -s -c "$chunk" -L ${cow_mb}M -n s benchvg/origin "$lvm_cow_disk" >/dev/null
         if [[ $w == seq ]]; then v=$(seqw /dev/benchvg/origin); else v=$(rand /dev/benchvg/origin); fi
         record "snapshot $chunk chunk: lvm" $w "$v"
         lvremove -q -y benchvg/s >/dev/null
@@ -150,53 +200,60 @@ run_snapshots() { # chunk
 cells=(run_raw run_lv run_nocbt "run_cbt default")
 for b in "${era_blocks[@]}"; do cells+=("run_cbt $b"); done
 for c in "${chunks[@]}"; do cells+=("run_snapshots $c"); done
-for ((rep = 0; rep < reps; rep++)); do
-    echo "write path: repetition $((rep + 1)) of $reps" >&2
-    n=${#cells[@]}
-    for ((k = 0; k < n; k++)); do
-        ${cells[$(((k + rep * 5) % n))]}
+touch "$results"
+if [[ $part != freeze ]]; then
+    for ((rep = 0; rep < reps; rep++)); do
+        echo "write path: repetition $((rep + 1)) of $reps" >&2
+        n=${#cells[@]}
+        for ((k = 0; k < n; k++)); do
+            ${cells[$(((k + rep * 5) % n))]}
+        done
     done
-done
+fi
 
 # ---- freeze window of a set of N devices --------------------------------------------------
-set_names=()
-for i in $(seq 1 32); do
-    ss protect /dev/ram$((i + 1)) --name f$i >/dev/null 2>&1
-    set_names+=(f$i)
-done
 freeze_self=$work/freeze-self
 freeze_trace=$work/freeze-trace
-set_freeze() { # count tag -> snapstack's own record of the window, in microseconds
-    ss snapshot "${set_names[@]:0:$1}" --as "$2" --size 4M >/dev/null
-    ss snapshots -o freeze --reportformat json |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["report"][0]["snapshot"][0]["freeze"])'
-    for name in "${set_names[@]:0:$1}"; do ss drop "$name-$2"; done
-}
-for ((rep = 0; rep < reps; rep++)); do
-    echo "freeze window: repetition $((rep + 1)) of $reps" >&2
-    for ((k = 0; k < ${#set_sizes[@]}; k++)); do
-        count=${set_sizes[$(((k + rep * 2) % ${#set_sizes[@]}))]}
-        echo "$count $(set_freeze "$count" r$rep)" | tee -a "$freeze_self" >&2
+touch "$freeze_self" "$freeze_trace"
+if [[ $part != write ]]; then
+    set_names=()
+    for i in $(seq 1 32); do
+        ss protect "$(set_disk $i)" --name f$i >/dev/null 2>&1
+        set_names+=(f$i)
     done
-done
-for count in "${set_sizes[@]}"; do
-    strace -f -ttt -T -e trace=ioctl -o "$work/ss.$count.trace" \
-        "$snapstack" snapshot "${set_names[@]:0:$count}" --as st --size 4M --state-dir "$state" >/dev/null
-    for name in "${set_names[@]:0:$count}"; do ss drop "$name-st"; done
-    echo "snapstack $count $work/ss.$count.trace" >>"$freeze_trace"
-done
-# lvcreate -s of 32 LVs one after another, under one strace: the first N of them are what a
-# set of N devices costs.
-strace -f -ttt -T -e trace=ioctl -o "$work/lvm.trace" bash -c '
-    for i in $(seq 1 32); do lvcreate -q -y -s -L 4M -n s$i benchsetvg/o$i >/dev/null; done'
-lvremove -q -y $(for i in $(seq 1 32); do echo benchsetvg/s$i; done) >/dev/null
-echo "lvm 32 $work/lvm.trace" >>"$freeze_trace"
+    set_freeze() { # count tag -> snapstack's own record of the window, in microseconds
+        ss snapshot "${set_names[@]:0:$1}" --as "$2" --size 4M >/dev/null
+        ss snapshots -o freeze --reportformat json |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["report"][0]["snapshot"][0]["freeze"])'
+        for name in "${set_names[@]:0:$1}"; do ss drop "$name-$2"; done
+    }
+    for ((rep = 0; rep < reps; rep++)); do
+        echo "freeze window: repetition $((rep + 1)) of $reps" >&2
+        for ((k = 0; k < ${#set_sizes[@]}; k++)); do
+            count=${set_sizes[$(((k + rep * 2) % ${#set_sizes[@]}))]}
+            echo "$count $(set_freeze "$count" r$rep)" | tee -a "$freeze_self" >&2
+        done
+    done
+    for count in "${set_sizes[@]}"; do
+        strace -f -ttt -T -e trace=ioctl -o "$work/ss.$count.trace" \
+            "$snapstack" snapshot "${set_names[@]:0:$count}" --as st --size 4M --state-dir "$state" >/dev/null
+        for name in "${set_names[@]:0:$count}"; do ss drop "$name-st"; done
+        echo "snapstack $count $work/ss.$count.trace" >>"$freeze_trace"
+    done
+    # lvcreate -s of 32 LVs one after another, under one strace: the first N of them are what a
+    # set of N devices costs.
+    strace -f -ttt -T -e trace=ioctl -o "$work/lvm.trace" bash -c '
+        for i in $(seq 1 32); do lvcreate -q -y -s -L 4M -n s$i benchsetvg/o$i >/dev/null; done'
+    lvremove -q -y $(for i in $(seq 1 32); do echo benchsetvg/s$i; done) >/dev/null
+    echo "lvm 32 $work/lvm.trace" >>"$freeze_trace"
+fi
 
 # ---- report -------------------------------------------------------------------------------
 report() {
-python3 - "$results" "$freeze_self" "$freeze_trace" "$reps" <<'PY'
+python3 - "$results" "$freeze_self" "$freeze_trace" "$reps" "$disk_label" "$steady_s" <<'PY'
 import collections, re, statistics, sys
 results, freeze_self, freeze_trace, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+disk_label, steady_s = sys.argv[5], sys.argv[6]
 
 values = collections.defaultdict(dict)          # (config, workload) -> {rep: KiB/s}
 order = []
@@ -216,7 +273,7 @@ def key(config):
     if config.startswith("stack"): return (2, 0, False)
     if config.startswith("CBT default"): return (3, 0, "warm" in config)
     if config.startswith("CBT"): return (4, size(config), "warm" in config)
-    return (5, size(config), "lvm" in config)
+    return (5, size(config), 2 if "lvm" in config else 1 if "store a disk" in config else 0)
 
 def cell(config, workload):
     ratios = [v / values[("raw", workload)][r] for r, v in values[(config, workload)].items()
@@ -224,13 +281,14 @@ def cell(config, workload):
     if not ratios: return "-"
     return f"{statistics.median(ratios):5.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
-raw = {w: statistics.median(values[("raw", w)].values()) / 1024 for w in ("rand", "seq")}
-print(f"\nWrite path: ratio to the raw disk, median (min-max) over {reps} interleaved repetitions;")
-print(f"fio direct libaio iodepth 16 on brd, within 256 MiB; raw: 4k random {raw['rand']:.0f} MiB/s, "
-      f"1M sequential {raw['seq']:.0f} MiB/s (medians)")
-print(f"{'':40}{'4k random writes':>22}{'1M sequential writes':>24}")
-for config in sorted(order, key=key):
-    print(f"{config:40}{cell(config, 'rand'):>22}{cell(config, 'seq'):>24}")
+if values:
+    raw = {w: statistics.median(values[("raw", w)].values()) / 1024 for w in ("rand", "seq")}
+    print(f"\nWrite path: ratio to the raw disk, median (min-max) over {reps} interleaved repetitions;")
+    print(f"{disk_label}; fio direct libaio iodepth 16 within 256 MiB; steady states timed ({steady_s} s),")
+    print(f"first writes a fixed amount; raw: 4k random {raw['rand']:.0f} MiB/s, 1M sequential {raw['seq']:.0f} MiB/s (medians)")
+    print(f"{'':48}{'4k random writes':>22}{'1M sequential writes':>24}")
+    for config in sorted(order, key=key):
+        print(f"{config:48}{cell(config, 'rand'):>22}{cell(config, 'seq'):>24}")
 
 self_us = collections.defaultdict(list)
 for line in open(freeze_self):
@@ -271,6 +329,9 @@ for line in open(freeze_trace):
     tool, count, path = line.split()
     traced[(tool, int(count))] = windows(path)
 lvm = traced.get(("lvm", 32), [])
+
+if not self_us:
+    sys.exit(0)
 
 def ms(us): return f"{us / 1000:.1f}" if us >= 0 else "-"
 print(f"\nFreeze window of a snapshot set, in ms: snapstack's own record, median (min-max) of {reps};")
