@@ -8,6 +8,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 
 // libdm's levels (lib/log/log.h, not exported): the low bits are the level, higher bits flags.
 enum { DM_LEVEL_MASK = 0x0f, DM_LOG_WARN = 4 };
@@ -130,6 +131,13 @@ int snapstack_loop_clr_fd(int loop_fd) { return ioctl(loop_fd, LOOP_CLR_FD, 0); 
 int snapstack_loop_set_capacity(int loop_fd) { return ioctl(loop_fd, LOOP_SET_CAPACITY, 0); }
 
 // ---- file allocation -----------------------------------------------------------------------
+int snapstack_fs_type(const char *path, int64_t *type) {
+    struct statfs result;
+    if (statfs(path, &result) != 0) return -1;
+    *type = (int64_t)result.f_type;
+    return 0;
+}
+
 int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length) {
     return fallocate(fd, mode, (off_t)offset, (off_t)length);
 }

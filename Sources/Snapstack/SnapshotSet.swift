@@ -180,20 +180,23 @@ extension Orchestrator {
                 .map { (device: $0.real, text: EraMessage.checkpoint.rawValue) }
             let snapshotNames = try members.indices.map { try Layout.snapshotName(members[$0].device.name, records[$0].name) }
             try failing("cannot take the snapshot set") {
+                // A snapshot must be live before its origin's snapshot-origin table is, or
+                // writes in between would not be copied (dm-snap skips inactive snapshots).
+                // Where the origin has no live snapshot-origin yet, its writes still go straight
+                // to the -real layer through the top's linear table, past the snapshot, which
+                // reads them there as it reads every chunk it has not copied: the snapshot shows
+                // the origin as it is until the top swaps tables, which happens inside the
+                // freeze. So these snapshots go live before the window, and the window does not
+                // grow with them. udev is waited for here, so that its probes of the new devices
+                // do not share the CPUs with the freeze.
                 try dm.withUdevTransaction { udev in
-                    dm.prepare(udev)
-                    // A snapshot must be live before its origin's snapshot-origin table is, or
-                    // writes in between would not be copied (dm-snap skips inactive snapshots).
-                    // Where the origin has no live snapshot-origin yet, its writes still go
-                    // straight to the -real layer through the top's linear table, past the
-                    // snapshot, which reads them there as it reads every chunk it has not
-                    // copied: the snapshot shows the origin as it is until the top swaps
-                    // tables, which happens inside the freeze. So these snapshots go live
-                    // before the window, and the window does not grow with them.
                     for index in members.indices where !originLive[index] {
                         try dm.resume(snapshotNames[index], transaction: udev)
                     }
-                    Failpoint.snapshotActivated.hit()
+                }
+                Failpoint.snapshotActivated.hit()
+                try dm.withUdevTransaction { udev in
+                    dm.prepare(udev)
                     // Every era starts a new era just before the freeze, all at the same time.
                     // A checkpoint waits for an era metadata commit (tens of milliseconds on a
                     // file system: most of a one-device window when it was inside it). Writes

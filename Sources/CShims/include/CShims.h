@@ -74,6 +74,9 @@ int snapstack_loop_set_capacity(int loop_fd);
 // ---- file allocation -----------------------------------------------------------------------
 /// fallocate(2), which Glibc's module map does not show to Swift.
 int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length);
+
+/// statfs(2)'s f_type for `path` into `type` (sys/vfs.h is not in Glibc's module map).
+int snapstack_fs_type(const char *path, int64_t *type);
 extern const int snapstack_FALLOC_FL_KEEP_SIZE;
 extern const int snapstack_FALLOC_FL_PUNCH_HOLE;
 
