@@ -12,6 +12,7 @@ enum OrchestratorScenarios {
         Scenario("a set of three devices is taken in one freeze window", threeDeviceSet),
         Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
+        Scenario("on ext4 the store and era metadata loop devices use direct I/O; snapshot and changes stay exact", directIOState),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
         Scenario("every failpoint: a crash there is repaired by reconcile", everyFailpoint),
@@ -22,9 +23,9 @@ enum OrchestratorScenarios {
         let lab: Lab
         let state: String
 
-        init(_ lab: Lab) {
+        init(_ lab: Lab, state: String? = nil) {
             self.lab = lab
-            state = lab.scratch.appendingPathComponent("state").path
+            self.state = state ?? lab.scratch.appendingPathComponent("state").path
         }
 
         func run(_ arguments: [String], failpoint: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
@@ -300,6 +301,51 @@ enum OrchestratorScenarios {
         try expect(!(try lab.sh("losetup", "-a")).contains(store), "store loop left attached")
         try expect(try lab.sh("dmsetup", "table", "snapstack-vol").contains(" linear "), "top is not linear again")
         try cli.ok("unprotect", "vol")
+    }
+
+    /// The state directory on ext4, where store files and era metadata go through loop devices
+    /// with direct I/O: the kernel's `loop/dio` says so, and the snapshot and the change
+    /// tracking read back exactly what was written (sha256sum, era_invalidate).
+    static func directIOState(_ lab: Lab) throws {
+        let fs = try lab.loopDevice("statefs", size: .mebibytes(96))
+        try lab.sh("mkfs.ext4", "-q", fs.path)
+        let mountPoint = lab.scratch.appendingPathComponent("statefs").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", fs.path, mountPoint)
+        defer { _ = try? lab.run(["umount", mountPoint], allowFailure: true) }
+        let cli = CLI(lab, state: mountPoint + "/state")
+
+        let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
+        let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K")
+        let before = try lab.sha256(top, length: .mebibytes(32))
+        try cli.ok("snapshot", "vol", "--as", "s", "--size", "8M")
+        let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
+        try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
+
+        var loops: [String: String] = [:]   // backing file -> loop device
+        for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if fields.count == 2, fields[1].hasPrefix(mountPoint) { loops[fields[1]] = fields[0] }
+        }
+        let metadata = try expectOne(loops.filter { $0.key.contains("/cbt/") }.map(\.value), "era metadata loop device")
+        let store = try expectOne(loops.filter { $0.key.hasSuffix(".cow") }.map(\.value), "store loop device")
+        for loop in [metadata, store] {
+            let dio = try String(contentsOfFile: "/sys/block/\((loop as NSString).lastPathComponent)/loop/dio", encoding: .utf8)
+            try expectEqual(dio.trimmingCharacters(in: .whitespacesAndNewlines), "1", "\(loop)'s loop/dio")
+        }
+
+        try expectEqual(try lab.sha256("/dev/mapper/snapstack-vol-s", length: .mebibytes(32)), before, "the snapshot after an origin write")
+        try expect(try lab.sha256(top, length: .mebibytes(32)) != before, "the origin after its write")
+        try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "take_metadata_snap")
+        let changed = try EraScenarios.invalidated(lab, metadata: metadata, since: snapshotEra)
+        try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "drop_metadata_snap")
+        try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
+        try cli.ok("unprotect", "vol", "--force")
+    }
+
+    private static func expectOne(_ values: [String], _ what: String) throws -> String {
+        guard values.count == 1 else { throw Failure(description: "expected one \(what), found \(values)") }
+        return values[0]
     }
 
     static func reconcileRebuilds(_ lab: Lab) throws {

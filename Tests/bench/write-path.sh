@@ -96,6 +96,10 @@ else
     modprobe null_blk nr_devices=5 gb=1 memory_backed=1 queue_mode=2 hw_queue_depth=64 \
         irqmode=2 completion_nsec=$((latency_us * 1000))
     disks=(/dev/nullb0 /dev/nullb1 /dev/nullb2 /dev/nullb3 /dev/nullb4)
+    # lvm accepts only block device types it knows; null_blk is not among them by default.
+    export LVM_SYSTEM_DIR=$work/lvm
+    mkdir -p "$LVM_SYSTEM_DIR"
+    echo 'devices { types = [ "nullb", 16 ] }' >"$LVM_SYSTEM_DIR/lvm.conf"
     disk_label="null_blk, memory-backed, ${latency_us} us per I/O"
 fi
 ss_disk=${disks[0]} ss_cow_disk=${disks[1]} lvm_disk=${disks[2]} lvm_cow_disk=${disks[3]} state_disk=${disks[4]}
