@@ -185,7 +185,7 @@ struct ProgressTests {
 @Suite("Block device sink")
 struct BlockDeviceSinkTests {
     @Test("restore onto a loop device: data written, zero runs zeroed with BLKZEROOUT, the device equals the image",
-          .enabled(if: geteuid() == 0, "needs root to bind a loop device"))
+          .enabled(if: rootTestsRun, "needs root to bind a loop device"))
     func loopDevice() throws {
         try withTemporaryDirectory { directory in
             let image = directory.appending("image")
@@ -209,7 +209,7 @@ struct BlockDeviceSinkTests {
     }
 
     @Test("a block device held open exclusively elsewhere is refused with EBUSY",
-          .enabled(if: geteuid() == 0, "needs root to bind a loop device"))
+          .enabled(if: rootTestsRun, "needs root to bind a loop device"))
     func exclusive() throws {
         try withTemporaryDirectory { directory in
             let backing = directory.appending("backing")

@@ -8,6 +8,11 @@ import Glibc
 #endif
 
 /// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at the end.
+/// Whether the tests that bind loop devices run: as root, or whenever
+/// `SNAPSTACK_REQUIRE_ROOT_TESTS=1` (which `Tests/lab/test-all.sh` sets), so that a CI run without
+/// root fails them instead of skipping them.
+let rootTestsRun = geteuid() == 0 || ProcessInfo.processInfo.environment["SNAPSTACK_REQUIRE_ROOT_TESTS"] == "1"
+
 func withTemporaryDirectory<T>(_ body: (FilePath) throws -> T) throws -> T {
     let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
     var template = Array((base + "/snapstack-copy-XXXXXX").utf8CString)

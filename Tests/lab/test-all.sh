@@ -60,7 +60,8 @@ swift build --build-tests
 step "unit tests"
 # --skip-build: step 2 built the tests already. --disable-xctest: the tests
 # use Swift Testing only, so the XCTest runner has nothing to do.
-swift test --skip-build --disable-xctest
+# Tests that need root (loop devices) must run here, never skip.
+SNAPSTACK_REQUIRE_ROOT_TESTS=1 swift test --skip-build --disable-xctest
 
 step "VM suite"
 vmsuite=.build/debug/snapstack-vmsuite
