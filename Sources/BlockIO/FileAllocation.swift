@@ -67,10 +67,13 @@ public enum FileAllocation {
     /// (ENOSPC), the half-made file is removed and the error thrown. Without `preallocate` the
     /// file stays sparse and `fallocate` is not called.
     ///
+    /// With `zeroFill`, the first `zeroFill` bytes (at most the size) are then written with
+    /// zeros (see `writeZeros`).
+    ///
     /// The file and then its directory are flushed with `fsync`, so that both the file's size
     /// and its name survive a crash. Any failure after the file was created removes it again.
     /// `permissions` are subject to the process's umask, as for any `open(2)` that creates.
-    public static func create(_ path: FilePath, size: Bytes, preallocate: Bool,
+    public static func create(_ path: FilePath, size: Bytes, preallocate: Bool, zeroFill: Bytes = .zero,
                               permissions: FilePermissions = [.ownerReadWrite]) throws(FileAllocationError) {
         guard let length = Int64(exactly: size.rawValue) else {
             throw FileAllocationError(path: path, reason: .sizeOutOfRange(size))
@@ -87,6 +90,8 @@ public enum FileAllocation {
         } else if preallocate && length > 0,
                   case .failure(let error) = retryingInterrupts({ snapstack_fallocate(file.rawValue, 0, 0, length) }) {
             failure = FileAllocationError(path, "fallocate", error)
+        } else if let error = writeZeros(path, from: 0, to: min(length, Int64(clamping: zeroFill.rawValue))) {
+            failure = error
         } else if case .failure(let error) = retryingInterrupts({ fsync(file.rawValue) }) {
             failure = FileAllocationError(path, "fsync", error)
         }
@@ -108,9 +113,13 @@ public enum FileAllocation {
     /// refused: this never cuts data off), and with `preallocate` reserves every block of the
     /// file, old holes included, with `fallocate(fd, 0, 0, size)`. When that fails the file is
     /// cut back to its former size, so it is left as it was apart from blocks now reserved.
+    /// With `zeroFill`, the first `zeroFill` bytes of the new part are then written with zeros
+    /// (see `writeZeros`): safe while a loop device is bound, which cannot reach past its old
+    /// size until `Loop.refreshCapacity`.
     /// The file is flushed with `fsync`. A bound loop device sees the new size only after
     /// `Loop.refreshCapacity`.
-    public static func grow(_ path: FilePath, to size: Bytes, preallocate: Bool) throws(FileAllocationError) {
+    public static func grow(_ path: FilePath, to size: Bytes, preallocate: Bool,
+                            zeroFill: Bytes = .zero) throws(FileAllocationError) {
         guard let length = Int64(exactly: size.rawValue) else {
             throw FileAllocationError(path: path, reason: .sizeOutOfRange(size))
         }
@@ -143,6 +152,10 @@ public enum FileAllocation {
                 failure?.leftOver = "ftruncate back to \(current) bytes failed: \(undo)"
             }
         }
+        if failure == nil, length > current,
+           let error = writeZeros(path, from: current, to: min(length, current + Int64(clamping: zeroFill.rawValue))) {
+            failure = error
+        }
         if failure == nil, case .failure(let error) = retryingInterrupts({ fsync(file.rawValue) }) {
             failure = FileAllocationError(path, "fsync", error)
         }
@@ -150,6 +163,43 @@ public enum FileAllocation {
             failure = FileAllocationError(path, "close", error)
         }
         if let failure { throw failure }
+    }
+
+    /// Writes zeros over `[start, end)` of the file at `path` (rounded inwards to whole 4 KiB
+    /// blocks) with direct I/O, so that the file system has those blocks allocated *and
+    /// written*.
+    ///
+    /// Why: a block that `fallocate` reserved is "unwritten" (it reads as zeros without being
+    /// read). The first write into it through a direct-I/O loop device makes ext4 and XFS
+    /// convert the extent in a journal transaction, and the flush that dm-snapshot and dm-era
+    /// send with every metadata commit then waits for that journal commit: measured on ext4,
+    /// 4 KiB-chunk copy-on-write ran at less than half the speed into reserved blocks as into
+    /// written ones. Written blocks are overwritten in place. Direct I/O keeps the zeros out of
+    /// the page cache. The caller's `fsync` makes the extents durable.
+    private static func writeZeros(_ path: FilePath, from start: Int64, to end: Int64) -> FileAllocationError? {
+        let block: Int64 = 4096
+        let first = (start + block - 1) / block * block, last = end / block * block
+        guard last > first else { return nil }
+        let file: FileDescriptor
+        switch openDescriptor(path.string, O_WRONLY | snapstack_O_DIRECT) {
+        case .success(let opened): file = opened
+        case .failure(let error): return FileAllocationError(path, "open (direct I/O, to write zeros)", error)
+        }
+        defer { _ = closeDescriptor(file) }  // the caller's fsync of its own descriptor is what counts
+        let bufferSize = 1 << 20
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: Int(block))
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: bufferSize)
+        var offset = first
+        while offset < last {
+            let count = Int(min(Int64(bufferSize), last - offset))
+            switch retryingInterrupts({ pwrite(file.rawValue, zeros, count, off_t(offset)) }) {
+            case .success(let written) where written > 0: offset += Int64(written)
+            case .success: return FileAllocationError(path, "pwrite of zeros", .noSpace)
+            case .failure(let error): return FileAllocationError(path, "pwrite of zeros", error)
+            }
+        }
+        return nil
     }
 
     /// fsync of the directory holding `path`: a new name is durable only once its directory is.

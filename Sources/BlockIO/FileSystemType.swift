@@ -32,5 +32,11 @@ public struct FileSystemType: RawRepresentable, Hashable, Sendable, CustomString
     /// (tmpfs does), and the loop device then fails every I/O with EIO.
     public var loopDirectIOIsSafe: Bool { [.ext4, .xfs, .btrfs, .f2fs].contains(self) }
 
+    /// Whether an overwrite of a written block of a file here stays where it is, with no
+    /// allocation and no journal transaction (not so on copy-on-write or log-structured file
+    /// systems, which allocate anew for every write): the file systems where writing a file's
+    /// blocks once ahead of time makes later direct-I/O writes into them cheap.
+    public var overwritesInPlace: Bool { [.ext4, .xfs].contains(self) }
+
     public var description: String { "0x" + String(rawValue, radix: 16) }
 }
