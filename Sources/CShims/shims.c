@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <linux/fs.h>
+#include <linux/fiemap.h>
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
@@ -141,6 +142,35 @@ int snapstack_fs_type(const char *path, int64_t *type) {
 int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length) {
     return fallocate(fd, mode, (off_t)offset, (off_t)length);
 }
+int snapstack_fully_written(int fd, uint64_t length) {
+    enum { batch = 64 };
+    struct {
+        struct fiemap map;
+        struct fiemap_extent extents[batch];
+    } request;
+    uint64_t next = 0;  // the first byte not yet seen in a written extent
+    while (next < length) {
+        memset(&request, 0, sizeof request);
+        request.map.fm_start = next;
+        request.map.fm_length = length - next;
+        request.map.fm_flags = FIEMAP_FLAG_SYNC;
+        request.map.fm_extent_count = batch;
+        if (ioctl(fd, FS_IOC_FIEMAP, &request.map) != 0) return -1;
+        if (request.map.fm_mapped_extents == 0) return 0;  // a hole up to the end
+        for (uint32_t i = 0; i < request.map.fm_mapped_extents; i++) {
+            const struct fiemap_extent *extent = &request.extents[i];
+            if (extent->fe_logical > next) return 0;  // a hole before this extent
+            if (extent->fe_flags & (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC |
+                                    FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_NOT_ALIGNED))
+                return 0;
+            uint64_t end = extent->fe_logical + extent->fe_length;
+            if (end > next) next = end;
+            if (extent->fe_flags & FIEMAP_EXTENT_LAST) return next >= length;
+        }
+    }
+    return 1;
+}
+
 const int snapstack_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 const int snapstack_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
 

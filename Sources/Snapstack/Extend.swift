@@ -208,7 +208,8 @@ extension Orchestrator {
         try store.begin(growth)
         Failpoint.extendRecorded.hit()
         do {
-            try FileAllocation.grow(FilePath(snapshot.storePath), to: target, preallocate: true)
+            let path = FilePath(snapshot.storePath)
+            try FileAllocation.grow(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
         } catch {
             // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
             _ = try? store.abandonStoreGrowth(snapshotID: snapshot.id)
@@ -252,9 +253,14 @@ extension Orchestrator {
             if let existing, existing >= target.rawValue {
                 size = Bytes(existing)
             } else {
-                try FileAllocation.grow(path, to: target, preallocate: true)
+                try FileAllocation.grow(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
             }
-            for loop in try Loop.find(backingFile: snapshot.storePath) { try Loop.refreshCapacity(loop.path) }
+            for loop in try Loop.find(backingFile: snapshot.storePath) {
+                // Before the kernel can reach the new part: it may hold blocks not written
+                // yet, whose first writes need the flushes again.
+                try settleWriteCache(loop, of: path)
+                try Loop.refreshCapacity(loop.path)
+            }
         }
         var kernelSize: Bytes?
         let name = try Layout.snapshotName(device.name, snapshot.name)

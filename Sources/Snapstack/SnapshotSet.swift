@@ -35,6 +35,14 @@ extension Orchestrator {
     /// for a few data chunks.
     static func minimumStoreSize(chunk: Bytes) -> Bytes { Bytes(chunk.rawValue * 8) }
 
+    /// How much of a new store file, and of each growth of one, is written with zeros before
+    /// the kernel gets it. dm-snapshot fills its store from the front, so the first this much
+    /// copy-on-write data lands in blocks the file system has written already and overwrites in
+    /// place (measured on ext4: 4 KiB-chunk copy-on-write at 2.3x the speed of reserved
+    /// blocks, as fast as a store on a disk of its own). More would cost every snapshot a
+    /// longer write before it is taken, for data that most backups never copy on write.
+    static let storeZeroFill = Bytes.gibibytes(1)
+
     /// Takes one crash-consistent snapshot of every device in `names` at the same instant.
     ///
     /// Everything slow happens before the freeze: store files, loop devices, the snapshot
@@ -136,7 +144,9 @@ extension Orchestrator {
                 let record = records[index]
                 if record.storeKind == .file {
                     try failing("cannot create the COW store \(record.storePath)") {
-                        try FileAllocation.create(FilePath(record.storePath), size: member.storeSize, preallocate: true)
+                        let path = FilePath(record.storePath)
+                        try FileAllocation.create(path, size: member.storeSize, preallocate: true,
+                                                  zeroFill: zeroFill(Self.storeZeroFill, for: path))
                     }
                 }
                 cows.append(try attachStore(record))

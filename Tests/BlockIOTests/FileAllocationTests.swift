@@ -189,6 +189,34 @@ struct FileAllocationTests {
         }
     }
 
+    @Test("isFullyWritten: only a file without holes or reserved-but-unwritten blocks, as filefrag sees it")
+    func fullyWritten() throws {
+        try withTemporaryDirectory { directory in
+            let sparse = directory.appending("sparse"), reserved = directory.appending("reserved")
+            let prefix = directory.appending("prefix"), whole = directory.appending("whole")
+            let empty = directory.appending("empty")
+            try FileAllocation.create(sparse, size: .mebibytes(2), preallocate: false)
+            try FileAllocation.create(reserved, size: .mebibytes(2), preallocate: true)
+            try FileAllocation.create(prefix, size: .mebibytes(2), preallocate: true, zeroFill: .mebibytes(1))
+            try FileAllocation.create(whole, size: .mebibytes(2), preallocate: true, zeroFill: .mebibytes(2))
+            try FileAllocation.create(empty, size: .zero, preallocate: false)
+            #expect(try !FileAllocation.isFullyWritten(sparse))
+            #expect(try FileAllocation.isFullyWritten(empty))
+            if try FileSystemType(of: directory).overwritesInPlace {
+                #expect(try !FileAllocation.isFullyWritten(reserved))
+                #expect(try !FileAllocation.isFullyWritten(prefix))
+                #expect(try FileAllocation.isFullyWritten(whole))
+                #expect(try Self.unwrittenBlocks(whole).isEmpty && !Self.unwrittenBlocks(prefix).isEmpty)
+                // A hole punched into a written file.
+                let descriptor = try FileDescriptor.open(whole, .readWrite)
+                try descriptor.closeAfter { _ = try descriptor.writeAll(toAbsoluteOffset: 0, [1, 2, 3]) }
+                #expect(try FileAllocation.isFullyWritten(whole))
+                try FileAllocation.grow(whole, to: .mebibytes(3), preallocate: false)
+                #expect(try !FileAllocation.isFullyWritten(whole))
+            }
+        }
+    }
+
     @Test("grow extends a sparse file and keeps its data")
     func growSparse() throws {
         try withTemporaryDirectory { directory in

@@ -12,7 +12,7 @@ enum OrchestratorScenarios {
         Scenario("a set of three devices is taken in one freeze window", threeDeviceSet),
         Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
-        Scenario("on ext4 the store and era metadata loop devices use direct I/O; snapshot and changes stay exact", directIOState),
+        Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
         Scenario("every failpoint: a crash there is repaired by reconcile", everyFailpoint),
@@ -304,8 +304,10 @@ enum OrchestratorScenarios {
     }
 
     /// The state directory on ext4, where store files and era metadata go through loop devices
-    /// with direct I/O: the kernel's `loop/dio` says so, and the snapshot and the change
-    /// tracking read back exactly what was written (sha256sum, era_invalidate).
+    /// with direct I/O: the kernel's `loop/dio` says so, filefrag finds their blocks written
+    /// ahead, a loop device claims no volatile cache only where flushes would make nothing
+    /// durable, and the snapshot (grown while live) and the change tracking read back exactly
+    /// what was written (sha256sum, era_invalidate).
     static func directIOState(_ lab: Lab) throws {
         let fs = try lab.loopDevice("statefs", size: .mebibytes(96))
         try lab.sh("mkfs.ext4", "-q", fs.path)
@@ -318,6 +320,12 @@ enum OrchestratorScenarios {
         let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
         let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K")
         let before = try lab.sha256(top, length: .mebibytes(32))
+        // The state file system's device has a volatile cache (a loop device says so), so the
+        // era metadata's loop device must pass flushes on; then it says it has none, and the
+        // store's loop device, over a file written whole, may complete them at once.
+        let fsQueue = "/sys/block/\((fs.path as NSString).lastPathComponent)/queue/write_cache"
+        try expectEqual(try Self.sysfs(fsQueue), "write back", "the state file system's device")
+        try lab.sh("sh", "-c", "echo 'write through' > \(fsQueue)")
         try cli.ok("snapshot", "vol", "--as", "s", "--size", "8M")
         let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
         try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
@@ -325,7 +333,7 @@ enum OrchestratorScenarios {
         var loops: [String: String] = [:]   // backing file -> loop device
         for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n") {
             let fields = line.split(separator: " ", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-            if fields.count == 2, fields[1].hasPrefix(mountPoint) { loops[fields[1]] = fields[0] }
+            if fields.count == 2, fields[1].hasPrefix(mountPoint + "/") { loops[fields[1]] = fields[0] }
         }
         let metadata = try expectOne(loops.filter { $0.key.contains("/cbt/") }.map(\.value), "era metadata loop device")
         let store = try expectOne(loops.filter { $0.key.hasSuffix(".cow") }.map(\.value), "store loop device")
@@ -333,6 +341,17 @@ enum OrchestratorScenarios {
             let dio = try String(contentsOfFile: "/sys/block/\((loop as NSString).lastPathComponent)/loop/dio", encoding: .utf8)
             try expectEqual(dio.trimmingCharacters(in: .whitespacesAndNewlines), "1", "\(loop)'s loop/dio")
         }
+        let cacheMode = { (loop: String) in try Self.sysfs("/sys/block/\((loop as NSString).lastPathComponent)/queue/write_cache") }
+        try expectEqual(try cacheMode(metadata), "write back", "era metadata loop over a device with a volatile cache")
+        try expectEqual(try cacheMode(store), "write through", "store loop over a written file on a device without one")
+        // Both files are written ahead (the store's first GiB, the metadata whole), a growth of
+        // the live store too: ext4 reports none of their extents unwritten.
+        try cli.ok("extend", "vol-s", "--size", "+4M")
+        for file in loops.keys {
+            let extents = try lab.sh("filefrag", "-v", file)
+            try expect(!extents.contains("unwritten"), "\(file) has unwritten extents:\n\(extents)")
+        }
+        try expectEqual(try cacheMode(store), "write through", "store loop after a growth written whole")
 
         try expectEqual(try lab.sha256("/dev/mapper/snapstack-vol-s", length: .mebibytes(32)), before, "the snapshot after an origin write")
         try expect(try lab.sha256(top, length: .mebibytes(32)) != before, "the origin after its write")
@@ -341,6 +360,10 @@ enum OrchestratorScenarios {
         try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "drop_metadata_snap")
         try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
         try cli.ok("unprotect", "vol", "--force")
+    }
+
+    private static func sysfs(_ path: String) throws -> String {
+        try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     private static func expectOne(_ values: [String], _ what: String) throws -> String {
