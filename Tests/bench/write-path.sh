@@ -6,8 +6,9 @@
 # and the host may be busy).
 #
 #   bash Tests/bench/write-path.sh [--reps N] [--disk ram|latency] [--latency-us US]
-#                                  [--part all|write|freeze]
-#   (a bare number is --reps; defaults: 3 repetitions, ram disks, 2000 us, all)
+#                                  [--part all|write|freeze] [--only REGEX]
+#   (a bare number is --reps; defaults: 3 repetitions, ram disks, 2000 us, all; --only keeps the
+#   write-path configurations whose cell matches, e.g. 'default|64K|run_snapshots 4K', and raw)
 #
 # Write path: fio, direct I/O, libaio, iodepth 16: 4k random writes and 1M sequential writes,
 # within the first 256 MiB of the disk, on
@@ -35,21 +36,24 @@
 # Freeze window (always on RAM disks: a suspend waits for in-flight I/O, and there is none):
 # `snapstack snapshot` of sets of 1, 2, 4, 8, 16 and 32 devices, the window recorded by
 # snapstack itself (first suspend to last resume), and once per size read from strace's
-# DM_DEV_SUSPEND timestamps; next to the same count of `lvcreate -s` run one after another
-# (each freezes its own origin; the set's points in time spread over all of them).
+# DM_DEV_SUSPEND timestamps; next to the kernel's floor on this machine (dm-suspend-floor.c:
+# the same side-by-side suspends and table-swapping resumes of as many bare `zero` devices,
+# from a C program that does nothing else) and the same count of `lvcreate -s` run one after
+# another (each freezes its own origin; the set's points in time spread over all of them).
 #
 # Environment: SNAPSTACK_BUILD_DIR (default .build) is the SwiftPM scratch path to build in.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-usage() { sed -n '8,10p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 64; }
-reps=3 disk=ram latency_us=2000 part=all
+usage() { sed -n '8,11p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 64; }
+reps=3 disk=ram latency_us=2000 part=all only=
 while (($#)); do
     case $1 in
     --reps) reps=${2:-}; shift 2 || usage ;;
     --disk) disk=${2:-}; shift 2 || usage ;;
     --latency-us) latency_us=${2:-}; shift 2 || usage ;;
     --part) part=${2:-}; shift 2 || usage ;;
+    --only) only=${2:-}; shift 2 || usage ;;
     [0-9]*) reps=$1; shift ;;
     *) usage ;;
     esac
@@ -61,11 +65,14 @@ build=${SNAPSTACK_BUILD_DIR:-.build}
 
 if [[ ${SNAPSTACK_IN_VM:-} != 1 ]]; then
     bash Tests/lab/setup.sh
-    command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null
+    for tool in strace gcc; do
+        command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $tool >/dev/null
+    done
     swift build -c release --scratch-path "$build" --product snapstack 2>&1 | tail -n 1
+    gcc -O2 -Wall -o "$build/release/dm-suspend-floor" Tests/bench/dm-suspend-floor.c -lpthread
     export SNAPSTACK_BUILD_DIR=$build
     exec Tests/lab/vm.sh --timeout 7200 --memory 3G -- bash "$0" --reps "$reps" --disk "$disk" \
-        --latency-us "$latency_us" --part "$part"
+        --latency-us "$latency_us" --part "$part" --only "$only"
 fi
 
 # ---- inside the VM ------------------------------------------------------------------------
@@ -204,6 +211,11 @@ run_snapshots() { # chunk
 cells=(run_raw run_lv run_nocbt "run_cbt default")
 for b in "${era_blocks[@]}"; do cells+=("run_cbt $b"); done
 for c in "${chunks[@]}"; do cells+=("run_snapshots $c"); done
+if [[ -n $only ]]; then
+    kept=(run_raw)
+    for cell in "${cells[@]:1}"; do [[ $cell =~ $only ]] && kept+=("$cell"); done
+    cells=("${kept[@]}")
+fi
 touch "$results"
 if [[ $part != freeze ]]; then
     for ((rep = 0; rep < reps; rep++)); do
@@ -217,8 +229,9 @@ fi
 
 # ---- freeze window of a set of N devices --------------------------------------------------
 freeze_self=$work/freeze-self
+freeze_floor=$work/freeze-floor
 freeze_trace=$work/freeze-trace
-touch "$freeze_self" "$freeze_trace"
+touch "$freeze_self" "$freeze_floor" "$freeze_trace"
 if [[ $part != write ]]; then
     set_names=()
     for i in $(seq 1 32); do
@@ -231,13 +244,25 @@ if [[ $part != write ]]; then
             python3 -c 'import json,sys; print(json.load(sys.stdin)["report"][0]["snapshot"][0]["freeze"])'
         for name in "${set_names[@]:0:$1}"; do ss drop "$name-$2"; done
     }
+    floor_names=()
+    for i in $(seq 1 32); do
+        dmsetup create "floor$i" --table "0 16384 zero"
+        floor_names+=("floor$i")
+    done
+    floor_freeze() { # count -> microseconds; every resume swaps tables, as snapstack's do
+        for name in "${floor_names[@]:0:$1}"; do dmsetup load "$name" --table "0 16384 zero"; done
+        "$PWD/$build/release/dm-suspend-floor" "${floor_names[@]:0:$1}"
+        udevadm settle
+    }
     for ((rep = 0; rep < reps; rep++)); do
         echo "freeze window: repetition $((rep + 1)) of $reps" >&2
         for ((k = 0; k < ${#set_sizes[@]}; k++)); do
             count=${set_sizes[$(((k + rep * 2) % ${#set_sizes[@]}))]}
             echo "$count $(set_freeze "$count" r$rep)" | tee -a "$freeze_self" >&2
+            echo "$count $(floor_freeze "$count") floor" | tee -a "$freeze_floor" >&2
         done
     done
+    for name in "${floor_names[@]}"; do dmsetup remove "$name"; done
     for count in "${set_sizes[@]}"; do
         strace -f -ttt -T -e trace=ioctl -o "$work/ss.$count.trace" \
             "$snapstack" snapshot "${set_names[@]:0:$count}" --as st --size 4M --state-dir "$state" >/dev/null
@@ -254,10 +279,10 @@ fi
 
 # ---- report -------------------------------------------------------------------------------
 report() {
-python3 - "$results" "$freeze_self" "$freeze_trace" "$reps" "$disk_label" "$steady_s" <<'PY'
+python3 - "$results" "$freeze_self" "$freeze_trace" "$reps" "$disk_label" "$steady_s" "$freeze_floor" <<'PY'
 import collections, re, statistics, sys
 results, freeze_self, freeze_trace, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-disk_label, steady_s = sys.argv[5], sys.argv[6]
+disk_label, steady_s, freeze_floor = sys.argv[5], sys.argv[6], sys.argv[7]
 
 values = collections.defaultdict(dict)          # (config, workload) -> {rep: KiB/s}
 order = []
@@ -294,10 +319,13 @@ if values:
     for config in sorted(order, key=key):
         print(f"{config:48}{cell(config, 'rand'):>22}{cell(config, 'seq'):>24}")
 
-self_us = collections.defaultdict(list)
-for line in open(freeze_self):
-    count, us = line.split()
-    self_us[int(count)].append(int(us))
+def read_windows(path):
+    us = collections.defaultdict(list)
+    for line in open(path):
+        fields = line.split()
+        us[int(fields[0])].append(int(fields[1]))
+    return us
+self_us, floor_us = read_windows(freeze_self), read_windows(freeze_floor)
 
 def windows(path):
     """Per process: first suspend issued to last resume returned, in microseconds; and the span over all."""
@@ -338,20 +366,25 @@ if not self_us:
     sys.exit(0)
 
 def ms(us): return f"{us / 1000:.1f}" if us >= 0 else "-"
+def spread(v): return f"{ms(statistics.median(v))} ({ms(min(v))}-{ms(max(v))})" if v else "-"
 print(f"\nFreeze window of a snapshot set, in ms: snapstack's own record, median (min-max) of {reps};")
+print("kernel floor: the same suspends and table-swapping resumes of bare zero devices from a C")
+print("program that does nothing else (dm-suspend-floor.c), median (min-max) of the same repetitions;")
 print("strace: first DM_DEV_SUSPEND that suspends to the return of the last resume, one take;")
 print("lvcreate -s, one after another: each LV's own window (median), and the span from the first")
 print("suspend to the last resume, over which the set's points in time spread.")
-print(f"{'devices':>8}{'snapstack':>22}{'x 1 device':>12}{'snapstack (strace)':>20}{'lvcreate -s each':>18}{'lvcreate -s span':>18}")
+print(f"{'devices':>8}{'snapstack':>22}{'x 1 device':>12}{'kernel floor':>22}{'x 1 device':>12}"
+      f"{'snapstack (strace)':>20}{'lvcreate -s each':>18}{'lvcreate -s span':>18}")
 base = statistics.median(self_us[1])
+floor_base = statistics.median(floor_us[1]) if floor_us[1] else 0
 for count in sorted(self_us):
-    v = self_us[count]
+    v, f = self_us[count], floor_us[count]
     ss_trace = span_us(traced.get(("snapstack", count), []))
     lvm_each = [int((l - f) * 1e6) for f, l in lvm[:count]]
     lvm_span = span_us(lvm[:count]) if len(lvm) >= count else -1
-    print(f"{count:>8}{ms(statistics.median(v)) + ' (' + ms(min(v)) + '-' + ms(max(v)) + ')':>22}"
-          f"{statistics.median(v) / base:>11.2f}x{ms(ss_trace):>20}"
-          f"{ms(statistics.median(lvm_each)) if lvm_each else '-':>18}{ms(lvm_span):>18}")
+    floor_ratio = f"{statistics.median(f) / floor_base:>11.2f}x" if f and floor_base else f"{'-':>12}"
+    print(f"{count:>8}{spread(v):>22}{statistics.median(v) / base:>11.2f}x{spread(f):>22}{floor_ratio}"
+          f"{ms(ss_trace):>20}{ms(statistics.median(lvm_each)) if lvm_each else '-':>18}{ms(lvm_span):>18}")
 PY
 }
 if ! report; then
