@@ -160,8 +160,10 @@ int snapstack_fully_written(int fd, uint64_t length) {
         for (uint32_t i = 0; i < request.map.fm_mapped_extents; i++) {
             const struct fiemap_extent *extent = &request.extents[i];
             if (extent->fe_logical > next) return 0;  // a hole before this extent
+            // Shared (reflinked) or encoded extents are copied or re-encoded on overwrite.
             if (extent->fe_flags & (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC |
-                                    FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_NOT_ALIGNED))
+                                    FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_NOT_ALIGNED |
+                                    FIEMAP_EXTENT_SHARED | FIEMAP_EXTENT_ENCODED))
                 return 0;
             uint64_t end = extent->fe_logical + extent->fe_length;
             if (end > next) next = end;

@@ -76,9 +76,9 @@ int snapstack_loop_set_capacity(int loop_fd);
 int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length);
 
 /// Whether every byte of [0, length) of the open file `fd` lies in an extent the file system
-/// has allocated and written (FS_IOC_FIEMAP, after syncing: no hole, no unwritten, delayed or
-/// unknown extent, nothing inline): 1 if so, 0 if not, -1 with errno set when the file system
-/// cannot tell (EOPNOTSUPP: no FIEMAP).
+/// has allocated and written, to be overwritten in place (FS_IOC_FIEMAP, after syncing: no hole,
+/// no unwritten, delayed, unknown, shared or encoded extent, nothing inline): 1 if so, 0 if not,
+/// -1 with errno set when the file system cannot tell (EOPNOTSUPP: no FIEMAP).
 int snapstack_fully_written(int fd, uint64_t length);
 /// statfs(2)'s f_type for `path` into `type` (sys/vfs.h is not in Glibc's module map).
 int snapstack_fs_type(const char *path, int64_t *type);
