@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [[ ${1:-} != --inside ]]; then
+    # The Swift toolchain lives outside the system dirs; a non-login shell may lack it on PATH.
+    if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
+        export PATH="/opt/swift/usr/bin:$PATH"
+    fi
     bash Tests/lab/setup.sh
     swift build --product snapstack 2>&1 | tail -n 1
     if dmsetup version >/dev/null 2>&1; then
@@ -21,7 +25,8 @@ work=$(mktemp -d /tmp/snapstack-demo.XXXXXX)
 export SNAPSTACK_STATE_DIR=$work/state
 disk=
 step() { printf '\n== %s\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+# The command line goes to stderr, so that `x=$(show cmd ...)` captures only what cmd prints.
+show() { printf '$ %s\n' "$*" >&2; "$@"; }
 cleanup() {
     set +e
     umount "$work/mnt" 2>/dev/null
