@@ -111,7 +111,7 @@ let package = Package(
             dependencies: ["CopyEngine", "BlockIO"]),
         .testTarget(
             name: "ImageTests",
-            dependencies: ["Snapstack", "CopyEngine", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["Snapstack", "CopyEngine", "Store", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),

@@ -34,14 +34,18 @@ public struct ExportRequest: Sendable {
     /// Read every block when the change-tracking metadata cannot be read, instead of failing.
     public var allowFull: Bool
     public var maxRate: UInt64?
+    /// A full export may rewrite an image that holds earlier exports of the same disk, starting
+    /// its chain anew (scheduled backups do, when the change tracking cannot be built on).
+    public var replacingImage: Bool
 
     public init(snapshot: String, destination: ExportDestination, since: String? = nil,
-                allowFull: Bool = false, maxRate: UInt64? = nil) {
+                allowFull: Bool = false, maxRate: UInt64? = nil, replacingImage: Bool = false) {
         self.snapshot = snapshot
         self.destination = destination
         self.since = since
         self.allowFull = allowFull
         self.maxRate = maxRate
+        self.replacingImage = replacingImage
     }
 }
 
@@ -83,7 +87,8 @@ extension Orchestrator {
         // that stopped half-way.
         var resumedManifest: ImageManifest?
         if case .image(let path) = request.destination {
-            resumedManifest = try checkImage(path, device: device, snapshot: snapshot, base: base)
+            resumedManifest = try checkImage(path, device: device, snapshot: snapshot, base: base,
+                                             replacing: request.replacingImage)
         } else if base != nil, case .standardOutput(.raw) = request.destination {
             throw SnapstackError(.invalidArgument, "an incremental export cannot be a raw stream",
                                  why: "a raw stream has no room to say which blocks changed",
@@ -125,7 +130,8 @@ extension Orchestrator {
         let manifest = ImageManifest(
             state: .incomplete,
             export: .init(id: record.id, kind: record.kind.rawValue, base: base?.id,
-                          chain: (resumedManifest?.export.chain.dropLast() ?? baseChain(request.destination)) + [record.id],
+                          chain: (resumedManifest?.export.chain.dropLast() ?? (base == nil ? [] : baseChain(request.destination)))
+                              + [record.id],
                           createdAt: record.createdAt, completedAt: nil),
             device: .init(id: device.id, name: device.name, sizeBytes: size, wwn: device.wwn, serial: device.serial,
                           partUUID: device.partUUID, fsUUID: device.fsUUID),
@@ -273,7 +279,7 @@ extension Orchestrator {
     /// Checks that `path` may receive this export; returns the manifest of an interrupted run of
     /// the same export, which this run finishes.
     private func checkImage(_ path: FilePath, device: DeviceRecord, snapshot: SnapshotRecord,
-                            base: ExportRecord?) throws -> ImageManifest? {
+                            base: ExportRecord?, replacing: Bool) throws -> ImageManifest? {
         let imageExists = FileManager.default.fileExists(atPath: path.string)
         guard let manifest = try ImageManifest.read(forImage: path) else {
             if imageExists {
@@ -286,6 +292,17 @@ extension Orchestrator {
                                      remedy: "name that image, or take a full export")
             }
             return nil
+        }
+        if replacing && base == nil {
+            // Only ever an image of the same disk: another disk's backups are never overwritten.
+            guard manifest.device.isSameDisk(as: device) else {
+                throw SnapstackError(.refused, "\(path) holds an image of \(manifest.device.name), not of \(device.name)",
+                                     why: "its recorded identity is another disk's",
+                                     remedy: "export to another path, or move that image away")
+            }
+            let resumable = manifest.state == .incomplete && manifest.device.id == device.id
+                && manifest.snapshot.id == snapshot.id && manifest.export.base == nil
+            return resumable ? manifest : nil
         }
         guard manifest.device.id == device.id else {
             throw SnapstackError(.refused, "\(path) holds an image of \(manifest.device.name), not of \(device.name)",

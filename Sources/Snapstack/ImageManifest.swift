@@ -1,4 +1,5 @@
 import CopyEngine
+import Store
 import Foundation
 import SystemPackage
 
@@ -212,5 +213,18 @@ func syncDirectory(of path: FilePath) throws {
 func fsyncing(_ fd: FileDescriptor) throws {
     while fsync(fd.rawValue) != 0 {
         guard errno == EINTR else { throw Errno(rawValue: errno) }
+    }
+}
+
+extension ImageManifest.Device {
+    /// True when this image was taken of `device`'s disk: the same protection, or the same name
+    /// with at least one stable identifier (WWN, serial, PARTUUID, filesystem UUID) in common and
+    /// none that differs — as after the disk was unprotected and protected again.
+    public func isSameDisk(as device: DeviceRecord) -> Bool {
+        if id == device.id { return true }
+        guard name == device.name else { return false }
+        let pairs = [(wwn, device.wwn), (serial, device.serial), (partUUID, device.partUUID), (fsUUID, device.fsUUID)]
+            .compactMap { mine, theirs in mine.flatMap { a in theirs.map { (a, $0) } } }
+        return !pairs.isEmpty && pairs.allSatisfy { $0 == $1 }
     }
 }

@@ -135,21 +135,32 @@ struct ExportCommand: ParsableCommand {
                 progress: { last = $0; reporter.report($0) }, cancel: interruption.flag)
             if let last { reporter.finish(last) }
             let record = outcome.record
-            let s = outcome.statistics
-            copy.emit(["event": "exported", "id": record.id, "kind": record.kind.rawValue, "base": record.baseExportID as Any,
-                       "snapshot": record.snapshotName, "era": record.era as Any, "since_era": record.sinceEra as Any,
-                       "block_size": record.blockSizeBytes, "blocks_planned": outcome.plannedBlocks, "bytes_read": s.bytesRead,
-                       "bytes_written": s.bytesWritten, "zero_bytes": s.zeroBytes, "seconds": s.seconds,
-                       "resumed": outcome.resumed, "read_everything": outcome.readEverything])
-            if copy.format != .json {
-                Output.error(String(format: "snapstack: %@ export %@%@: %@ read (%llu blocks planned), %@ written, %.1f s%@",
-                                    record.kind.rawValue, record.id, record.baseExportID.map { " on top of \($0)" } ?? "",
-                                    ProgressReporter.formatBytes(s.bytesRead), outcome.plannedBlocks,
-                                    ProgressReporter.formatBytes(s.bytesWritten), s.seconds,
-                                    outcome.resumed ? " (finished an interrupted run)" : ""))
-            }
+            copy.emit(outcome.jsonObject)
+            if copy.format != .json { Output.error("snapstack: " + outcome.summary) }
             if to == "-" { Output.error(record.id) } else { Output.print(record.id) }
         }
+    }
+}
+
+extension ExportOutcome {
+    /// The `{"event":"exported",...}` line of `--reportformat json`.
+    var jsonObject: [String: Any] {
+        let s = statistics
+        return ["event": "exported", "id": record.id, "kind": record.kind.rawValue, "base": record.baseExportID as Any,
+                "snapshot": record.snapshotName, "era": record.era as Any, "since_era": record.sinceEra as Any,
+                "block_size": record.blockSizeBytes, "blocks_planned": plannedBlocks, "bytes_read": s.bytesRead,
+                "bytes_written": s.bytesWritten, "zero_bytes": s.zeroBytes, "seconds": s.seconds,
+                "resumed": resumed, "read_everything": readEverything]
+    }
+
+    /// One line for the person at the terminal: what was read and written.
+    var summary: String {
+        let s = statistics
+        return String(format: "%@ export %@%@: %@ read (%llu blocks planned), %@ written, %.1f s%@",
+                      record.kind.rawValue, record.id, record.baseExportID.map { " on top of \($0)" } ?? "",
+                      ProgressReporter.formatBytes(s.bytesRead), plannedBlocks,
+                      ProgressReporter.formatBytes(s.bytesWritten), s.seconds,
+                      resumed ? " (finished an interrupted run)" : "")
     }
 }
 
