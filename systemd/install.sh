@@ -10,9 +10,11 @@ Usage: systemd/install.sh [--root DIR] [--prefix DIR] [--binary FILE] [--sbindir
 
 Places, under DIR (default /; a package's staging directory when packaging):
   PREFIX/lib/systemd/system/snapstack.service    Type=notify, before local-fs-pre.target
+  PREFIX/lib/systemd/system/snapstack-backup@.service, snapstack-backup@.timer
+                                                 scheduled backups of the device the instance names
   PREFIX/lib/udev/rules.d/61-snapstack.rules     hides protected disks and hidden layers
   PREFIX/lib/modules-load.d/snapstack.conf       dm-mod dm-era dm-snapshot loop
-  PREFIX/share/doc/snapstack/snapstack.conf.example
+  PREFIX/share/doc/snapstack/snapstack.conf.example, backup.conf.example
   /etc/snapstack/snapstack.conf                  the example, only if there is none yet
   SBINDIR/snapstack                              with --binary FILE (e.g. .build/release/snapstack)
 PREFIX defaults to /usr, SBINDIR to PREFIX/sbin; the unit runs SBINDIR/snapstack.
@@ -71,12 +73,16 @@ if [[ $state_dir != /var/lib/snapstack ]]; then
     sed -i "/^\[Service\]/a Environment=SNAPSTACK_STATE_DIR=$state_dir" "$staging/unit"
 fi
 put 0644 "$staging/unit" "$prefix/lib/systemd/system/snapstack.service"
+sed -e "s|^ExecStart=/usr/sbin/snapstack |ExecStart=$sbindir/snapstack |" "$here/snapstack-backup@.service" >"$staging/backup-unit"
+put 0644 "$staging/backup-unit" "$prefix/lib/systemd/system/snapstack-backup@.service"
+put 0644 "$here/snapstack-backup@.timer" "$prefix/lib/systemd/system/snapstack-backup@.timer"
 
 sed -e "s|/var/lib/snapstack/members/|$state_dir/members/|g" "$source_dir/udev-rules/61-snapstack.rules" >"$staging/rules"
 put 0644 "$staging/rules" "$prefix/lib/udev/rules.d/61-snapstack.rules"
 
 put 0644 "$here/modules-load.conf" "$prefix/lib/modules-load.d/snapstack.conf"
 put 0644 "$here/snapstack.conf.example" "$prefix/share/doc/snapstack/snapstack.conf.example"
+put 0644 "$here/backup.conf.example" "$prefix/share/doc/snapstack/backup.conf.example"
 if [[ -e $(dest /etc/snapstack/snapstack.conf) ]]; then
     echo "kept /etc/snapstack/snapstack.conf"
 else
