@@ -17,6 +17,11 @@ Places, under DIR (default /; a package's staging directory when packaging):
   PREFIX/share/doc/snapstack/snapstack.conf.example, backup.conf.example
   /etc/snapstack/snapstack.conf                  the example, only if there is none yet
   SBINDIR/snapstack                              with --binary FILE (e.g. .build/release/snapstack)
+and, generated from the --binary FILE (without it they are skipped, with a line saying so):
+  PREFIX/share/man/man8/snapstack.8.gz, snapstack-VERB.8.gz    systemd/make-manuals.sh
+  PREFIX/share/bash-completion/completions/snapstack
+  PREFIX/share/zsh/vendor-completions/_snapstack
+  PREFIX/share/fish/vendor_completions.d/snapstack.fish
 PREFIX defaults to /usr, SBINDIR to PREFIX/sbin; the unit runs SBINDIR/snapstack.
 --state-dir DIR   a state directory other than /var/lib/snapstack: written into the unit
                   (SNAPSTACK_STATE_DIR) and into the udev rules' marker lookups. It must be on
@@ -90,6 +95,22 @@ else
 fi
 if [[ -n $binary ]]; then
     put 0755 "$binary" "$sbindir/snapstack"
+
+    # Manual pages and completions say what this binary's own help says, so they are made
+    # from it here rather than kept in the tree; gzip'd as Debian ships manual pages.
+    bash "$here/make-manuals.sh" --binary "$binary" --out "$staging/man"
+    for page in "$staging"/man/*.8; do
+        gzip -9n <"$page" >"$page.gz"
+        put 0644 "$page.gz" "$prefix/share/man/man8/$(basename "$page").gz"
+    done
+    "$binary" --generate-completion-script bash >"$staging/completion.bash"
+    "$binary" --generate-completion-script zsh >"$staging/completion.zsh"
+    "$binary" --generate-completion-script fish >"$staging/completion.fish"
+    put 0644 "$staging/completion.bash" "$prefix/share/bash-completion/completions/snapstack"
+    put 0644 "$staging/completion.zsh" "$prefix/share/zsh/vendor-completions/_snapstack"
+    put 0644 "$staging/completion.fish" "$prefix/share/fish/vendor_completions.d/snapstack.fish"
+else
+    echo "skipped manual pages and shell completions: they are generated from the binary; pass --binary FILE"
 fi
 
 if ((reload)) && [[ $(cd "$root" && pwd -P) == / ]]; then

@@ -78,8 +78,11 @@ public final class Store: Sendable {
     /// upgraded first, as ``init(directory:)`` would, since its tables could
     /// not otherwise be read; the store returned is read-only all the same.
     ///
+    /// With `upgrading` false, a database whose schema is older is left alone and nil is
+    /// returned instead, for readers that must never write (shell completion).
+    ///
     /// - Throws: the same errors as ``init(directory:)``.
-    public static func open(readOnly directory: String) throws -> Store? {
+    public static func open(readOnly directory: String, upgrading: Bool = true) throws -> Store? {
         let path = databasePath(in: directory)
         guard FileManager.default.fileExists(atPath: path) else {
             return nil
@@ -87,6 +90,7 @@ public final class Store: Sendable {
         if let store = try openCurrentReadOnly(path: path) {
             return store
         }
+        guard upgrading else { return nil }
         do {
             _ = try Store(directory: directory)
         } catch {

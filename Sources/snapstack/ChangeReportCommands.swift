@@ -29,10 +29,11 @@ struct ChangesCommand: ParsableCommand {
             Fields (-o): \(ChangeReport.fields.map(\.name).joined(separator: ", ")).
             """)
 
-    @Argument(help: "The protected device's name.")
+    @Argument(help: "The protected device's name.", completion: StateCompletion.devices)
     var name: String
 
-    @Option(help: ArgumentHelp("An export id or an era number.", valueName: "export|era"))
+    @Option(help: ArgumentHelp("An export id or an era number.", valueName: "export|era"),
+            completion: StateCompletion.exports)
     var since: String
 
     @OptionGroup var report: ReportArguments

@@ -21,13 +21,15 @@ struct DaemonCommand: ParsableCommand {
             otherwise. Exit codes: 0 after SIGTERM; 64 when --check-config finds an error.
             """)
 
-    @Option(name: .customLong("config"), help: ArgumentHelp("The policy file.", valueName: "file"))
+    @Option(name: .customLong("config"), help: ArgumentHelp("The policy file.", valueName: "file"),
+            completion: .file())
     var config: String?
 
     @Flag(name: .customLong("check-config"), help: "Check the policy file, print what it says, and exit.")
     var checkConfig = false
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.",
+            completion: .list(DaemonOptions.logLevels))
     var logLevel: String = "info"
 
     @OptionGroup var global: GlobalOptions

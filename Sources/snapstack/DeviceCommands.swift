@@ -22,7 +22,7 @@ struct ProtectCommand: ParsableCommand {
             Example: snapstack protect /dev/sdb1 --name data && mount /dev/mapper/snapstack-data /srv
             """)
 
-    @Argument(help: "The block device to protect, e.g. /dev/sdb1.")
+    @Argument(help: "The block device to protect, e.g. /dev/sdb1.", completion: .file())
     var device: String
 
     @Option(help: "The name of the protected device (letters, digits, # + - . : = @ _; at most 64).")
@@ -61,7 +61,7 @@ struct UnprotectCommand: ParsableCommand {
             (--force drops them first). Change tracking for the device ends.
             """)
 
-    @Argument(help: "The protected device's name.")
+    @Argument(help: "The protected device's name.", completion: StateCompletion.devices)
     var name: String
 
     @Flag(help: "Drop the device's snapshots first.")

@@ -86,19 +86,21 @@ struct ExportCommand: ParsableCommand {
               snapstack export data-tuesday --to - --format delta --since 3f2a9c01 | ssh backup snapstack apply --to /srv/data.img
             """)
 
-    @Argument(help: "The snapshot: NAME-SNAP or its device path.")
+    @Argument(help: "The snapshot: NAME-SNAP or its device path.", completion: StateCompletion.snapshots)
     var snapshot: String
 
-    @Option(help: ArgumentHelp("The image file, or - for standard output.", valueName: "path"))
+    @Option(help: ArgumentHelp("The image file, or - for standard output.", valueName: "path"), completion: .file())
     var to: String
 
-    @Option(help: ArgumentHelp("Read only what changed since this export (its id).", valueName: "export"))
+    @Option(help: ArgumentHelp("Read only what changed since this export (its id).", valueName: "export"),
+            completion: StateCompletion.exports)
     var since: String?
 
     @Flag(help: "Read every block (the default without --since).")
     var full = false
 
-    @Option(help: ArgumentHelp("With --to -: raw (full exports only, the default) or delta.", valueName: "format"))
+    @Option(help: ArgumentHelp("With --to -: raw (full exports only, the default) or delta.", valueName: "format"),
+            completion: .list(StreamFormat.allCases.map(\.rawValue)))
     var format: String?
 
     @Flag(name: .customLong("allow-full"), help: "If the change tracking cannot be read, read every block instead of failing.")
@@ -175,7 +177,7 @@ struct VerifyCommand: ParsableCommand {
             Needs no state and no device-mapper: run it where the backups are kept.
             """)
 
-    @Argument(help: "The image file.")
+    @Argument(help: "The image file.", completion: .file())
     var image: String
 
     @OptionGroup var copy: CopyArguments
@@ -216,10 +218,10 @@ struct RestoreCommand: ParsableCommand {
             does not match.
             """)
 
-    @Argument(help: "The image file.")
+    @Argument(help: "The image file.", completion: .file())
     var image: String
 
-    @Option(help: ArgumentHelp("The block device to overwrite.", valueName: "device"))
+    @Option(help: ArgumentHelp("The block device to overwrite.", valueName: "device"), completion: .file())
     var to: String
 
     @OptionGroup var copy: CopyArguments
@@ -256,10 +258,11 @@ struct ApplyCommand: ParsableCommand {
             Example: snapstack export data-tue --to - --format delta --since 3f2a9c01 | snapstack apply --to /srv/data.img
             """)
 
-    @Option(help: ArgumentHelp("The image to make or update.", valueName: "path"))
+    @Option(help: ArgumentHelp("The image to make or update.", valueName: "path"), completion: .file())
     var to: String
 
-    @Option(help: ArgumentHelp("Read the stream from this file instead of standard input.", valueName: "file"))
+    @Option(help: ArgumentHelp("Read the stream from this file instead of standard input.", valueName: "file"),
+            completion: .file())
     var from: String?
 
     @OptionGroup var copy: CopyArguments

@@ -57,7 +57,7 @@ struct ExtendCommand: ParsableCommand {
             `snapstack reconcile` finishes it).
             """)
 
-    @Argument(help: "The snapshot: NAME-SNAP or its device path.")
+    @Argument(help: "The snapshot: NAME-SNAP or its device path.", completion: StateCompletion.snapshots)
     var snapshot: String
 
     @Option(help: ArgumentHelp("The new size: SIZE, +SIZE, +PCT% (of the store) or PCT% (of the origin).",

@@ -10,7 +10,8 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"),
             help: ArgumentHelp("Directory of snapstack's database and metadata.",
                                discussion: "Default: $SNAPSTACK_STATE_DIR if set, else /var/lib/snapstack.",
-                               valueName: "dir"))
+                               valueName: "dir"),
+            completion: .directory)
     var stateDirectory: String?
 
     @Option(name: .customLong("lock-timeout"),

@@ -23,7 +23,7 @@ struct SnapshotCommand: ParsableCommand {
             Example: snapstack snapshot data logs --size 20% --as nightly
             """)
 
-    @Argument(help: "Protected devices to snapshot together.")
+    @Argument(help: "Protected devices to snapshot together.", completion: StateCompletion.devices)
     var names: [String]
 
     @Option(help: ArgumentHelp("COW store size per snapshot: SIZE (4G) or PCT% of each origin (default 10%).",
@@ -31,7 +31,8 @@ struct SnapshotCommand: ParsableCommand {
     var size: StoreSizeArgument?
 
     @Option(help: ArgumentHelp("A directory for the store files, or a block device (one-device sets).",
-                               valueName: "path"))
+                               valueName: "path"),
+            completion: .file())
     var store: String?
 
     @Option(name: .customLong("as"), help: ArgumentHelp("The snapshot's name (default: the UTC time, YYYYMMDDTHHMMSS).",
@@ -62,7 +63,7 @@ struct DropCommand: ParsableCommand {
         abstract: "Remove a snapshot and its store.",
         discussion: "SNAP is NAME-SNAP or the path `snapshot` printed. Refuses while the snapshot is open.")
 
-    @Argument(help: "The snapshot: NAME-SNAP or its device path.")
+    @Argument(help: "The snapshot: NAME-SNAP or its device path.", completion: StateCompletion.snapshots)
     var snapshot: String
 
     @OptionGroup var global: GlobalOptions
@@ -85,7 +86,7 @@ struct MergeCommand: ParsableCommand {
             `lvconvert --merge` does. The device may have no other snapshot.
             """)
 
-    @Argument(help: "The snapshot: NAME-SNAP or its device path.")
+    @Argument(help: "The snapshot: NAME-SNAP or its device path.", completion: StateCompletion.snapshots)
     var snapshot: String
 
     @Flag(help: "Return once the merge has started.")

@@ -271,6 +271,22 @@ private func contents(_ path: String) throws -> Data {
     }
 }
 
+@Test func readOnlyWithoutUpgradingLeavesAnOlderDatabaseAlone() throws {
+    try withScratch { _, dir in
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = Store.databasePath(in: dir)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data()))
+
+        #expect(try Store.open(readOnly: dir, upgrading: false) == nil)
+        #expect(try contents(path).isEmpty)
+        // A current one reads as without the flag.
+        let device = makeDevice()
+        do { try Store(directory: dir).insert(device) }
+        let store = try #require(try Store.open(readOnly: dir, upgrading: false))
+        #expect(try store.devices() == [device])
+    }
+}
+
 // MARK: - Round trips
 
 @Test func deviceRoundTrip() throws {

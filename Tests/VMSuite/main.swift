@@ -40,6 +40,7 @@ var allScenarios: [Scenario] {
         + DaemonScenarios.all
         + StoreWatchScenarios.all
         + BackupScenarios.all
+        + CompletionScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {

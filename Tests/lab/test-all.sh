@@ -3,7 +3,9 @@
 #   1. Tests/lab/setup.sh        install build/test dependencies (idempotent)
 #   2. swift build --build-tests all products, incl. snapstack-vmsuite, and tests
 #   3. swift test                unit tests (Swift Testing; no root, no dm)
-#   4. VM suite                  snapstack-vmsuite as root inside a VM with
+#   4. manuals and completions   Tests/lab/manuals-check.sh: man pages and
+#                                shell completions generated from the binary
+#   5. VM suite                  snapstack-vmsuite as root inside a VM with
 #                                device-mapper (Tests/lab/vm.sh)
 # Any argument is passed on to snapstack-vmsuite.
 set -euo pipefail
@@ -12,7 +14,8 @@ usage() {
     cat <<'EOF'
 Usage: Tests/lab/test-all.sh [VMSUITE-ARGS...]
 
-Installs missing dependencies, builds everything, runs the unit tests, then
+Installs missing dependencies, builds everything, runs the unit tests, checks
+the manual pages and shell completions (Tests/lab/manuals-check.sh), then
 runs .build/debug/snapstack-vmsuite inside a VM (Tests/lab/vm.sh), passing it
 VMSUITE-ARGS. Fails unless the VM suite ends with a line
 "N passed, M failed" where N > 0 and M = 0.
@@ -63,6 +66,9 @@ step "unit tests"
 # Tests that need root (loop devices) must run here, never skip.
 SNAPSTACK_REQUIRE_ROOT_TESTS=1 swift test --skip-build --disable-xctest
 
+step "manuals and completions"
+bash Tests/lab/manuals-check.sh .build/debug/snapstack
+
 step "VM suite"
 vmsuite=.build/debug/snapstack-vmsuite
 if [[ ! -x $vmsuite ]]; then
@@ -97,4 +103,4 @@ if ((failed > 0 || passed == 0 || vm_status != 0)); then
 fi
 
 step "done"
-echo "test-all: PASSED: build, unit tests, VM suite ($summary) in $((SECONDS - start)) s"
+echo "test-all: PASSED: build, unit tests, manuals and completions, VM suite ($summary) in $((SECONDS - start)) s"
