@@ -9,18 +9,24 @@
 set -euo pipefail
 
 readonly VIRTME_NG_VERSION=1.42
+# A real Prometheus text-format parser, for the metrics scenario.
+readonly PROMETHEUS_CLIENT_VERSION=0.26.0
 
 # Build: headers and pkg-config files for the C libraries the package links.
 # Lab: qemu + a distribution kernel boot the VM; the guest reuses this host's
 # root file system, so the device-mapper tools, udev, kmod (modprobe) and the
 # file system / I/O tools the VM suite calls must be installed on the host.
 # busybox-static and file are used by virtme-ng to build its initramfs and to
-# inspect the kernel image.
+# inspect the kernel image. restic: the backup scenarios store images in a
+# repository. man-db, groff-base, bash-completion, zsh, fish: the manual pages
+# are rendered and the completions parsed and run (Tests/lab/manuals-check.sh).
 readonly APT_PACKAGES=(
     libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
     dmsetup lvm2 thin-provisioning-tools udev kmod busybox-static
     e2fsprogs fio util-linux file sqlite3 xxhash
+    restic
+    man-db groff-base bash-completion zsh fish
 )
 
 usage() {
@@ -29,7 +35,7 @@ Usage: Tests/lab/setup.sh [--help]
 
 Installs (as root, on Debian 12) the packages needed to build snapstack and
 run its tests: ${APT_PACKAGES[*]}
-and virtme-ng==${VIRTME_NG_VERSION} from PyPI. Then checks that swift is on PATH.
+and virtme-ng==${VIRTME_NG_VERSION} and prometheus_client==${PROMETHEUS_CLIENT_VERSION} from PyPI. Then checks that swift is on PATH.
 Safe to run repeatedly; it does nothing when everything is present.
 EOF
 }
@@ -93,12 +99,11 @@ vng_ok() {
         [[ $(vng --version 2>/dev/null) == "virtme-ng ${VIRTME_NG_VERSION}" ]]
 }
 
-if ! vng_ok; then
+pip_install() {
     command -v python3 >/dev/null 2>&1 || apt_install python3
     # A bare Debian python3 ships without pip.
     python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-    pip_args=(install --quiet --disable-pip-version-check
-        "virtme-ng==${VIRTME_NG_VERSION}")
+    local pip_args=(install --quiet --disable-pip-version-check "$@")
     # Debian's own python3 refuses system-wide pip installs (PEP 668); a
     # python3 from pyenv or a virtualenv has no such marker file.
     if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
@@ -110,8 +115,21 @@ if ! vng_ok; then
         pyenv rehash >/dev/null 2>&1 || true
     fi
     hash -r
+}
+
+if ! vng_ok; then
+    pip_install "virtme-ng==${VIRTME_NG_VERSION}"
     vng_ok || die "installed virtme-ng==${VIRTME_NG_VERSION}, but 'vng --version' does not report it (is pip's bin directory on PATH?)"
     echo "setup.sh: installed virtme-ng==${VIRTME_NG_VERSION}"
+fi
+
+prometheus_client_ok() {
+    [[ $(python3 -m pip show prometheus_client 2>/dev/null | sed -n 's/^Version: //p') == "$PROMETHEUS_CLIENT_VERSION" ]]
+}
+if ! prometheus_client_ok; then
+    pip_install "prometheus_client==${PROMETHEUS_CLIENT_VERSION}"
+    prometheus_client_ok || die "installed prometheus_client==${PROMETHEUS_CLIENT_VERSION}, but pip does not report it"
+    echo "setup.sh: installed prometheus_client==${PROMETHEUS_CLIENT_VERSION}"
 fi
 
 # --- Swift toolchain -------------------------------------------------------
