@@ -21,6 +21,9 @@ if [[ ${1:-} != --inside ]]; then
 fi
 
 snapstack=$PWD/.build/debug/snapstack
+# One stream for everything the demonstration says, so that it reads in order (the VM lab hands
+# stdout and stderr back through separate pipes). Inside $(...) stderr still goes here.
+exec 2>&1
 work=$(mktemp -d /tmp/snapstack-demo.XXXXXX)
 export SNAPSTACK_STATE_DIR=$work/state
 disk=
