@@ -125,13 +125,7 @@ enum BackupScenarios {
     }
 
     static func backupEvent(_ stderr: String) throws -> [String: Any] {
-        for line in stderr.split(separator: "\n").reversed() {
-            if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-               object["event"] as? String == "backup" {
-                return object
-            }
-        }
-        throw Failure(description: "no \"backup\" JSON line in: \(stderr)")
+        try ExportScenarios.event("backup", in: stderr)
     }
 
     static func topPath(_ name: String) throws -> String { "/dev/mapper/snapstack-\(name)" }

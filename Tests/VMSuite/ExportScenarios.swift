@@ -23,13 +23,18 @@ enum ExportScenarios {
 
     /// The JSON line `export --reportformat json` ends stderr with.
     static func outcome(_ stderr: String) throws -> [String: Any] {
+        try event("exported", in: stderr)
+    }
+
+    /// The last `{"event":NAME,...}` JSON line a command wrote to stderr.
+    static func event(_ name: String, in stderr: String) throws -> [String: Any] {
         for line in stderr.split(separator: "\n").reversed() {
             if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-               object["event"] as? String == "exported" {
+               object["event"] as? String == name {
                 return object
             }
         }
-        throw Failure(description: "no \"exported\" JSON line in: \(stderr)")
+        throw Failure(description: "no \"\(name)\" JSON line in: \(stderr)")
     }
 
     static func export(_ cli: CLI, _ arguments: String...) throws -> (id: String, outcome: [String: Any]) {
