@@ -39,6 +39,7 @@ var allScenarios: [Scenario] {
     ClientScenarios.all + LoopScenarios.all + SnapshotScenarios.all + EraScenarios.all + ChangeTrackingScenarios.all + CommandScenarios.all + OrchestratorScenarios.all + ExportScenarios.all
         + DaemonScenarios.all
         + StoreWatchScenarios.all
+        + MetricsScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
