@@ -118,6 +118,9 @@ let package = Package(
             name: "ExpositionTests",
             dependencies: ["Exposition"]),
         .testTarget(
+            name: "MetricsTests",
+            dependencies: ["Snapstack", "Exposition", "Store", "BlockIO"]),
+        .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),
         .testTarget(

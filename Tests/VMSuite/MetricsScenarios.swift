@@ -119,7 +119,7 @@ enum MetricsScenarios {
         // snapshot and an incremental on top, and the first snapshot dropped.
         try cli.ok("snapshot", "alpha", other, "--as", "s1", "--size", "16M")
         try lab.sh("dd", "if=/dev/urandom", "of=\(alphaTop)", "bs=1M", "count=4", "oflag=direct", "conv=notrunc,fsync", "status=none")
-        let image = lab.scratch.appendingPathComponent("alpha.img").path
+        let image = lab.scratch.appendingPathComponent("alpha-backup.img").path
         let (full, _) = try ExportScenarios.export(cli, "alpha-s1", "--to", image)
         try cli.ok("snapshot", "alpha", "--as", "s2", "--size", "16M")
         try lab.sh("dd", "if=/dev/urandom", "of=\(alphaTop)", "bs=1M", "count=2", "seek=8", "oflag=direct", "conv=notrunc,fsync", "status=none")
