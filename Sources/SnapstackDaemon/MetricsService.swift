@@ -62,7 +62,7 @@ struct MetricsService: Service {
                 } catch let error as SnapstackError where error.kind == .locked {
                     logger.debug("state busy; metrics written shortly", metadata: ["holder": "\(error.why ?? "")"])
                     trigger.changed()
-                    retryAfter = clock.now + .seconds(1)
+                    retryAfter = clock.now + .seconds(5)
                 } catch {
                     // Said once, not every interval; the file's timestamp tells the rest.
                     if !failing { logger.error("cannot write the metrics: \(error)", metadata: ["file": "\(file)"]) }

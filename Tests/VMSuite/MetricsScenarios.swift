@@ -89,7 +89,7 @@ enum MetricsScenarios {
     }
 
     /// Waits until the file at `path` exists, parses, and satisfies `predicate`.
-    static func waitForFile(_ lab: Lab, _ path: String, _ what: String, daemon: DaemonScenarios.Daemon, timeout: Double = 60,
+    static func waitForFile(_ lab: Lab, _ path: String, _ what: String, daemon: DaemonScenarios.Daemon, timeout: Double = 180,
                             _ predicate: (Parsed) throws -> Bool) throws -> Parsed {
         let deadline = Date().addingTimeInterval(timeout)
         var last: Parsed?
@@ -107,6 +107,8 @@ enum MetricsScenarios {
     // MARK: The scenario
 
     static func daemonTextfile(_ lab: Lab) throws {
+        let started = Date()
+        func note(_ text: String) { StoreWatchScenarios.note(String(format: "%5.1f s  ", Date().timeIntervalSince(started)) + text) }
         let cli = CLI(lab)
         let alphaDisk = try lab.loopDevice("alpha", size: .mebibytes(64), random: true)
         let otherDisk = try lab.loopDevice("other", size: .mebibytes(32), random: true)
@@ -119,6 +121,7 @@ enum MetricsScenarios {
         // snapshot and an incremental on top, and the first snapshot dropped.
         try cli.ok("snapshot", "alpha", other, "--as", "s1", "--size", "16M")
         try lab.sh("dd", "if=/dev/urandom", "of=\(alphaTop)", "bs=1M", "count=4", "oflag=direct", "conv=notrunc,fsync", "status=none")
+        note("protected both, snapshot set taken, data written")
         let image = lab.scratch.appendingPathComponent("alpha-backup.img").path
         let (full, _) = try ExportScenarios.export(cli, "alpha-s1", "--to", image)
         try cli.ok("snapshot", "alpha", "--as", "s2", "--size", "16M")
@@ -126,6 +129,7 @@ enum MetricsScenarios {
         let (incremental, _) = try ExportScenarios.export(cli, "alpha-s2", "--to", image, "--since", full)
         try cli.ok("drop", "alpha-s1")
 
+        note("full and incremental exported, s1 dropped")
         // The daemon, writing metrics to a textfile directory of the scratch dir.
         let directory = lab.scratch.appendingPathComponent("node-exporter").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -144,9 +148,11 @@ enum MetricsScenarios {
         let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: config)
         try daemon.waitReady()
         let ready = Date().timeIntervalSince1970
+        note("daemon ready")
         // A file written after the boot pass.
         let parsed = try waitForFile(lab, file, "a write after READY", daemon: daemon) { ($0.writtenAt ?? 0) >= ready.rounded(.down) }
 
+        note("metrics file written after READY")
         // Read the reports right after: nothing changes the state meanwhile.
         let devices = try cli.rows("devices")
         let snapshots = try cli.rows("snapshots")
@@ -175,6 +181,7 @@ enum MetricsScenarios {
             try expectEqual(parsed.types[family], type, "type of \(family)")
         }
 
+        note("compared with the reports")
         // Replaced whole: a new inode each write, mode 0644, no temporary file left beside it.
         let first = try inode(file)
         _ = try waitForFile(lab, file, "a rewrite after the interval", daemon: daemon) { _ in try inode(file) != first }
@@ -182,6 +189,7 @@ enum MetricsScenarios {
         try expectEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o644, "the file's mode")
         try expectEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["snapstack.prom"], "the textfile directory")
 
+        note("rewritten with a new inode")
         // An overflow, handled by the daemon's store watch: the counter follows the events.
         try cli.ok("snapshot", other, "--as", "o1", "--size", "512K")
         try lab.sh("dd", "if=/dev/urandom", "of=\(otherTop)", "bs=1M", "count=4", "oflag=direct", "conv=notrunc,fsync", "status=none")
@@ -189,6 +197,7 @@ enum MetricsScenarios {
             (try? $0.value("snapstack_store_overflows_total")) == 1
                 && $0.matching("snapstack_snapshot_info", ["name": "\(other)-o1"]).isEmpty
         }
+        note("overflow counted")
         try expectEqual(try cli.reportRows(["events", "--kind", "overflow", "--last", "100000"]).count, 1, "overflow events")
         try compare(after, devices: try cli.rows("devices"), snapshots: try cli.rows("snapshots"), exports: try cli.rows("exports"))
         try expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["snapstack.prom"], "a temporary file was left")
@@ -206,7 +215,9 @@ enum MetricsScenarios {
         try expect(bad.stderr.contains("cannot write the metrics file") && bad.stderr.contains("/var/lib/prometheus/node-exporter"),
                    "its message: \(bad.stderr)")
 
+        note("snapstack metrics checked")
         try expectEqual(try daemon.terminate(), 0, "daemon exit status after SIGTERM")
+        note("daemon stopped")
         try cli.ok("unprotect", "alpha", "--force")
         try cli.ok("unprotect", other, "--force")
     }
