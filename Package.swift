@@ -71,10 +71,12 @@ let package = Package(
         .target(
             name: "Policy",
             dependencies: ["BlockIO", .product(name: "Yams", package: "Yams")]),
+        // Prometheus' text exposition format (0.0.4), rendered from a model; pure.
+        .target(name: "Exposition"),
         // The library that backup software embeds.
         .target(
             name: "Snapstack",
-            dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store", "ChangeTracking", "CopyEngine",
+            dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store", "ChangeTracking", "CopyEngine", "Exposition",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // `snapstack daemon`: service lifecycle, udev monitor, policy, store watch.
         .target(
@@ -112,6 +114,12 @@ let package = Package(
         .testTarget(
             name: "ImageTests",
             dependencies: ["Snapstack", "CopyEngine", "Store", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(
+            name: "ExpositionTests",
+            dependencies: ["Exposition"]),
+        .testTarget(
+            name: "MetricsTests",
+            dependencies: ["Snapstack", "Exposition", "Store", "BlockIO"]),
         .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),

@@ -11,12 +11,15 @@ public struct Policy: Sendable, Equatable {
 
     public var rules: [Rule]
     public var stores: StoreWatchPolicy
+    public var metrics: MetricsPolicy
     /// The file the policy was read from, for log lines.
     public var file: String
 
-    public init(rules: [Rule] = [], stores: StoreWatchPolicy = StoreWatchPolicy(), file: String = "") {
+    public init(rules: [Rule] = [], stores: StoreWatchPolicy = StoreWatchPolicy(), metrics: MetricsPolicy = MetricsPolicy(),
+                file: String = "") {
         self.rules = rules
         self.stores = stores
+        self.metrics = metrics
         self.file = file
     }
 
@@ -144,4 +147,20 @@ public struct StoreWatchPolicy: Sendable, Equatable {
     public var pollInterval: Duration = .seconds(5)
 
     public init() {}
+}
+
+/// The `metrics:` section: where the daemon writes its metrics for node_exporter's textfile
+/// collector, and how often. Off unless `file` is given.
+public struct MetricsPolicy: Sendable, Equatable {
+    /// `file:`, an absolute path ending in `.prom` (the collector reads no other name); nil:
+    /// no metrics file.
+    public var file: String? = nil
+    /// `interval:`, how often the file is rewritten when nothing happens; it is also rewritten
+    /// after every operation of the daemon.
+    public var interval: Duration = .seconds(30)
+
+    public init(file: String? = nil, interval: Duration = .seconds(30)) {
+        self.file = file
+        self.interval = interval
+    }
 }

@@ -139,7 +139,7 @@ struct PolicyParser {
     mutating func policy(_ root: Node?) throws(PolicyError) -> Policy {
         var policy = Policy(file: file)
         guard let root, !Self.isNull(root) else { return policy }   // an empty file: no rules
-        for (key, keyNode, value) in try mapping(root, "the file", allowed: ["version", "rules", "stores"]) {
+        for (key, keyNode, value) in try mapping(root, "the file", allowed: ["version", "rules", "stores", "metrics"]) {
             switch key {
             case "version":
                 guard try string(value, "version") == "1" else {
@@ -154,6 +154,9 @@ struct PolicyParser {
             case "stores":
                 if Self.isNull(value) { continue }
                 policy.stores = try stores(value)
+            case "metrics":
+                if Self.isNull(value) { continue }
+                policy.metrics = try metrics(value)
             default:
                 throw error(keyNode, "unknown key \"\(key)\"")
             }
@@ -306,6 +309,26 @@ struct PolicyParser {
                 result.limit = try size(value, "max-size")
             default:
                 result.pollInterval = try duration(value, "interval")
+            }
+        }
+        return result
+    }
+
+    func metrics(_ node: Node) throws(PolicyError) -> MetricsPolicy {
+        var result = MetricsPolicy()
+        for (key, _, value) in try mapping(node, "metrics", allowed: ["file", "interval"]) {
+            switch key {
+            case "file":
+                let path = try string(value, "the metrics file")
+                guard path.hasPrefix("/") else {
+                    throw error(value, "the metrics file \"\(path)\" must be an absolute path, e.g. /var/lib/prometheus/node-exporter/snapstack.prom")
+                }
+                guard path.hasSuffix(".prom"), !path.hasSuffix("/.prom") else {
+                    throw error(value, "the metrics file \"\(path)\" must be named *.prom: node_exporter's textfile collector reads no other file")
+                }
+                result.file = path
+            default:
+                result.interval = try duration(value, "interval")
             }
         }
         return result

@@ -396,6 +396,12 @@ extension Orchestrator {
         }
     }
 
+    /// How many events of `kind` were ever recorded: what `snapstack events --kind KIND` lists,
+    /// without its `--last` bound.
+    public func eventCount(kind: String) throws -> Int {
+        try store.eventCount(kind: kind)
+    }
+
     /// `16 MiB (16777216 bytes)`: exact for scripts that parse logs, short for people.
     static func describe(_ size: Bytes) -> String {
         let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]

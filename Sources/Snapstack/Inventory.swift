@@ -32,6 +32,9 @@ public struct SnapshotSummary: Sendable {
     public var storeSize: Bytes
     public var chunk: Bytes
     public var usedPercent: Double?
+    /// COW space in use (the kernel's allocated sectors, the store's own metadata included), read
+    /// in the same status as `usedPercent`; nil where that is nil.
+    public var storeUsed: Bytes?
     /// `active`, `invalid`, `overflow`, `merging`, `merge-pending`, `inactive` (recorded, no
     /// live device: run reconcile), or an interrupted `creating`/`dropping`.
     public var state: String
@@ -82,29 +85,34 @@ extension Orchestrator {
             for snapshot in try store.snapshots(deviceID: device.id) {
                 let name = try Layout.snapshotName(device.name, snapshot.name)
                 var used: Double?
+                var usedBytes: Bytes?
+                func read(_ status: SnapshotStatus) {
+                    used = status.usedPercent
+                    if used != nil, case .active(let allocated, _, _) = status { usedBytes = allocated.bytes }
+                }
                 var state = snapshot.state.rawValue
                 switch snapshot.state {
                 case .active:
                     if try dm.info(name) == nil {
                         state = "inactive"
                     } else if case .snapshot(let status)? = try? dm.status(name).first?.status {
-                        used = status.usedPercent
+                        read(status)
                         if status == .invalid { state = "invalid" }
                         if status == .overflow { state = "overflow" }
                     }
                 case .merging:
                     if case .snapshotMerge(let status)? = try? dm.status(try Layout.topName(device.name)).first?.status {
-                        used = status.usedPercent
+                        read(status)
                     }
                 case .mergePending:
                     state = "merge-pending"
-                    if case .snapshot(let status)? = try? dm.status(name).first?.status { used = status.usedPercent }
+                    if case .snapshot(let status)? = try? dm.status(name).first?.status { read(status) }
                 default: break
                 }
                 result.append(SnapshotSummary(
                     id: snapshot.id, name: "\(device.name)-\(snapshot.name)", path: name.devicePath, origin: device.name,
                     store: snapshot.storePath, storeSize: Bytes(UInt64(snapshot.storeSizeBytes)),
-                    chunk: Sectors(UInt64(snapshot.chunkSectors)).bytes, usedPercent: used, state: state, era: snapshot.era,
+                    chunk: Sectors(UInt64(snapshot.chunkSectors)).bytes, usedPercent: used, storeUsed: usedBytes, state: state, era: snapshot.era,
                     setID: snapshot.setID, freezeMicroseconds: freeze[snapshot.setID] ?? nil, createdAt: snapshot.createdAt))
             }
         }

@@ -64,9 +64,13 @@ public enum Daemon {
         }
         // The stores: section is read at start; a reload changes the rules only.
         let stores = policy.policy.stores
+        // So is the metrics: section.
+        let metrics = policy.policy.metrics
+        let trigger = MetricsTrigger()
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: HotplugService(options: options, policy: policy, notifier: notifier, worker: worker, logger: logger),
+            .init(service: HotplugService(options: options, policy: policy, notifier: notifier, worker: worker, logger: logger,
+                                          onChange: { trigger.changed() }),
                   successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: ReloadService(policy: policy, notifier: notifier, logger: logger),
                   successTerminationBehavior: .ignore),
@@ -81,8 +85,17 @@ public enum Daemon {
             service: Contained(name: "the store watch", logger: storeLogger, service: StoreWatchService(
                 stateDirectory: options.stateDirectory, settings: StoreWatchSettings(
                     enabled: stores.enabled, threshold: stores.threshold, step: stores.step, limit: stores.limit,
-                    pollInterval: stores.pollInterval), logger: storeLogger)),
+                    pollInterval: stores.pollInterval), logger: storeLogger, onChange: { trigger.changed() })),
             successTerminationBehavior: .ignore))
+        if let file = metrics.file {
+            var metricsLogger = logger
+            metricsLogger[metadataKey: "service"] = "metrics"
+            services.append(.init(
+                service: Contained(name: "the metrics writer", logger: metricsLogger, service: MetricsService(
+                    file: FilePath(file), interval: metrics.interval, stateDirectory: options.stateDirectory, worker: worker,
+                    trigger: trigger, logger: metricsLogger)),
+                successTerminationBehavior: .ignore))
+        }
 
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger))
@@ -112,6 +125,7 @@ public enum Daemon {
             lines.append("stores: watch \(stores.enabled ? "on" : "off"), threshold \(Int((stores.threshold * 100).rounded()))%, grow by "
                          + (stores.step.map { "\($0.rawValue) bytes" } ?? "doubling") + ", max "
                          + (stores.limit.map { "\($0.rawValue) bytes" } ?? "none") + ", every \(stores.pollInterval)")
+            lines.append("metrics: " + (policy.metrics.file.map { "written to \($0) every \(policy.metrics.interval) and after each operation" } ?? "off"))
             return lines.joined(separator: "\n")
         }
     }

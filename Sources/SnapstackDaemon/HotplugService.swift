@@ -73,6 +73,8 @@ struct HotplugService: Service {
     let notifier: SystemdNotifier
     let worker: Worker
     let logger: Logger
+    /// Called after each operation, done or failed: the metrics follow.
+    var onChange: @Sendable () -> Void = {}
     let events = Counter()
 
     final class Counter: Sendable {
@@ -222,6 +224,7 @@ struct HotplugService: Service {
         let logger = self.logger
         while true {
             do {
+                defer { onChange() }
                 return try await worker.perform {
                     let orchestrator = try Orchestrator(stateDirectory: state, lockTimeout: timeout)
                     orchestrator.notice = { logger.warning("\($0)") }

@@ -50,6 +50,8 @@ public struct StoreWatchService: Service {
     let stateDirectory: FilePath
     let settings: StoreWatchSettings
     let logger: Logger
+    /// Called after the watch grew or dropped something: the metrics follow.
+    let onChange: @Sendable () -> Void
 
     /// How long a look waits for a command holding the state lock before trying later.
     static let readLockTimeout: Double = 1
@@ -57,7 +59,8 @@ public struct StoreWatchService: Service {
     static let changeLockTimeout: Double = 10
 
     public init(stateDirectory: FilePath, settings: StoreWatchSettings = StoreWatchSettings(),
-                logger: Logger = Logger(label: "snapstack.store-watch")) {
+                logger: Logger = Logger(label: "snapstack.store-watch"), onChange: @escaping @Sendable () -> Void = {}) {
+        self.onChange = onChange
         self.stateDirectory = stateDirectory
         self.settings = settings
         self.logger = logger
@@ -146,6 +149,7 @@ public struct StoreWatchService: Service {
             return min(wait, .seconds(1))
         }
         for action in actions { perform(action, orchestrator, &planner) }
+        onChange()
         return wait
     }
 

@@ -9,4 +9,9 @@ extension Store {
             return try request.order(Column("id").desc).limit(limit).fetchAll(db)
         }
     }
+
+    /// How many events of `kind` the log holds (the log is never pruned, so this only grows).
+    public func eventCount(kind: String) throws -> Int {
+        try read { db in try EventRecord.filter(Column("kind") == kind).fetchCount(db) }
+    }
 }

@@ -17,7 +17,8 @@ struct DaemonCommand: ParsableCommand {
 
             The policy is /etc/snapstack/snapstack.conf (YAML; systemd/snapstack.conf.example \
             explains it). SIGHUP re-reads it; a file with errors is reported with its line, \
-            and the previous policy stays. Logs go to the journal under systemd, to stderr \
+            and the previous policy stays. With a metrics: section it writes its metrics for \
+            node_exporter's textfile collector (see `snapstack help metrics`). Logs go to the journal under systemd, to stderr \
             otherwise. Exit codes: 0 after SIGTERM; 64 when --check-config finds an error.
             """)
 

@@ -41,6 +41,7 @@ enum SnapshotReport {
         ReportField(name: "store", heading: "Store", help: "COW store file or device", kind: .text),
         ReportField(name: "size", heading: "Size", help: "COW store size", kind: .size),
         ReportField(name: "used_percent", heading: "Used%", help: "COW space in use", kind: .percent),
+        ReportField(name: "used", heading: "Used", help: "COW space in use (the store's own metadata included)", kind: .size),
         ReportField(name: "state", heading: "State", help: "active, invalid, overflow, merging, merge-pending, inactive", kind: .text),
         ReportField(name: "freeze", heading: "Freeze", help: "Freeze window of its set (first suspend to last resume)", kind: .duration),
         ReportField(name: "era", heading: "Era", help: "First change-tracking era after the snapshot", kind: .integer),
@@ -56,6 +57,7 @@ enum SnapshotReport {
                rows: snapshots.map { s in [
                    "name": .text(s.name), "path": .text(s.path), "origin": .text(s.origin), "store": .text(s.store),
                    "size": .size(s.storeSize), "used_percent": s.usedPercent.map { .percent($0) } ?? .none,
+                   "used": s.storeUsed.map { .size($0) } ?? .none,
                    "state": .text(s.state), "freeze": s.freezeMicroseconds.map { .duration(microseconds: $0) } ?? .none,
                    "era": s.era.map { .integer($0) } ?? .none, "set": .integer(s.setID), "chunk": .size(s.chunk),
                    "id": .text(s.id), "created": .time(s.createdAt),

@@ -22,7 +22,7 @@ struct SnapstackCommand: ParsableCommand {
             ProtectCommand.self, UnprotectCommand.self, SnapshotCommand.self, DropCommand.self, MergeCommand.self,
             ExtendCommand.self, EventsCommand.self,
             ExportCommand.self, BackupCommand.self, ApplyCommand.self, VerifyCommand.self, RestoreCommand.self, ChangesCommand.self,
-            DevicesCommand.self, SnapshotsCommand.self, ExportsCommand.self, StatusCommand.self, ReconcileCommand.self,
+            DevicesCommand.self, SnapshotsCommand.self, ExportsCommand.self, StatusCommand.self, MetricsCommand.self, ReconcileCommand.self,
             DoctorCommand.self, FailpointsCommand.self, DaemonCommand.self,
         ])
 }

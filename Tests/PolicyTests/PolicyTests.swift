@@ -80,12 +80,36 @@ private func failure(_ text: String) -> PolicyError? {
         #expect(try parse("stores:\n  threshold: 0.9\n  interval: 500ms\n").stores.pollInterval == .milliseconds(500))
     }
 
+    @Test func metricsSection() throws {
+        #expect(try parse("").metrics == MetricsPolicy(file: nil, interval: .seconds(30)))
+        #expect(try parse("metrics:\n").metrics.file == nil)
+        let metrics = try parse("metrics:\n  file: /var/lib/prometheus/node-exporter/snapstack.prom\n  interval: 1m\n").metrics
+        #expect(metrics == MetricsPolicy(file: "/var/lib/prometheus/node-exporter/snapstack.prom", interval: .seconds(60)))
+        #expect(try parse("metrics: {file: /run/a.prom}\n").metrics.interval == .seconds(30))
+    }
+
+    @Test func metricsErrorsNameTheirPlace() {
+        #expect(failure("metrics:\n  file: snapstack.prom\n") == PolicyError(
+            file: "test.conf", line: 2, column: 9,
+            reason: "the metrics file \"snapstack.prom\" must be an absolute path, e.g. /var/lib/prometheus/node-exporter/snapstack.prom"))
+        #expect(failure("metrics:\n  file: /tmp/snapstack.txt\n") == PolicyError(
+            file: "test.conf", line: 2, column: 9,
+            reason: "the metrics file \"/tmp/snapstack.txt\" must be named *.prom: node_exporter's textfile collector reads no other file"))
+        #expect(failure("metrics:\n  file: /a.prom\n  interval: soon\n") == PolicyError(
+            file: "test.conf", line: 3, column: 13, reason: "interval \"soon\" is not a duration (write e.g. 500ms, 5s, 1m)"))
+        #expect(failure("metrics:\n  path: /a.prom\n") == PolicyError(
+            file: "test.conf", line: 2, column: 3, reason: "unknown key \"path\" in metrics (known: file, interval)"))
+        #expect(failure("metrics:\n  file:\n") != nil)
+        #expect(failure("metrics: /a.prom\n")?.reason == "metrics must be a mapping of keys to values")
+    }
+
     @Test func shippedExampleParses() throws {
         // The example the package installs must stay valid.
         let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("systemd/snapstack.conf.example")
         let policy = try Policy(parsing: try String(contentsOf: url, encoding: .utf8), file: url.path)
         #expect(policy.rules.isEmpty, "the shipped example must protect nothing until an admin says so")
+        #expect(policy.metrics.file == nil, "metrics are off until an admin names a file")
     }
 }
 
@@ -100,7 +124,7 @@ private func failure(_ text: String) -> PolicyError? {
 
     @Test func unknownKeysNameTheirLine() throws {
         #expect(failure("rule:\n  - {}\n") == PolicyError(file: "test.conf", line: 1, column: 1,
-                                                      reason: "unknown key \"rule\" in the file (known: version, rules, stores)"))
+                                                      reason: "unknown key \"rule\" in the file (known: version, rules, stores, metrics)"))
         let inRule = try #require(failure("rules:\n  - match: {DEVTYPE: disk}\n    protect: {}\n    exclud: true\n"))
         #expect(inRule.line == 4 && inRule.column == 5)
         #expect(inRule.reason.contains("unknown key \"exclud\""))

@@ -41,6 +41,7 @@ var allScenarios: [Scenario] {
         + StoreWatchScenarios.all
         + BackupScenarios.all
         + CompletionScenarios.all
+        + MetricsScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
