@@ -39,7 +39,7 @@ enum MetricsScenarios {
     }
 
     /// The parser: prometheus_client's, which Prometheus' Python tooling uses. It must be
-    /// installed for the python3 on the VM's PATH (`pip install prometheus_client==0.26.0`).
+    /// installed for the python3 on the VM's PATH (Debian's python3-prometheus-client).
     static let parser = """
         import json, sys
         from prometheus_client.parser import text_string_to_metric_families

@@ -9,8 +9,6 @@
 set -euo pipefail
 
 readonly VIRTME_NG_VERSION=1.42
-# A real Prometheus text-format parser, for the metrics scenario.
-readonly PROMETHEUS_CLIENT_VERSION=0.26.0
 
 # Build: headers and pkg-config files for the C libraries the package links.
 # Lab: qemu + a distribution kernel boot the VM; the guest reuses this host's
@@ -20,12 +18,15 @@ readonly PROMETHEUS_CLIENT_VERSION=0.26.0
 # inspect the kernel image. restic: the backup scenarios store images in a
 # repository. man-db, groff-base, bash-completion, zsh, fish: the manual pages
 # are rendered and the completions parsed and run (Tests/lab/manuals-check.sh).
+# python3-prometheus-client: a real Prometheus text-format parser for the
+# metrics scenario, for the guest's /usr/bin/python3 (the guest's PATH has no
+# pyenv).
 readonly APT_PACKAGES=(
     libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
     dmsetup lvm2 thin-provisioning-tools udev kmod busybox-static
     e2fsprogs fio util-linux file sqlite3 xxhash
-    restic
+    restic python3-prometheus-client
     man-db groff-base bash-completion zsh fish
 )
 
@@ -35,7 +36,7 @@ Usage: Tests/lab/setup.sh [--help]
 
 Installs (as root, on Debian 12) the packages needed to build snapstack and
 run its tests: ${APT_PACKAGES[*]}
-and virtme-ng==${VIRTME_NG_VERSION} and prometheus_client==${PROMETHEUS_CLIENT_VERSION} from PyPI. Then checks that swift is on PATH.
+and virtme-ng==${VIRTME_NG_VERSION} from PyPI. Then checks that swift is on PATH.
 Safe to run repeatedly; it does nothing when everything is present.
 EOF
 }
@@ -121,15 +122,6 @@ if ! vng_ok; then
     pip_install "virtme-ng==${VIRTME_NG_VERSION}"
     vng_ok || die "installed virtme-ng==${VIRTME_NG_VERSION}, but 'vng --version' does not report it (is pip's bin directory on PATH?)"
     echo "setup.sh: installed virtme-ng==${VIRTME_NG_VERSION}"
-fi
-
-prometheus_client_ok() {
-    [[ $(python3 -m pip show prometheus_client 2>/dev/null | sed -n 's/^Version: //p') == "$PROMETHEUS_CLIENT_VERSION" ]]
-}
-if ! prometheus_client_ok; then
-    pip_install "prometheus_client==${PROMETHEUS_CLIENT_VERSION}"
-    prometheus_client_ok || die "installed prometheus_client==${PROMETHEUS_CLIENT_VERSION}, but pip does not report it"
-    echo "setup.sh: installed prometheus_client==${PROMETHEUS_CLIENT_VERSION}"
 fi
 
 # --- Swift toolchain -------------------------------------------------------
