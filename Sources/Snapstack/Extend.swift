@@ -16,6 +16,36 @@ public enum StoreSizeChange: Sendable, Equatable {
     case toPercentOfOrigin(Double)
 }
 
+extension StoreSizeChange {
+    /// The store size this change asks for, at most `UInt64.max` bytes: a size past any disk
+    /// (`+1e300%`, `+16E` on a large store) saturates instead of overflowing, and the caller
+    /// cuts it to what the origin can fill.
+    public func requestedSize(current: Bytes, origin: Bytes) throws -> Bytes {
+        /// `percent`% of `base`, rounded up, saturating.
+        func share(of base: Bytes, _ percent: Double) -> UInt64 {
+            let value = (Double(base.rawValue) * percent / 100).rounded(.up)
+            // 2^64 is the first Double that no UInt64 holds.
+            return value >= 0x1p64 ? .max : UInt64(value)
+        }
+        func sum(_ a: UInt64, _ b: UInt64) -> Bytes {
+            let (total, overflow) = a.addingReportingOverflow(b)
+            return Bytes(overflow ? .max : total)
+        }
+        switch self {
+        case .to(let size):
+            return size
+        case .by(let size):
+            return sum(current.rawValue, size.rawValue)
+        case .byPercent(let percent):
+            guard percent > 0, percent.isFinite else { throw SnapstackError(.invalidArgument, "a growth must be more than 0%") }
+            return sum(current.rawValue, share(of: current, percent))
+        case .toPercentOfOrigin(let percent):
+            guard percent > 0, percent.isFinite else { throw SnapstackError(.invalidArgument, "a size must be more than 0%") }
+            return Bytes(share(of: origin, percent))
+        }
+    }
+}
+
 /// A store that was grown.
 public struct ExtendResult: Sendable, Equatable {
     /// `NAME-SNAP`.
@@ -177,22 +207,12 @@ extension Orchestrator {
         let current = Bytes(UInt64(snapshot.storeSizeBytes))
         let origin = Bytes(UInt64(device.sizeBytes))
         let chunk = Sectors(UInt64(snapshot.chunkSectors)).bytes
-        var target: Bytes
-        switch change {
-        case .to(let size): target = size
-        case .by(let size): target = current + size
-        case .byPercent(let percent):
-            guard percent > 0, percent.isFinite else { throw SnapstackError(.invalidArgument, "a growth must be more than 0%") }
-            target = Bytes(current.rawValue + UInt64((Double(current.rawValue) * percent / 100).rounded(.up)))
-        case .toPercentOfOrigin(let percent):
-            guard percent > 0, percent.isFinite else { throw SnapstackError(.invalidArgument, "a size must be more than 0%") }
-            target = Bytes(UInt64((Double(origin.rawValue) * percent / 100).rounded(.up)))
-        }
-        // Whole chunks: the kernel places no partial chunk.
-        target = Bytes((target.rawValue + chunk.rawValue - 1) / chunk.rawValue * chunk.rawValue)
         let largest = Self.largestUsefulStore(origin: origin, chunk: chunk)
+        var target = try change.requestedSize(current: current, origin: origin)
         let limited = target > largest
-        if limited { target = largest }
+        // Whole chunks: the kernel places no partial chunk. `largest` is whole chunks already,
+        // so rounding a smaller target up cannot pass it (nor overflow).
+        target = limited ? largest : Bytes((target.rawValue + chunk.rawValue - 1) / chunk.rawValue * chunk.rawValue)
         guard target > current else {
             if limited {
                 throw SnapstackError(.invalidArgument, "the store of \(label) cannot grow",

@@ -292,9 +292,15 @@ struct StoreWatchPlanner {
     /// `step` more, or double; at least enough that the store is back under the threshold
     /// after a poll interval's writes at the current rate; at most `cap`.
     func growthTarget(allocated: Bytes, total: Bytes, rate: Double, cap: Bytes) -> Bytes {
-        var target = settings.step.map { total + $0 } ?? Bytes(total.rawValue * 2)
+        // Saturating: a `grow-by` near 2^64 (the policy accepts any size) or a huge store must
+        // end at `cap`, not trap the daemon into a restart loop.
+        let (grown, overflow) = total.rawValue.addingReportingOverflow(settings.step?.rawValue ?? total.rawValue)
+        var target = Bytes(overflow ? .max : grown)
         let needed = (Double(allocated.rawValue) + rate * Self.seconds(settings.pollInterval)) / threshold
-        if needed.isFinite, needed > Double(target.rawValue) { target = Bytes(UInt64(needed.rounded(.up))) }
+        if needed.isFinite, needed > Double(target.rawValue) {
+            // 2^64 is the first Double that no UInt64 holds.
+            target = needed >= 0x1p64 ? Bytes(.max) : Bytes(UInt64(needed.rounded(.up)))
+        }
         return min(target, cap)
     }
 

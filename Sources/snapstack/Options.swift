@@ -18,6 +18,16 @@ struct GlobalOptions: ParsableArguments {
             help: ArgumentHelp("Seconds to wait for another snapstack process to finish.", valueName: "seconds"))
     var lockTimeout: Double = 30
 
+    /// The longest `--lock-timeout`: a day. Past it (or NaN, or infinity) a wait would never
+    /// end, and the daemon's lock watchdog could not represent it.
+    static let longestLockTimeout: Double = 86_400
+
+    func validate() throws {
+        guard lockTimeout.isFinite, lockTimeout >= 0, lockTimeout <= Self.longestLockTimeout else {
+            throw ValidationError("--lock-timeout is a number of seconds from 0 to \(Int(Self.longestLockTimeout))")
+        }
+    }
+
     var resolvedStateDirectory: FilePath { StateDirectory.resolve(option: stateDirectory) }
 
     /// Opens the state under the lock; notices go to stderr.

@@ -124,3 +124,13 @@ private func settings(enabled: Bool = true, threshold: Double = 0.8, step: Bytes
     let afterSuccess = planner.failed("data-s", "other")
     #expect(first && !repeated && changed && afterSuccess)
 }
+
+@Test func aGrowthStepNearTwoToTheSixtyFourEndsAtTheLimitInsteadOfOverflowing() {
+    // `grow-by: 18446744073709551615` is a valid size to the policy parser.
+    var planner = StoreWatchPlanner(settings: settings(step: Bytes(.max), limit: .mebibytes(32)))
+    #expect(planner.plan([store(allocated: .mebibytes(7), total: .mebibytes(8))], at: .zero).actions
+        == [.grow(snapshot: "data-s", to: .mebibytes(32), used: 7.0 / 8)])
+    // Doubling a store past 2^63 bytes saturates too.
+    let huge = planner.growthTarget(allocated: Bytes(1 << 63), total: Bytes((1 << 63) + (1 << 62)), rate: 1e30, cap: Bytes(.max))
+    #expect(huge == Bytes(.max))
+}
