@@ -41,6 +41,11 @@ extension DeviceMapperClient {
     public func withSuspendedTogether<T>(_ names: [DMName], options: SuspendOptions = [],
                                          _ body: () throws -> T) throws -> (value: T, window: Duration) {
         guard !names.isEmpty else { return (try body(), .zero) }
+        return try MemoryLock.whileSuspending { try withSuspendedTogetherUnlocked(names, options: options, body) }
+    }
+
+    private func withSuspendedTogetherUnlocked<T>(_ names: [DMName], options: SuspendOptions,
+                                                  _ body: () throws -> T) throws -> (value: T, window: Duration) {
         let descriptor = try Self.openControl(operation: "suspend")
         defer { try? descriptor.close() }
         let control = RawControl(fd: descriptor.rawValue)

@@ -55,7 +55,7 @@ extension Orchestrator {
 
     /// Rolls the origin back to the snapshot's content with `snapshot-merge`, then drops the
     /// snapshot. Waits (reporting progress) unless `wait` is false.
-    public func merge(snapshot argument: String, wait: Bool = true,
+    public func merge(snapshot argument: String, wait: Bool = true, stopWaiting: () -> Bool = { false },
                       progress: (Double) -> Void = { _ in }) throws -> MergeOutcome {
         let (snapshot, device) = try snapshot(named: argument)
         let others = try store.snapshots(deviceID: device.id).filter { $0.id != snapshot.id }
@@ -94,8 +94,7 @@ extension Orchestrator {
         try startMerge(record, of: device)
         event("merge", "\(device.name)-\(snapshot.name)", "started")
         guard wait else { return .started }
-        try waitForMerge(record, of: device, progress: progress)
-        return .merged
+        return try waitForMerge(record, of: device, stopWaiting: stopWaiting, progress: progress) ? .merged : .started
     }
 
     /// Removes the snapshot device and loads snapshot-merge on the top; idempotent.
@@ -110,8 +109,10 @@ extension Orchestrator {
         Failpoint.mergeStarted.hit()
     }
 
-    /// Polls the merge until the kernel reports it done, then finishes it.
-    func waitForMerge(_ snapshot: SnapshotRecord, of device: DeviceRecord, progress: (Double) -> Void) throws {
+    /// Polls the merge until the kernel reports it done, then finishes it and returns true; or
+    /// returns false as soon as `stopWaiting` says so, leaving the merge running.
+    func waitForMerge(_ snapshot: SnapshotRecord, of device: DeviceRecord, stopWaiting: () -> Bool,
+                      progress: (Double) -> Void) throws -> Bool {
         let top = try Layout.topName(device.name)
         var initial: UInt64?
         while true {
@@ -126,10 +127,12 @@ extension Orchestrator {
             if initial == nil { initial = max(left, 1) }
             progress(100 * (1 - Double(left) / Double(initial!)))
             if status.isMergeComplete { break }
+            if stopWaiting() { return false }
             usleep(100_000)
         }
         Failpoint.mergeFinished.hit()
         try finishMerge(snapshot, of: device)
+        return true
     }
 
     /// After the kernel finished merging: the top goes back to linear and the store is removed.

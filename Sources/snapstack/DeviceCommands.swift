@@ -43,7 +43,7 @@ struct ProtectCommand: ParsableCommand {
     }
 
     func run() throws {
-        try running {
+        try changingDevices { _ in
             let orchestrator = try global.orchestrator()
             let options = ProtectOptions(cbtBlock: noCBT ? nil : (cbtBlock?.bytes ?? ProtectOptions.defaultCBTBlock))
             let record = try orchestrator.protect(devicePath: device, name: name, options: options)
@@ -70,7 +70,7 @@ struct UnprotectCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        try running { try global.orchestrator().unprotect(name: name, force: force) }
+        try changingDevices { _ in try global.orchestrator().unprotect(name: name, force: force) }
     }
 }
 
@@ -94,7 +94,7 @@ struct ReconcileCommand: ParsableCommand {
     @OptionGroup var format: FormatOption
 
     func run() throws {
-        try running {
+        try changingDevices { _ in
             let actions = try global.orchestrator(dryRun ? .shared : .exclusive).reconcile(dryRun: dryRun)
             switch format.format {
             case .json:

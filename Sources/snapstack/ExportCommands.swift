@@ -38,23 +38,6 @@ struct CopyArguments: ParsableArguments {
     }
 }
 
-/// SIGINT and SIGTERM stop a copy between two I/Os, so that the image is left marked
-/// incomplete rather than half-written without a word.
-final class Interruption: @unchecked Sendable {
-    let flag = CancellationFlag()
-    private var sources: [any DispatchSourceSignal] = []
-
-    init() {
-        for signal in [SIGINT, SIGTERM] {
-            Foundation.signal(signal, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
-            source.setEventHandler { [flag] in flag.cancel() }
-            source.resume()
-            sources.append(source)
-        }
-    }
-}
-
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",

@@ -67,7 +67,7 @@ struct ExtendCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        try running {
+        try changingDevices { _ in
             let result = try global.orchestrator().extend(snapshot: snapshot, size.change)
             var line = "snapstack: \(result.name): store grown from \(Self.human(result.previousSize)) to \(Self.human(result.size))"
             if result.limited { line += " (the most its origin can fill)" }

@@ -45,7 +45,7 @@ struct SnapshotCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        try running {
+        try changingDevices { _ in
             var options = SnapshotOptions()
             if let size { options.size = size.size }
             options.store = store
@@ -69,7 +69,7 @@ struct DropCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        try running { try global.orchestrator().drop(snapshot: snapshot) }
+        try changingDevices { _ in try global.orchestrator().drop(snapshot: snapshot) }
     }
 }
 
@@ -95,10 +95,13 @@ struct MergeCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        try running {
+        try changingDevices { interruption in
             let terminal = isatty(STDERR_FILENO) != 0
             var last = -1
-            let outcome = try global.orchestrator().merge(snapshot: snapshot, wait: !background) { percent in
+            // A signal ends the wait, not the merge: the kernel goes on, and reconcile or the
+            // daemon finishes it, as after --background.
+            let outcome = try global.orchestrator().merge(snapshot: snapshot, wait: !background,
+                                                          stopWaiting: { interruption.flag.isCancelled }) { percent in
                 let whole = Int(percent)
                 guard terminal, whole != last else { return }
                 last = whole

@@ -42,6 +42,7 @@ var allScenarios: [Scenario] {
         + BackupScenarios.all
         + CompletionScenarios.all
         + MetricsScenarios.all
+        + SignalScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
