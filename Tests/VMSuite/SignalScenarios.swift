@@ -6,13 +6,19 @@ import Foundation
 /// (SIGINT), `kill`/`systemctl stop` (SIGTERM), a closing SSH session (SIGHUP).
 enum SignalScenarios {
     static let all: [Scenario] = [
-        Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of a 3-device snapshot, 50 times: nothing suspended or frozen, no repair needed",
-                 signalsDuringSnapshots),
+        // Two scenarios of 10 rounds, each well inside the suite's per-scenario limit under
+        // TCG (about 20 s a round there); SNAPSTACK_SIGNAL_ROUNDS=N runs N rounds in each.
+        Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of 3-device snapshots (first series): nothing suspended or frozen, no repair needed",
+                 { try signalsDuringSnapshots($0, rounds: 0..<roundsPerSeries) }),
+        Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of 3-device snapshots (second series): nothing suspended or frozen, no repair needed",
+                 { try signalsDuringSnapshots($0, rounds: roundsPerSeries..<2 * roundsPerSeries) }),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
 
-    static func signalsDuringSnapshots(_ lab: Lab) throws {
+    static let roundsPerSeries = ProcessInfo.processInfo.environment["SNAPSTACK_SIGNAL_ROUNDS"].flatMap(Int.init).map { max($0, 1) } ?? 10
+
+    static func signalsDuringSnapshots(_ lab: Lab, rounds: Range<Int>) throws {
         let cli = CLI(lab)
         let names = ["sa", "sb", "sc"]
         var mounts: [String] = []
@@ -31,7 +37,7 @@ enum SignalScenarios {
         let signals: [(Int32, String)] = [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM"), (SIGHUP, "SIGHUP")]
         var typical = 2.0
         var taken = 0, interrupted = 0
-        for round in 0..<50 {
+        for round in rounds {
             let (signal, signalName) = signals[round % 3]
             // Every other round a burst, one signal every 2 ms from a random moment to the
             // end, so that some land inside the freeze window itself; otherwise one signal.
@@ -68,11 +74,9 @@ enum SignalScenarios {
             let listing = try lab.sh("dmsetup", "info", "-c", "--noheadings", "--separator", "|", "-o", "name,suspended")
             let suspended = listing.split(separator: "\n").filter { $0.hasPrefix("snapstack-") && $0.hasSuffix("|Suspended") }
             try expect(suspended.isEmpty, "round \(round) (\(signalName)\(burst ? " burst" : "")): left suspended: \(suspended)")
-            for mount in mounts {
-                let write = try lab.run(["timeout", "20", "sh", "-c", "echo \(round) > \"$1\"/stamp && sync -f \"$1\"/stamp", "sh", mount],
-                                        allowFailure: true)
-                try expectEqual(write.status, 0, "round \(round): a write to \(mount) (frozen?) \(write.stderr)")
-            }
+            let write = try lab.run(["timeout", "20", "sh", "-c", "for m; do echo \(round) > \"$m\"/stamp && sync -f \"$m\"/stamp || exit 1; done",
+                                     "sh"] + mounts, allowFailure: true)
+            try expectEqual(write.status, 0, "round \(round): a write to the filesystems (frozen?) \(write.stderr)")
             let status = try cli.run(["status"])
             try expectEqual(status.status, 0, "round \(round) (\(signalName)): status after the signal (\(status.stdout) \(status.stderr))")
 
@@ -89,9 +93,12 @@ enum SignalScenarios {
             }
             if stderr.contains("came while devices were being changed") { interrupted += 1 }
             for snapshot in snapshots { try cli.ok("drop", snapshot) }
+            if (round + 1) % 5 == 0 { print("      round \(round + 1): \(taken) sets taken, \(interrupted) signals held off") }
         }
-        print("      50 rounds: \(taken) sets taken, \(interrupted) with a signal held off until the end")
-        try expect(interrupted >= 5, "only \(interrupted) rounds caught a signal while snapshotting")
+        print("      \(rounds.count) rounds: \(taken) sets taken, \(interrupted) with a signal held off until the end")
+        // About a third of the rounds catch one (the others end before the signal, or are
+        // ended while the process starts, before it changes anything).
+        try expect(interrupted >= 1, "no round of \(rounds.count) caught a signal while snapshotting")
         for mount in mounts { try lab.sh("umount", mount) }
         for name in names { try cli.ok("unprotect", name) }
     }
