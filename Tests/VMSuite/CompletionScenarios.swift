@@ -12,22 +12,9 @@ enum CompletionScenarios {
 
     typealias CLI = OrchestratorScenarios.CLI
 
-    /// Sources the completion script and calls the function it registered for `snapstack`,
-    /// with COMP_* set as bash sets them for LINE with the cursor at its end; prints COMPREPLY.
-    static let driver = """
-        script=$1 line=$2
-        source "$script"
-        spec=$(complete -p snapstack) || { echo "no completion registered for snapstack" >&2; exit 2; }
-        [[ $spec =~ -F\\ ([^ ]+) ]] || { echo "no function in: $spec" >&2; exit 2; }
-        COMP_LINE=$line
-        COMP_POINT=${#line}
-        read -ra COMP_WORDS <<<"$line"
-        [[ $line == *' ' ]] && COMP_WORDS+=('')
-        COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
-        COMPREPLY=()
-        "${BASH_REMATCH[1]}" snapstack "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-        for word in "${COMPREPLY[@]}"; do printf '%s\\n' "$word"; done
-        """
+    /// Sources the completion script and calls its function as bash does for a TAB at the end
+    /// of a line; prints COMPREPLY (shared with Tests/lab/manuals-check.sh).
+    static let driver = FileManager.default.currentDirectoryPath + "/Tests/lab/bash-complete.sh"
 
     struct Shell {
         let lab: Lab
@@ -61,8 +48,7 @@ enum CompletionScenarios {
         let script = lab.scratch.appendingPathComponent("snapstack.bash").path
         try lab.sh(CommandScenarios.snapstack, "--generate-completion-script", "bash")
             .write(toFile: script, atomically: true, encoding: .utf8)
-        let driverPath = lab.scratch.appendingPathComponent("complete.sh").path
-        try driver.write(toFile: driverPath, atomically: true, encoding: .utf8)
+        let driverPath = driver
         let shell = Shell(lab: lab, script: script, driver: driverPath, bin: bin)
 
         // Verbs, from the script itself.

@@ -17,6 +17,7 @@ EOF
 case "${1:-}" in -h | --help) usage; exit 0 ;; esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+completer=$PWD/Tests/lab/bash-complete.sh
 binary=${1:-.build/debug/snapstack}
 [[ -x $binary ]] || { echo "manuals-check: $binary is not built (swift build)" >&2; exit 1; }
 binary=$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")
@@ -83,24 +84,10 @@ check "fish --no-execute accepts the fish completion" fish --no-execute "$work/s
 # bash: the registered function, called as bash calls it for a TAB at the end of LINE.
 mkdir -p "$work/bin"
 ln -s "$binary" "$work/bin/snapstack"
-cat >"$work/complete.sh" <<'EOF'
-script=$1 line=$2
-source "$script"
-spec=$(complete -p snapstack) || { echo "no completion registered for snapstack" >&2; exit 2; }
-[[ $spec =~ -F\ ([^ ]+) ]] || { echo "no function in: $spec" >&2; exit 2; }
-COMP_LINE=$line
-COMP_POINT=${#line}
-read -ra COMP_WORDS <<<"$line"
-[[ $line == *' ' ]] && COMP_WORDS+=('')
-COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
-COMPREPLY=()
-"${BASH_REMATCH[1]}" snapstack "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-for word in "${COMPREPLY[@]}"; do printf '%s\n' "$word"; done
-EOF
 offers() { # offers STATE-DIR LINE EXPECTED...: bash offers exactly EXPECTED (sorted), quietly
     local state=$1 line=$2; shift 2
     local got err
-    got=$(cd "$work" && PATH=$work/bin:$PATH SNAPSTACK_STATE_DIR=$state bash "$work/complete.sh" "$work/snapstack.bash" "$line" 2>"$work/err" | sort)
+    got=$(cd "$work" && PATH=$work/bin:$PATH SNAPSTACK_STATE_DIR=$state bash "$completer" "$work/snapstack.bash" "$line" 2>"$work/err" | sort)
     err=$(cat "$work/err")
     local want; want=$(printf '%s\n' "$@" | sed '/^$/d' | sort)
     [[ $got == "$want" && -z $err ]] || { echo "  '$line': got [$(echo $got)], want [$(echo $want)], stderr '$err'"; return 1; }
