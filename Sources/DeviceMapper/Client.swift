@@ -80,7 +80,9 @@ public struct UdevFlags: OptionSet, Hashable, Sendable {
 /// it (libdm shares one cookie between tasks, as lvm2's deptree does).
 public final class UdevTransaction {
     var cookie: UInt32 = 0
-    fileprivate init() {}
+    /// Public so that another implementation of `DeviceMapperControl` (a simulated kernel) can
+    /// hand its callers one; only `DeviceMapperClient` gives it a cookie.
+    public init() {}
 }
 
 /// Messages understood by `era` targets (era.rst).
@@ -355,11 +357,6 @@ public struct DeviceMapperClient: Sendable {
             let text = String(cString: response)
             return text.isEmpty ? nil : text
         }
-    }
-
-    /// `message` for an era target.
-    public func message(_ name: DMName, era message: EraMessage) throws {
-        try self.message(name, message.rawValue)
     }
 
     // MARK: udev

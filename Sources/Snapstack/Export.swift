@@ -219,7 +219,7 @@ extension Orchestrator {
         }
         try dm.message(realName, era: .takeMetadataSnapshot)
         defer { try? dm.message(realName, era: .dropMetadataSnapshot) }
-        guard let loop = try Loop.find(backingFile: metadataFile).first else {
+        guard let loop = try host.loops(backing: metadataFile).first else {
             throw SnapstackError(.failed, "the change-tracking metadata \(metadataFile) is not attached",
                                  remedy: "run `snapstack reconcile`")
         }

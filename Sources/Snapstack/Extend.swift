@@ -229,11 +229,11 @@ extension Orchestrator {
         Failpoint.extendRecorded.hit()
         do {
             let path = FilePath(snapshot.storePath)
-            try FileAllocation.grow(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
+            try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
         } catch {
             // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
             _ = try? store.abandonStoreGrowth(snapshotID: snapshot.id)
-            let full = error.errno == .noSpace
+            let full = (error as? FileAllocationError)?.errno == .noSpace
             throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
                                  remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
         }
@@ -273,13 +273,13 @@ extension Orchestrator {
             if let existing, existing >= target.rawValue {
                 size = Bytes(existing)
             } else {
-                try FileAllocation.grow(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
+                try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
             }
-            for loop in try Loop.find(backingFile: snapshot.storePath) {
+            for loop in try host.loops(backing: snapshot.storePath) {
                 // Before the kernel can reach the new part: it may hold blocks not written
                 // yet, whose first writes need the flushes again.
                 try settleWriteCache(loop, of: path)
-                try Loop.refreshCapacity(loop.path)
+                try host.refreshLoopCapacity(loop.path)
             }
         }
         var kernelSize: Bytes?

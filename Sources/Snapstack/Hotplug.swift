@@ -47,7 +47,7 @@ extension Orchestrator {
 
     /// The protected device whose disk `candidate` is, if any.
     public func protectedName(of candidate: UdevDevice) throws -> String? {
-        guard let node = candidate.deviceNode, let facts = try? BlockDeviceFacts.read(FilePath(node)) else { return nil }
+        guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)) else { return nil }
         return try store.devices().first { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) }?.name
     }
 
@@ -57,8 +57,8 @@ extension Orchestrator {
     /// kernel starts a new era), with its persistent snapshots re-activated before the top
     /// device opens to I/O, and the top table its snapshots need.
     public func restack(_ candidate: UdevDevice) throws -> AppearedOutcome {
-        guard let node = candidate.deviceNode, let facts = try? BlockDeviceFacts.read(FilePath(node)),
-              Sysfs.dmUUID(candidate.number)?.hasPrefix(Layout.uuidPrefix) != true else { return .notProtected }
+        guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)),
+              host.dmUUID(of: candidate.number)?.hasPrefix(Layout.uuidPrefix) != true else { return .notProtected }
         guard let device = try store.devices().first(where: { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) })
         else { return .notProtected }
         let real = try Layout.realName(device.name), top = try Layout.topName(device.name)
@@ -155,7 +155,7 @@ extension Orchestrator {
         if length > .zero {
             try dm.load(name, table: try Table(length: length, .error))
             do {
-                try dm.withSuspended([name], options: [.noLockFS, .noFlush]) {}
+                try dm.withSuspended([name], options: [.noLockFS, .noFlush], transaction: nil) {}
             } catch {
                 try? dm.clearInactive(name)
                 throw error

@@ -87,7 +87,7 @@ public enum Images {
             throw SnapstackError(.refused, "cannot restore to \(device)", why: reason,
                                  remedy: "unmount it and stop what uses it; to restore a protected disk, restore to /dev/mapper/snapstack-NAME")
         }
-        if let opener = Orchestrator.openers(of: facts.number).first {
+        if let opener = LinuxHost().openers(of: facts.number).first {
             throw SnapstackError(.refused, "cannot restore to \(device)", why: "it is open by process \(opener)",
                                  remedy: "stop what uses it first")
         }

@@ -21,7 +21,6 @@ import Udev
 ///
 /// Each marker holds the device's id, so that it is withdrawn with the device.
 enum MemberMarkers {
-    static let runtimeDirectory = "/run/snapstack/members"
 
     static func persistentDirectory(_ state: FilePath) -> String { state.appending("members").string }
 
@@ -64,22 +63,22 @@ extension Orchestrator {
     /// again, so that the disk yields its by-uuid link to the top device. Best effort: a marker
     /// that cannot be written costs the hiding, never the stack.
     func publishMember(_ device: DeviceRecord, source: DeviceNumber) {
-        MemberMarkers.remove(id: device.id, in: MemberMarkers.runtimeDirectory)
-        MemberMarkers.write(MemberMarkers.runtimeDirectory + "/\(source)", device.id)
+        MemberMarkers.remove(id: device.id, in: memberMarkersDirectory)
+        MemberMarkers.write(memberMarkersDirectory + "/\(source)", device.id)
         if let name = MemberMarkers.persistentName(device) {
             MemberMarkers.write(MemberMarkers.persistentDirectory(stateDirectory) + "/" + name, device.id)
         }
-        UdevContext.trigger(source)
+        host.trigger(source)
     }
 
     /// Withdraws `device`'s markers: the runtime one always, the persistent one too unless the
     /// device stays protected (`keepPersistent`, when its disk went away). The disk, if still
     /// there, is shown to udev again.
     func withdrawMember(_ device: DeviceRecord, keepPersistent: Bool = false) {
-        MemberMarkers.remove(id: device.id, in: MemberMarkers.runtimeDirectory)
+        MemberMarkers.remove(id: device.id, in: memberMarkersDirectory)
         if !keepPersistent {
             MemberMarkers.remove(id: device.id, in: MemberMarkers.persistentDirectory(stateDirectory))
-            UdevContext.trigger(DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor)))
+            host.trigger(DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor)))
         }
     }
 

@@ -14,15 +14,20 @@ import Udev
 public final class Orchestrator {
     public let stateDirectory: FilePath
     let store: Store
-    let dm = DeviceMapperClient()
+    /// The kernel's device-mapper, and the rest of the host: the only way out of the process.
+    let dm: any DeviceMapperControl
+    let host: any HostDevices
     private let lock: StateLock
     /// Progress and notices for the person at the terminal (stderr in the CLI).
     public var notice: (String) -> Void = { _ in }
 
     /// Opens the state (creating it on first use) under the lock. Commands that only report
     /// take the lock shared, so that they run beside each other but never see a half-done change.
-    public init(stateDirectory: FilePath, lockTimeout: Double = 30, mode: StateLock.Mode = .exclusive) throws {
+    public init(stateDirectory: FilePath, lockTimeout: Double = 30, mode: StateLock.Mode = .exclusive,
+                kernel: Kernel = .live) throws {
         self.stateDirectory = stateDirectory
+        dm = kernel.deviceMapper
+        host = kernel.host
         do {
             try FileManager.default.createDirectory(
                 atPath: stateDirectory.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -42,6 +47,9 @@ public final class Orchestrator {
 
     var metadataDirectory: FilePath { stateDirectory.appending("cbt") }
     var storeDirectory: FilePath { stateDirectory.appending("stores") }
+
+    /// `/run/snapstack/members`: which disk each stack is over now, for the udev rules.
+    var memberMarkersDirectory: String { host.runtimeDirectory + "/members" }
 
     func metadataPath(deviceID: String) -> FilePath { metadataDirectory.appending("\(deviceID).era") }
 
@@ -138,39 +146,5 @@ public final class Orchestrator {
 
     func event(_ kind: String, _ subject: String, _ message: String) {
         try? store.record(event: kind, subject: subject, message: message)
-    }
-}
-
-/// What sysfs says about a block device (`/sys/dev/block/M:m`).
-enum Sysfs {
-    static func read(_ path: String) -> String? {
-        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    /// The dm UUID of a device-mapper device, nil for other devices.
-    static func dmUUID(_ number: DeviceNumber) -> String? {
-        read("/sys/dev/block/\(number)/dm/uuid").flatMap { $0.isEmpty ? nil : $0 }
-    }
-
-    /// The devices `number` is built on, recursively (`slaves/`), itself included.
-    static func underlyingDevices(_ number: DeviceNumber) -> Set<DeviceNumber> {
-        var result: Set<DeviceNumber> = [number]
-        var queue = [number]
-        while let next = queue.popLast() {
-            let directory = "/sys/dev/block/\(next)/slaves"
-            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
-                guard let text = read("/sys/class/block/\(name)/dev"), let slave = DeviceNumber(parsing: text),
-                      result.insert(slave).inserted else { continue }
-                queue.append(slave)
-            }
-            // A partition sits on its disk: a store on /dev/sdb2 must not be refused for sdb1, but
-            // a store on a partition of a protected whole disk must be.
-            if let parent = read("/sys/dev/block/\(next)/../dev").flatMap({ DeviceNumber(parsing: $0) }),
-               FileManager.default.fileExists(atPath: "/sys/dev/block/\(next)/partition"),
-               result.insert(parent).inserted {
-                queue.append(parent)
-            }
-        }
-        return result
     }
 }

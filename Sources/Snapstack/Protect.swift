@@ -64,13 +64,13 @@ extension Orchestrator {
                                  why: "it protects \(existing.sourcePath)", remedy: "choose another --name")
         }
         let facts: BlockDeviceFacts
-        do { facts = try BlockDeviceFacts.read(FilePath(devicePath)) } catch {
-            if case .system(_, let errno) = error.reason, errno == .noSuchFileOrDirectory {
+        do { facts = try host.facts(of: FilePath(devicePath)) } catch {
+            if case .system(_, let errno)? = (error as? BlockDeviceError)?.reason, errno == .noSuchFileOrDirectory {
                 throw SnapstackError(.notFound, "no device \(devicePath.replacingNewlines)", remedy: "check the path (lsblk lists block devices)")
             }
             throw SnapstackError(.invalidArgument, "cannot protect \(devicePath.replacingNewlines)", why: "\(error)")
         }
-        if let uuid = Sysfs.dmUUID(facts.number), uuid.hasPrefix(Layout.uuidPrefix) {
+        if let uuid = host.dmUUID(of: facts.number), uuid.hasPrefix(Layout.uuidPrefix) {
             throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is one of snapstack's own devices")
         }
         if let other = try store.devices().first(where: { $0.sourceMajor == Int(facts.number.major) && $0.sourceMinor == Int(facts.number.minor) }) {
@@ -78,17 +78,17 @@ extension Orchestrator {
                                  remedy: "use /dev/mapper/snapstack-\(other.name)")
         }
         var usage = DeviceUsage()
-        try failing("cannot tell whether \(devicePath) is in use") { usage = try DeviceUse.usage(of: FilePath(devicePath)) }
+        try failing("cannot tell whether \(devicePath) is in use") { usage = try host.usage(of: FilePath(devicePath)) }
         if let reason = usage.reason {
             throw SnapstackError(.refused, "cannot protect \(devicePath)", why: reason,
                                  remedy: "protect a device before anything mounts or opens it (the daemon does so at boot and on hotplug)")
         }
         // udev's probe of a disk that just appeared holds it for a moment: only a holder that
         // stays for a second counts.
-        var openers = Self.openers(of: facts.number)
+        var openers = host.openers(of: facts.number)
         for _ in 0..<10 where !openers.isEmpty {
             usleep(100_000)
-            openers = Self.openers(of: facts.number)
+            openers = host.openers(of: facts.number)
         }
         if let opener = openers.first {
             throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is open by process \(opener)",
@@ -111,9 +111,7 @@ extension Orchestrator {
                                  why: "it has \(facts.size.rawValue) bytes, fewer than the \(minimum.rawValue) snapstack needs")
         }
 
-        let udev = try? UdevContext()
-        let identity = udev?.blockDevice(facts.number).map { DeviceIdentity(udev: $0, size: facts.size) }
-            ?? DeviceIdentity(size: facts.size)
+        let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
         if identity.isAnonymous {
             notice("warning: \(devicePath) has no serial, WWN, PARTUUID or filesystem UUID; after a reboot it is found again only at \(facts.number)")
         }
@@ -139,27 +137,6 @@ extension Orchestrator {
         try store.update(record)
         event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try Layout.topName(name).devicePath)")
         return record
-    }
-
-    /// Processes that hold `number` open (`pid (command)`), found through /proc/PID/fd: an
-    /// ordinary open is invisible to the O_EXCL probe, and a table load would not notice it
-    /// either, yet the opener would keep reading and writing the disk beside the stack.
-    static func openers(of number: DeviceNumber) -> [String] {
-        var result: [String] = []
-        let me = getpid()
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry), pid != me else { continue }
-            let directory = "/proc/\(entry)/fd"
-            for fd in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
-                var st = stat()
-                guard stat("\(directory)/\(fd)", &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK,
-                      DeviceNumber(st.st_rdev) == number else { continue }
-                let command = Sysfs.read("/proc/\(entry)/comm") ?? "?"
-                result.append("\(pid) (\(command))")
-                break
-            }
-        }
-        return result
     }
 
     /// Era metadata size for `blocks` tracked blocks: the era array takes 4 bytes a block in a
@@ -188,7 +165,7 @@ extension Orchestrator {
                     // Written whole (a few MiB): every era commit, which a cold write waits
                     // for, then overwrites blocks in place instead of allocating them.
                     let metadataSize = Self.metadataSize(blocks: size.rawValue / block.rawValue + 1)
-                    try FileAllocation.create(FilePath(path), size: metadataSize, preallocate: false,
+                    try host.createFile(FilePath(path), size: metadataSize, preallocate: false,
                                               zeroFill: zeroFill(metadataSize, for: FilePath(path)))
                 }
             }
@@ -267,7 +244,7 @@ extension Orchestrator {
     func attach(_ file: FilePath) throws -> LoopDevice {
         var result: LoopDevice?
         try failing("cannot attach \(file) to a loop device") {
-            if let existing = try Loop.find(backingFile: file.string).first {
+            if let existing = try host.loops(backing: file.string).first {
                 result = existing
             } else {
                 // Direct I/O: the file's pages are not cached twice, and a flush from the
@@ -275,8 +252,8 @@ extension Orchestrator {
                 // the file system's metadata durable instead of writing back dirty pages too.
                 // Measured with dm-snapshot, 4 KiB chunks, store on ext4 on a RAM disk: 1M
                 // sequential first writes 124 MiB/s against 70 buffered (the bare disk: 139).
-                let directIO = (try? FileSystemType(of: file.removingLastComponent()))?.loopDirectIOIsSafe ?? false
-                let loop = try Loop.attach(file: file, directIO: directIO)
+                let directIO = host.fileSystem(of: file.removingLastComponent())?.loopDirectIOIsSafe ?? false
+                let loop = try host.attachLoop(file: file, directIO: directIO)
                 // Write back, the kernel's default for a loop device, is always safe: a
                 // failure to settle the mode only leaves that.
                 _ = try? settleWriteCache(loop, of: file)
@@ -304,15 +281,15 @@ extension Orchestrator {
     @discardableResult
     func settleWriteCache(_ loop: LoopDevice, of file: FilePath) throws -> WriteCache {
         var status = stat()
-        let needless = (try? Loop.usesDirectIO(loop)) == true
-            && (try? FileSystemType(of: file.removingLastComponent()))?.overwritesInPlace == true
-            && (try? FileAllocation.isFullyWritten(file)) == true
+        let needless = (try? host.loopUsesDirectIO(loop)) == true
+            && host.fileSystem(of: file.removingLastComponent())?.overwritesInPlace == true
+            && (try? host.isFullyWritten(file)) == true
             && stat(file.string, &status) == 0
-            && (try? WriteCache.of(DeviceNumber(status.st_dev))) == .writeThrough
+            && host.writeCache(of: DeviceNumber(status.st_dev)) == .writeThrough
         let mode: WriteCache = needless ? .writeThrough : .writeBack
         let name = String(loop.path.split(separator: "/").last ?? "")
         do {
-            try WriteCache.set(mode, ofDeviceNamed: name)
+            try host.setWriteCache(mode, ofDeviceNamed: name)
         } catch {
             throw SnapstackError(.failed, "cannot set the write cache of \(loop.path) to \(mode.rawValue)", why: "\(error)", cause: error)
         }
@@ -323,13 +300,13 @@ extension Orchestrator {
     /// where its file system overwrites in place, and none elsewhere, where writing ahead
     /// would buy nothing.
     func zeroFill(_ amount: Bytes, for file: FilePath) -> Bytes {
-        ((try? FileSystemType(of: file.removingLastComponent()))?.overwritesInPlace ?? false) ? amount : .zero
+        (host.fileSystem(of: file.removingLastComponent())?.overwritesInPlace ?? false) ? amount : .zero
     }
 
     /// Detaches every loop device backed by `file`; idempotent.
     func detach(_ file: FilePath) throws {
         try failing("cannot detach the loop device of \(file)") {
-            for loop in try Loop.find(backingFile: file.string) { _ = try Loop.detach(loop.path) }
+            for loop in try host.loops(backing: file.string) { try host.detachLoop(loop.path) }
         }
     }
 }

@@ -145,11 +145,11 @@ extension Orchestrator {
         }
         // ...and loop devices and files under the state directory that nothing records.
         let prefix = stateDirectory.string + "/"
-        for loop in (try? Loop.all()) ?? [] {
+        for loop in (try? host.allLoops()) ?? [] {
             guard let file = loop.backingFile, file.hasPrefix(prefix), !expectedFiles.contains(file) else { continue }
             step(loop.path, "detach: backs \(file), which nothing records") {
                 // It may be held by a dm orphan removed above; detach is lazy then.
-                _ = try Loop.detach(loop.path)
+                try self.host.detachLoop(loop.path)
             }
         }
         for directory in [storeDirectory, metadataDirectory] {
@@ -158,7 +158,7 @@ extension Orchestrator {
                 guard (file.hasSuffix(".cow") || file.hasSuffix(".era")), !expectedFiles.contains(path) else { continue }
                 step(path, "delete: nothing records it") {
                     // An undo above may have deleted it already.
-                    if FileManager.default.fileExists(atPath: path), try Loop.find(backingFile: path).isEmpty {
+                    if FileManager.default.fileExists(atPath: path), try self.host.loops(backing: path).isEmpty {
                         try FileManager.default.removeItem(atPath: path)
                     }
                 }
@@ -212,17 +212,16 @@ extension Orchestrator {
         let recorded = DeviceIdentity(wwn: device.wwn, serial: device.serial, partUUID: device.partUUID,
                                       fsUUID: device.fsUUID, size: Bytes(UInt64(device.sizeBytes)))
         let number = DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor))
-        let udev = try? UdevContext()
-        if let facts = try? BlockDeviceFacts.read(FilePath(device.sourcePath)), facts.number == number, facts.size == recorded.size {
-            let current = udev?.blockDevice(number).map { DeviceIdentity(udev: $0, size: facts.size) }
+        if let facts = try? host.facts(of: FilePath(device.sourcePath)), facts.number == number, facts.size == recorded.size {
+            let current = host.identity(of: number, size: facts.size)
             if recorded.isAnonymous || current.map(recorded.matches) ?? true { return (device.sourcePath, number) }
         }
-        guard !recorded.isAnonymous, let udev else { return nil }
-        for candidate in (try? udev.blockDevices()) ?? [] {
-            guard let node = candidate.deviceNode, Sysfs.dmUUID(candidate.number)?.hasPrefix(Layout.uuidPrefix) != true,
-                  let facts = try? BlockDeviceFacts.read(FilePath(node)),
-                  recorded.matches(DeviceIdentity(udev: candidate, size: facts.size)) else { continue }
-            return (node, candidate.number)
+        guard !recorded.isAnonymous else { return nil }
+        for (node, candidate) in host.blockDevices() {
+            guard host.dmUUID(of: candidate)?.hasPrefix(Layout.uuidPrefix) != true,
+                  let facts = try? host.facts(of: FilePath(node)),
+                  let identity = host.identity(of: candidate, size: facts.size), recorded.matches(identity) else { continue }
+            return (node, candidate)
         }
         return nil
     }

@@ -145,7 +145,7 @@ extension Orchestrator {
                 if record.storeKind == .file {
                     try failing("cannot create the COW store \(record.storePath)") {
                         let path = FilePath(record.storePath)
-                        try FileAllocation.create(path, size: member.storeSize, preallocate: true,
+                        try host.createFile(path, size: member.storeSize, preallocate: true,
                                                   zeroFill: zeroFill(Self.storeZeroFill, for: path))
                     }
                 }
@@ -286,19 +286,19 @@ extension Orchestrator {
         switch st.st_mode & S_IFMT {
         case S_IFDIR:
             location = .directory(FilePath(path))
-            onDevices = Sysfs.underlyingDevices(DeviceNumber(st.st_dev))
+            onDevices = host.underlyingDevices(of: DeviceNumber(st.st_dev))
         case S_IFBLK:
             guard memberCount == 1 else {
                 throw SnapstackError(.invalidArgument, "a block device can be the store of one snapshot only",
                                      remedy: "give a directory with --store for a set of \(memberCount) devices")
             }
             var usage = DeviceUsage()
-            try failing("cannot tell whether \(path) is in use") { usage = try DeviceUse.usage(of: FilePath(path)) }
+            try failing("cannot tell whether \(path) is in use") { usage = try host.usage(of: FilePath(path)) }
             if let reason = usage.reason {
                 throw SnapstackError(.refused, "cannot use \(path) as a store", why: reason)
             }
             location = .device(path)
-            onDevices = Sysfs.underlyingDevices(DeviceNumber(st.st_rdev))
+            onDevices = host.underlyingDevices(of: DeviceNumber(st.st_rdev))
         default:
             throw SnapstackError(.invalidArgument, "\(path.replacingNewlines) is neither a directory nor a block device")
         }

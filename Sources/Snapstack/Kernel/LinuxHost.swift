@@ -1,0 +1,68 @@
+import BlockIO
+import Foundation
+import SystemPackage
+import Udev
+
+/// The host as Linux shows it: ioctls, sysfs, /proc, udev.
+public struct LinuxHost: HostDevices {
+    public init() {}
+
+    public var runtimeDirectory: String { "/run/snapstack" }
+
+    public func facts(of path: FilePath) throws -> BlockDeviceFacts { try BlockDeviceFacts.read(path) }
+    public func dmUUID(of number: DeviceNumber) -> String? { Sysfs.dmUUID(number) }
+    public func underlyingDevices(of number: DeviceNumber) -> Set<DeviceNumber> { Sysfs.underlyingDevices(number) }
+    public func usage(of path: FilePath) throws -> DeviceUsage { try DeviceUse.usage(of: path) }
+
+    /// Found through /proc/PID/fd: an ordinary open is invisible to the O_EXCL probe, and a
+    /// table load would not notice it either, yet the opener would keep reading and writing
+    /// the disk beside the stack.
+    public func openers(of number: DeviceNumber) -> [String] {
+        var result: [String] = []
+        let me = getpid()
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid != me else { continue }
+            let directory = "/proc/\(entry)/fd"
+            for fd in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+                var st = stat()
+                guard stat("\(directory)/\(fd)", &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK,
+                      DeviceNumber(st.st_rdev) == number else { continue }
+                let command = Sysfs.read("/proc/\(entry)/comm") ?? "?"
+                result.append("\(pid) (\(command))")
+                break
+            }
+        }
+        return result
+    }
+
+    public func identity(of number: DeviceNumber, size: Bytes) -> DeviceIdentity? {
+        (try? UdevContext())?.blockDevice(number).map { DeviceIdentity(udev: $0, size: size) }
+    }
+
+    public func blockDevices() -> [(node: String, number: DeviceNumber)] {
+        guard let udev = try? UdevContext() else { return [] }
+        return ((try? udev.blockDevices()) ?? []).compactMap { device in device.deviceNode.map { ($0, device.number) } }
+    }
+
+    public func trigger(_ number: DeviceNumber) { UdevContext.trigger(number) }
+
+    public func loops(backing file: String) throws -> [LoopDevice] { try Loop.find(backingFile: file) }
+    public func allLoops() throws -> [LoopDevice] { try Loop.all() }
+    public func attachLoop(file: FilePath, directIO: Bool) throws -> LoopDevice { try Loop.attach(file: file, directIO: directIO) }
+    public func detachLoop(_ path: String) throws { _ = try Loop.detach(path) }
+    public func refreshLoopCapacity(_ path: String) throws { try Loop.refreshCapacity(path) }
+    public func loopUsesDirectIO(_ loop: LoopDevice) throws -> Bool { try Loop.usesDirectIO(loop) }
+
+    public func createFile(_ path: FilePath, size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
+        try FileAllocation.create(path, size: size, preallocate: preallocate, zeroFill: zeroFill)
+    }
+    public func growFile(_ path: FilePath, to size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
+        try FileAllocation.grow(path, to: size, preallocate: preallocate, zeroFill: zeroFill)
+    }
+    public func isFullyWritten(_ path: FilePath) throws -> Bool { try FileAllocation.isFullyWritten(path) }
+    public func fileSystem(of directory: FilePath) -> FileSystemType? { try? FileSystemType(of: directory) }
+    public func writeCache(of number: DeviceNumber) -> WriteCache? { try? WriteCache.of(number) }
+    public func setWriteCache(_ mode: WriteCache, ofDeviceNamed name: String) throws {
+        try WriteCache.set(mode, ofDeviceNamed: name)
+    }
+}
