@@ -45,6 +45,13 @@ public struct RawTargetLine: Hashable, Sendable {
     public var length: Sectors
     public var type: String
     public var text: String
+
+    public init(start: Sectors, length: Sectors, type: String, text: String) {
+        self.start = start
+        self.length = length
+        self.type = type
+        self.text = text
+    }
 }
 
 /// How to suspend (`dmsetup suspend` options).
@@ -188,35 +195,9 @@ public struct DeviceMapperClient: Sendable {
         try targetLines(DM_DEVICE_TABLE, "table", name)
     }
 
-    /// The live table, parsed.
-    public func table(_ name: DMName) throws -> Table {
-        let lines = try rawTable(name)
-        do {
-            return try Table(lines.map { line throws(TableError) in
-                TableLine(start: line.start, length: line.length,
-                          target: try Target(type: line.type, parameters: line.text))
-            })
-        } catch {
-            throw DeviceMapperError(kind: .unparsable(error), operation: "table", device: name.rawValue)
-        }
-    }
-
     /// The status lines as the kernel prints them (`DM_TABLE_STATUS`).
     public func rawStatus(_ name: DMName) throws -> [RawTargetLine] {
         try targetLines(DM_DEVICE_STATUS, "status", name)
-    }
-
-    /// The status of each line, parsed.
-    public func status(_ name: DMName) throws -> [StatusLine] {
-        let lines = try rawStatus(name)
-        do {
-            return try lines.map { line throws(TableError) in
-                StatusLine(start: line.start, length: line.length,
-                           status: try TargetStatus(type: line.type, text: line.text))
-            }
-        } catch {
-            throw DeviceMapperError(kind: .unparsable(error), operation: "status", device: name.rawValue)
-        }
     }
 
     // MARK: Changes

@@ -15,9 +15,7 @@ public protocol DeviceMapperControl: Sendable {
     /// For names another tool made, which `DMName` may refuse.
     func info(rawName name: String) throws -> DeviceInfo?
     func rawTable(_ name: DMName) throws -> [RawTargetLine]
-    func table(_ name: DMName) throws -> Table
     func rawStatus(_ name: DMName) throws -> [RawTargetLine]
-    func status(_ name: DMName) throws -> [StatusLine]
 
     func create(_ name: DMName, uuid: DMUUID?, table: Table, readOnly: Bool, udevFlags: UdevFlags) throws
     func createInactive(_ name: DMName, uuid: DMUUID?, table: Table, readOnly: Bool) throws
@@ -46,6 +44,32 @@ public protocol DeviceMapperControl: Sendable {
 }
 
 extension DeviceMapperControl {
+    /// The live table, parsed: every implementation's lines go through the same parsers.
+    public func table(_ name: DMName) throws -> Table {
+        let lines = try rawTable(name)
+        do {
+            return try Table(lines.map { line throws(TableError) in
+                TableLine(start: line.start, length: line.length,
+                          target: try Target(type: line.type, parameters: line.text))
+            })
+        } catch {
+            throw DeviceMapperError(kind: .unparsable(error), operation: "table", device: name.rawValue)
+        }
+    }
+
+    /// The status of each line, parsed.
+    public func status(_ name: DMName) throws -> [StatusLine] {
+        let lines = try rawStatus(name)
+        do {
+            return try lines.map { line throws(TableError) in
+                StatusLine(start: line.start, length: line.length,
+                           status: try TargetStatus(type: line.type, text: line.text))
+            }
+        } catch {
+            throw DeviceMapperError(kind: .unparsable(error), operation: "status", device: name.rawValue)
+        }
+    }
+
     public func create(_ name: DMName, uuid: DMUUID?, table: Table, udevFlags: UdevFlags = []) throws {
         try create(name, uuid: uuid, table: table, readOnly: false, udevFlags: udevFlags)
     }

@@ -35,7 +35,7 @@ extension Orchestrator {
         var record = snapshot
         record.state = .dropping
         try store.update(record)
-        Failpoint.dropRecorded.hit()
+        try reached(.dropRecorded)
         try finishDrop(record, of: device)
         event("drop", "\(device.name)-\(snapshot.name)", "dropped")
     }
@@ -45,11 +45,11 @@ extension Orchestrator {
         try failing("cannot remove \(device.name)-\(snapshot.name)") {
             try dm.remove(try Layout.snapshotName(device.name, snapshot.name))
         }
-        Failpoint.dropSnapshotRemoved.hit()
+        try reached(.dropSnapshotRemoved)
         try store.deleteSnapshot(id: snapshot.id)
         // The origin pays copy-on-write only while a snapshot needs it.
         try failing("cannot restore the table of \(device.name)") { try restoreTopTable(device) }
-        Failpoint.dropOriginReloaded.hit()
+        try reached(.dropOriginReloaded)
         try removeSnapshotArtifacts(snapshot, of: device)
     }
 
@@ -90,7 +90,7 @@ extension Orchestrator {
         }
         record.state = .merging
         try store.update(record)
-        Failpoint.mergeRecorded.hit()
+        try reached(.mergeRecorded)
         try startMerge(record, of: device)
         event("merge", "\(device.name)-\(snapshot.name)", "started")
         guard wait else { return .started }
@@ -104,9 +104,9 @@ extension Orchestrator {
         try failing("cannot remove \(device.name)-\(snapshot.name) before the merge") {
             try dm.remove(try Layout.snapshotName(device.name, snapshot.name))
         }
-        Failpoint.mergeSnapshotRemoved.hit()
+        try reached(.mergeSnapshotRemoved)
         try failing("cannot start merging \(device.name)-\(snapshot.name)") { try restoreTopTable(device) }
-        Failpoint.mergeStarted.hit()
+        try reached(.mergeStarted)
     }
 
     /// Polls the merge until the kernel reports it done, then finishes it and returns true; or
@@ -130,7 +130,7 @@ extension Orchestrator {
             if stopWaiting() { return false }
             usleep(100_000)
         }
-        Failpoint.mergeFinished.hit()
+        try reached(.mergeFinished)
         try finishMerge(snapshot, of: device)
         return true
     }

@@ -226,7 +226,7 @@ extension Orchestrator {
         // Intent, then the file, then the kernel, then the outcome.
         let growth = StoreGrowthRecord(snapshotID: snapshot.id, fromBytes: snapshot.storeSizeBytes, toBytes: Int64(target.rawValue))
         try store.begin(growth)
-        Failpoint.extendRecorded.hit()
+        try reached(.extendRecorded)
         do {
             let path = FilePath(snapshot.storePath)
             try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
@@ -237,7 +237,7 @@ extension Orchestrator {
             throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
                                  remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
         }
-        Failpoint.extendFileGrown.hit()
+        try reached(.extendFileGrown)
         let kernelSize: Bytes?
         do {
             kernelSize = try finishGrowth(growth, of: snapshot, device: device)
@@ -291,7 +291,7 @@ extension Orchestrator {
                                      why: "\(name.devicePath) still reports \(Self.describe(total.bytes)) of COW space, not \(Self.describe(target))")
             }
         }
-        Failpoint.extendCapacityRefreshed.hit()
+        try reached(.extendCapacityRefreshed)
         try store.finishStoreGrowth(snapshotID: snapshot.id, sizeBytes: Int64(size.rawValue))
         return kernelSize
     }

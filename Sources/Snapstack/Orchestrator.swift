@@ -20,6 +20,10 @@ public final class Orchestrator {
     private let lock: StateLock
     /// Progress and notices for the person at the terminal (stderr in the CLI).
     public var notice: (String) -> Void = { _ in }
+    /// Called at every failpoint. By default a failpoint kills the process when
+    /// `SNAPSTACK_FAILPOINT` names it (the VM suite's crashes); on a simulated kernel a test
+    /// captures the state there instead and throws, to crash without leaving the process.
+    public var onFailpoint: (Failpoint) throws -> Void = { $0.hit() }
 
     /// Opens the state (creating it on first use) under the lock. Commands that only report
     /// take the lock shared, so that they run beside each other but never see a half-done change.
@@ -143,6 +147,8 @@ public final class Orchestrator {
             throw SnapstackError(.failed, what, why: "\(error)", cause: error)
         }
     }
+
+    func reached(_ point: Failpoint) throws { try onFailpoint(point) }
 
     func event(_ kind: String, _ subject: String, _ message: String) {
         try? store.record(event: kind, subject: subject, message: message)

@@ -125,7 +125,7 @@ extension Orchestrator {
             cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
             eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date())
         try store.insert(record)
-        Failpoint.protectRecorded.hit()
+        try reached(.protectRecorded)
 
         do {
             try buildStack(record, source: facts.number, createMetadata: true)
@@ -170,7 +170,7 @@ extension Orchestrator {
                 }
             }
             let loop = try attach(FilePath(path))
-            Failpoint.protectMetadataAttached.hit()
+            try reached(.protectMetadataAttached)
             realTable = try Table(length: size, .era(Era(metadata: .number(loop.number), origin: .number(source), blockSize: block)))
         } else {
             realTable = try Table(length: size, .linear(Linear(device: .number(source))))
@@ -180,7 +180,7 @@ extension Orchestrator {
                 try dm.create(real, uuid: try Layout.uuid(deviceID: device.id, .real), table: realTable, udevFlags: .hiddenLayer)
             }
         }
-        Failpoint.protectRealCreated.hit()
+        try reached(.protectRealCreated)
         try beforeTop()
         if try dm.info(top) == nil {
             let realNumber = try number(of: real)
@@ -194,7 +194,7 @@ extension Orchestrator {
             }
         }
         publishMember(device, source: source)
-        Failpoint.protectTopCreated.hit()
+        try reached(.protectTopCreated)
     }
 
     /// Removes the stack of `device` top-down and detaches its metadata; idempotent. The disk
@@ -202,9 +202,9 @@ extension Orchestrator {
     func removeStack(_ device: DeviceRecord, deleteMetadata: Bool = true) throws {
         try failing("cannot remove the stack of \(device.name)") {
             try dm.remove(try Layout.topName(device.name))
-            Failpoint.unprotectTopRemoved.hit()
+            try reached(.unprotectTopRemoved)
             try dm.remove(try Layout.realName(device.name))
-            Failpoint.unprotectRealRemoved.hit()
+            try reached(.unprotectRealRemoved)
             if let path = device.eraMetadataPath {
                 try detach(FilePath(path))
                 if deleteMetadata { try? FileManager.default.removeItem(atPath: path) }
@@ -232,7 +232,7 @@ extension Orchestrator {
         }
         device.state = .unprotecting
         try store.update(device)
-        Failpoint.unprotectRecorded.hit()
+        try reached(.unprotectRecorded)
         try removeStack(device)
         try store.deleteDevice(id: device.id)
         event("unprotect", name, "stack removed from \(device.sourcePath)")

@@ -134,7 +134,7 @@ extension Orchestrator {
             try self.store.insert(record)
             records.append(record)
         }
-        Failpoint.snapshotRecorded.hit()
+        try reached(.snapshotRecorded)
 
         var freeze: Int64 = 0
         do {
@@ -151,7 +151,7 @@ extension Orchestrator {
                 }
                 cows.append(try attachStore(record))
             }
-            Failpoint.snapshotStoreAttached.hit()
+            try reached(.snapshotStoreAttached)
             // Whether the origin's snapshot-origin table is live already (it has other snapshots).
             var originLive: [Bool] = []
             for (index, member) in members.enumerated() {
@@ -169,7 +169,7 @@ extension Orchestrator {
                     originLive.append(live)
                 }
             }
-            Failpoint.snapshotPreloaded.hit()
+            try reached(.snapshotPreloaded)
 
             // The era each snapshot begins: the checkpoint below starts exactly the next one
             // (dm-era counts one era per checkpoint). Should anything else start an era in
@@ -204,7 +204,7 @@ extension Orchestrator {
                         try dm.resume(snapshotNames[index], transaction: udev)
                     }
                 }
-                Failpoint.snapshotActivated.hit()
+                try reached(.snapshotActivated)
                 try dm.withUdevTransaction { udev in
                     dm.prepare(udev)
                     // Every era starts a new era just before the freeze, all at the same time.
@@ -214,12 +214,12 @@ extension Orchestrator {
                     // too: an incremental after this snapshot reads them again, so it is a
                     // superset of the changes, never short.
                     try dm.messageTogether(checkpoints)
-                    Failpoint.snapshotCheckpointed.hit()
+                    try reached(.snapshotCheckpointed)
                     // The freeze window: every top is suspended at the same time, each from a
                     // thread of its own, and resumed the same way, swapping in its
                     // snapshot-origin table.
                     let (_, window) = try dm.withSuspendedTogether(members.map(\.top)) {
-                        Failpoint.snapshotSuspended.hit()
+                        try reached(.snapshotSuspended)
                         // Where the snapshot-origin table is live already, resuming a snapshot
                         // makes it copy from that instant on (the kernel suspends the origin
                         // internally for it): only inside the freeze is that the set's instant.
@@ -230,7 +230,7 @@ extension Orchestrator {
                     freeze = Int64(window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000)
                 }
             }
-            Failpoint.snapshotResumed.hit()
+            try reached(.snapshotResumed)
             for index in records.indices {
                 records[index].state = .active
                 records[index].era = eras[index]
