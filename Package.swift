@@ -78,6 +78,11 @@ let package = Package(
             name: "Snapstack",
             dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store", "ChangeTracking", "CopyEngine", "Exposition",
                            .product(name: "SystemPackage", package: "swift-system")]),
+        // A kernel in memory behind the same seam (device-mapper, loop devices, disks), for
+        // running and crashing every verb without root.
+        .target(
+            name: "KernelSimulator",
+            dependencies: ["Snapstack", "DeviceMapper", "BlockIO", .product(name: "SystemPackage", package: "swift-system")]),
         // `snapstack daemon`: service lifecycle, udev monitor, policy, store watch.
         .target(
             name: "SnapstackDaemon",

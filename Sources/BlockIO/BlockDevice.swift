@@ -17,6 +17,14 @@ public struct BlockDeviceFacts: Hashable, Sendable {
     public var physicalBlockSize: Bytes
 
     public var sectors: Sectors { Sectors(size.rawValue / Sectors.size) }
+
+    public init(path: FilePath, number: DeviceNumber, size: Bytes, logicalBlockSize: Bytes, physicalBlockSize: Bytes) {
+        self.path = path
+        self.number = number
+        self.size = size
+        self.logicalBlockSize = logicalBlockSize
+        self.physicalBlockSize = physicalBlockSize
+    }
 }
 
 /// A failure to read a block device's facts, with the system's reason.
@@ -27,6 +35,11 @@ public struct BlockDeviceError: Error, Equatable, CustomStringConvertible {
     }
     public var path: FilePath
     public var reason: Reason
+
+    public init(path: FilePath, reason: Reason) {
+        self.path = path
+        self.reason = reason
+    }
 
     public var description: String {
         switch reason {

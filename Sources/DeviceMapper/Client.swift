@@ -18,6 +18,20 @@ public struct DeviceInfo: Hashable, Sendable {
     public var eventNumber: UInt32
     public var readOnly: Bool
     public var targetCount: Int
+
+    public init(name: String, uuid: String?, number: DeviceNumber, suspended: Bool, hasLiveTable: Bool,
+                hasInactiveTable: Bool, openCount: Int, eventNumber: UInt32, readOnly: Bool, targetCount: Int) {
+        self.name = name
+        self.uuid = uuid
+        self.number = number
+        self.suspended = suspended
+        self.hasLiveTable = hasLiveTable
+        self.hasInactiveTable = hasInactiveTable
+        self.openCount = openCount
+        self.eventNumber = eventNumber
+        self.readOnly = readOnly
+        self.targetCount = targetCount
+    }
 }
 
 /// One entry of `DM_DEVICE_LIST`.

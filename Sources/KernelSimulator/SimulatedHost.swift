@@ -1,0 +1,123 @@
+import BlockIO
+import Foundation
+import Snapstack
+import SystemPackage
+
+extension SimulatedKernel: HostDevices {
+    public func facts(of path: FilePath) throws -> BlockDeviceFacts {
+        try state.withLock { state in
+            guard let number = state.number(ofPath: path.string), let size = state.size(of: number) else {
+                throw BlockDeviceError(path: path, reason: .system(operation: "open", .noSuchFileOrDirectory))
+            }
+            return BlockDeviceFacts(path: path, number: number, size: size,
+                                    logicalBlockSize: .init(512), physicalBlockSize: .init(4096))
+        }
+    }
+
+    public func dmUUID(of number: DeviceNumber) -> String? {
+        state.withLock { state in state.devices.values.first { $0.number == number }?.uuid }
+    }
+
+    public func underlyingDevices(of number: DeviceNumber) -> Set<DeviceNumber> {
+        state.withLock { state in
+            var result: Set<DeviceNumber> = [number]
+            var queue = [number]
+            while let next = queue.popLast() {
+                guard let device = state.devices.values.first(where: { $0.number == next }) else { continue }
+                for reference in device.live?.references ?? [] where result.insert(reference).inserted { queue.append(reference) }
+            }
+            return result
+        }
+    }
+
+    public func openers(of number: DeviceNumber) -> [String] {
+        state.withLock { state in state.disks.values.first { $0.number == number }?.openers ?? [] }
+    }
+
+    public func usage(of path: FilePath) throws -> DeviceUsage {
+        state.withLock { $0.disks[path.string]?.usage ?? DeviceUsage() }
+    }
+
+    public func identity(of number: DeviceNumber, size: Bytes) -> DeviceIdentity? {
+        state.withLock { state in state.disks.values.first { $0.number == number }.map { var i = $0.identity; i.size = size; return i } }
+    }
+
+    public func blockDevices() -> [(node: String, number: DeviceNumber)] {
+        state.withLock { state in state.disks.map { ($0.key, $0.value.number) }.sorted { $0.node < $1.node } }
+    }
+
+    public func trigger(_ number: DeviceNumber) {}
+
+    // MARK: Loop devices
+
+    func loopDevice(_ index: Int, _ loop: Loop) -> LoopDevice {
+        LoopDevice(path: "/dev/loop\(index)", number: DeviceNumber(major: 7, minor: UInt32(index)), backingFile: loop.file)
+    }
+
+    public func loops(backing file: String) throws -> [LoopDevice] {
+        state.withLock { state in
+            state.loops.filter { $0.value.file == file && !$0.value.autoclear }.sorted { $0.key < $1.key }.map { loopDevice($0.key, $0.value) }
+        }
+    }
+
+    public func allLoops() throws -> [LoopDevice] {
+        state.withLock { state in state.loops.sorted { $0.key < $1.key }.map { loopDevice($0.key, $0.value) } }
+    }
+
+    public func attachLoop(file: FilePath, directIO: Bool) throws -> LoopDevice {
+        try change("attach \(file)")
+        let size = try fileSize(file)
+        return state.withLock { state in
+            let index = (0...).first { state.loops[$0] == nil }!
+            let loop = Loop(file: file.string, directIO: directIO, size: size)
+            state.loops[index] = loop
+            return loopDevice(index, loop)
+        }
+    }
+
+    public func detachLoop(_ path: String) throws {
+        try change("detach \(path)")
+        state.withLock { state in
+            guard path.hasPrefix("/dev/loop"), let index = Int(path.dropFirst("/dev/loop".count)) else { return }
+            state.loops[index]?.autoclear = true
+            state.clearReleasedLoops()
+        }
+    }
+
+    public func refreshLoopCapacity(_ path: String) throws {
+        try change("refresh \(path)")
+        guard let index = Int(path.dropFirst("/dev/loop".count)),
+              let file = state.withLock({ $0.loops[index]?.file }) else { return }
+        let size = try fileSize(FilePath(file))
+        state.withLock { $0.loops[index]?.size = size }
+    }
+
+    public func loopUsesDirectIO(_ loop: LoopDevice) throws -> Bool {
+        state.withLock { $0.loops[Int(loop.number.minor)]?.directIO ?? false }
+    }
+
+    // MARK: Files: real sparse files, so that the orchestrator's own file handling is real.
+
+    func fileSize(_ path: FilePath) throws -> Bytes {
+        let attributes = try FileManager.default.attributesOfItem(atPath: path.string)
+        return Bytes((attributes[.size] as? NSNumber)?.uint64Value ?? 0)
+    }
+
+    public func createFile(_ path: FilePath, size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
+        try change("create file \(path)")
+        guard FileManager.default.createFile(atPath: path.string, contents: nil, attributes: [.posixPermissions: 0o600]),
+              truncate(path.string, off_t(size.rawValue)) == 0 else {
+            throw SimulatedFault(operation: "create file \(path)")
+        }
+    }
+
+    public func growFile(_ path: FilePath, to size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
+        try change("grow file \(path)")
+        guard truncate(path.string, off_t(size.rawValue)) == 0 else { throw SimulatedFault(operation: "grow file \(path)") }
+    }
+
+    public func isFullyWritten(_ path: FilePath) throws -> Bool { false }
+    public func fileSystem(of directory: FilePath) -> FileSystemType? { nil }
+    public func writeCache(of number: DeviceNumber) -> WriteCache? { nil }
+    public func setWriteCache(_ mode: WriteCache, ofDeviceNamed name: String) throws {}
+}
