@@ -134,6 +134,11 @@ let package = Package(
         .testTarget(
             name: "StoreWatchTests",
             dependencies: ["SnapstackDaemon", "Snapstack", "BlockIO"]),
+        // The orchestrator on a simulated kernel: every verb, crash and rollback, no root.
+        .testTarget(
+            name: "OrchestrationTests",
+            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO",
+                           .product(name: "SystemPackage", package: "swift-system")]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(
             name: "VMSuite",
