@@ -132,6 +132,20 @@ public struct Table: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The device size this table gives.
+    /// The devices the table names by number, line by line: what loading it holds open.
+    public var referencedDevices: [DeviceNumber] {
+        lines.flatMap { line -> [DeviceReference] in
+            switch line.target {
+            case .linear(let t): [t.device]
+            case .era(let t): [t.metadata, t.origin]
+            case .snapshotOrigin(let t): [t.origin]
+            case .snapshot(let t): [t.origin, t.cow]
+            case .snapshotMerge(let t): [t.origin, t.cow]
+            case .zero, .error, .unmodelled: []
+            }
+        }.compactMap { if case .number(let number) = $0 { number } else { nil } }
+    }
+
     public var size: Sectors { lines[lines.count - 1].start + lines[lines.count - 1].length }
 
     /// Checks every line's parameters as the kernel would; called before every load.

@@ -72,7 +72,7 @@ extension SimulatedKernel: DeviceMapperControl {
     }
 
     func check(_ table: Table, for operation: String, _ name: String, in state: State) throws {
-        for reference in table.references where state.size(of: reference) == nil {
+        for reference in table.referencedDevices where state.size(of: reference) == nil {
             throw failure(operation, name, .noSuchAddressOrDevice)
         }
     }
@@ -81,7 +81,7 @@ extension SimulatedKernel: DeviceMapperControl {
         try createInactive(name, uuid: uuid, table: table, readOnly: readOnly)
         do { try resume(name, udevFlags: udevFlags, transaction: nil) } catch {
             // libdm removes a device whose first resume failed.
-            state.withLock { $0.devices.removeValue(forKey: name.rawValue) }
+            _ = state.withLock { $0.devices.removeValue(forKey: name.rawValue) }
             throw error
         }
     }

@@ -24,7 +24,7 @@ extension SimulatedKernel: HostDevices {
             var queue = [number]
             while let next = queue.popLast() {
                 guard let device = state.devices.values.first(where: { $0.number == next }) else { continue }
-                for reference in device.live?.references ?? [] where result.insert(reference).inserted { queue.append(reference) }
+                for reference in device.live?.referencedDevices ?? [] where result.insert(reference).inserted { queue.append(reference) }
             }
             return result
         }
@@ -54,9 +54,10 @@ extension SimulatedKernel: HostDevices {
         LoopDevice(path: "/dev/loop\(index)", number: DeviceNumber(major: 7, minor: UInt32(index)), backingFile: loop.file)
     }
 
+    /// A loop device detached while held still shows its file, as in sysfs.
     public func loops(backing file: String) throws -> [LoopDevice] {
         state.withLock { state in
-            state.loops.filter { $0.value.file == file && !$0.value.autoclear }.sorted { $0.key < $1.key }.map { loopDevice($0.key, $0.value) }
+            state.loops.filter { $0.value.file == file }.sorted { $0.key < $1.key }.map { loopDevice($0.key, $0.value) }
         }
     }
 

@@ -146,7 +146,7 @@ extension SimulatedKernel.State {
     /// How many tables (live or inactive) hold the device `number` open.
     func holders(of number: DeviceNumber) -> Int {
         devices.values.reduce(0) { count, device in
-            count + [device.live, device.inactive].compactMap { $0 }.reduce(0) { $0 + $1.references.filter { $0 == number }.count }
+            count + [device.live, device.inactive].compactMap { $0 }.reduce(0) { $0 + $1.referencedDevices.filter { $0 == number }.count }
         }
     }
 
@@ -181,24 +181,6 @@ extension SimulatedKernel.State {
     mutating func clearReleasedLoops() {
         for (index, loop) in loops where loop.autoclear && holders(of: DeviceNumber(major: 7, minor: UInt32(index))) == 0 {
             loops.removeValue(forKey: index)
-        }
-    }
-}
-
-extension Table {
-    /// Every device reference of every line.
-    var references: [DeviceNumber] {
-        lines.flatMap { line -> [DeviceNumber] in
-            let references: [DeviceReference]
-            switch line.target {
-            case .linear(let t): references = [t.device]
-            case .era(let t): references = [t.metadata, t.origin]
-            case .snapshotOrigin(let t): references = [t.origin]
-            case .snapshot(let t): references = [t.origin, t.cow]
-            case .snapshotMerge(let t): references = [t.origin, t.cow]
-            case .zero, .error, .unmodelled: references = []
-            }
-            return references.compactMap { if case .number(let n) = $0 { n } else { nil } }
         }
     }
 }

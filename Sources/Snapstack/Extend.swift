@@ -296,25 +296,6 @@ extension Orchestrator {
         return kernelSize
     }
 
-    /// Reconcile's steps for growths a crash interrupted on `device`'s snapshots.
-    func storeGrowthRepairs(_ device: DeviceRecord) throws -> [(ReconcileAction, () throws -> Void)] {
-        var steps: [(ReconcileAction, () throws -> Void)] = []
-        for growth in try store.storeGrowths() {
-            guard let snapshot = try store.snapshot(id: growth.snapshotID), snapshot.deviceID == device.id else { continue }
-            let action = ReconcileAction(subject: "\(device.name)-\(snapshot.name)",
-                                         action: "finish growing its store to \(Self.describe(Bytes(UInt64(growth.toBytes))))")
-            steps.append((action, {
-                // An earlier step may have dropped or undone the snapshot: then nothing is left to grow.
-                guard let current = try self.store.snapshot(id: growth.snapshotID),
-                      let pending = try self.store.storeGrowth(snapshotID: growth.snapshotID) else { return }
-                try self.finishGrowth(pending, of: current, device: device)
-                self.event(StoreEvent.extend, action.subject,
-                           "store grown from \(Self.describe(Bytes(UInt64(pending.fromBytes)))) to \(Self.describe(Bytes(UInt64(pending.toBytes)))); finished by reconcile")
-            }))
-        }
-        return steps
-    }
-
     // MARK: The store watch's view
 
     /// Whether `stateDirectory` holds a state database yet, checked without creating anything.

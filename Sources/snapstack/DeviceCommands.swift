@@ -85,6 +85,9 @@ struct ReconcileCommand: ParsableCommand {
             tracking), and removes device-mapper devices, loop devices and files of snapstack's \
             that nothing records. Prints one line per repair. Running it twice changes nothing \
             the second time.
+
+            It looks first, then plans, then repairs: --dry-run prints the plan, one step a \
+            line, its kind (rebuild-stack, finish-drop, remove-orphan, ...) before the subject.
             """)
 
     @Flag(name: .customLong("dry-run"), help: "Print what would be repaired, change nothing.")
@@ -98,13 +101,19 @@ struct ReconcileCommand: ParsableCommand {
             let actions = try global.orchestrator(dryRun ? .shared : .exclusive).reconcile(dryRun: dryRun)
             switch format.format {
             case .json:
-                let rows = actions.map { ["name": ReportValue.text($0.subject), "action": .text($0.action)] }
+                let rows = actions.map {
+                    ["step": ReportValue.text($0.step), "name": .text($0.subject), "action": .text($0.action)]
+                }
                 Output.print(try render(Report(name: "action", fields: [
+                    ReportField(name: "step", heading: "Step", help: "The kind of repair (rebuild-stack, remove-orphan, ...)", kind: .text),
                     ReportField(name: "name", heading: "Subject", help: "What was repaired", kind: .text),
                     ReportField(name: "action", heading: "Action", help: "The repair", kind: .text),
-                ], defaultFields: ["name", "action"], rows: rows), options: ReportOptions(format: .json)), terminator: "")
+                ], defaultFields: ["step", "name", "action"], rows: rows), options: ReportOptions(format: .json)), terminator: "")
             case .basic:
-                for action in actions { Output.print("\(action.subject): \(action.action)") }
+                // The plan names each step's kind; a repair made is told in words only.
+                for action in actions {
+                    Output.print(dryRun ? "\(action.step)\t\(action.subject): \(action.action)" : "\(action.subject): \(action.action)")
+                }
                 if actions.isEmpty { Output.print("nothing to repair") }
             }
         }

@@ -1,0 +1,206 @@
+import BlockIO
+import DeviceMapper
+import Store
+
+/// One repair `reconcile` made, or would make with `--dry-run`.
+public struct ReconcileAction: Sendable, Equatable {
+    /// The kind of step (`rebuild-stack`, `remove-orphan`, ...): stable, for scripts and JSON.
+    public var step: String
+    public var subject: String
+    /// What is done, in words.
+    public var action: String
+}
+
+/// What reconcile looks at, gathered before it decides anything: the recorded state and the
+/// kernel's. `ReconcileStep.plan` turns it into steps without touching either.
+struct ReconcileObservation {
+    struct Device {
+        var record: DeviceRecord
+        var snapshots: [SnapshotRecord]
+        var growths: [StoreGrowthRecord]
+        /// Where its disk is now; nil when it is not present (or not looked for).
+        var source: (path: String, number: DeviceNumber)?
+        /// The open count of its top device; nil when there is no top device.
+        var topOpenCount: Int?
+        /// The top's status when its table is snapshot-merge.
+        var topMergeStatus: SnapshotStatus?
+    }
+
+    /// dm devices carrying snapstack's UUID prefix.
+    var ownDevices: [Orchestrator.OwnDevice]
+    var devices: [Device]
+    /// Loop devices whose file is under the state directory.
+    var loops: [LoopDevice]
+    /// `.cow` and `.era` files in the state directory's store and metadata directories.
+    var files: [String]
+}
+
+/// One repair, as a value: what reconcile plans, prints with `--dry-run`, and then runs.
+enum ReconcileStep: Equatable {
+    /// Lower layers first, so that a top resumes onto live devices; an inactive table left by a
+    /// crash is discarded first.
+    case resumeSuspended(device: String)
+    case undoProtect(DeviceRecord)
+    case finishUnprotect(DeviceRecord, snapshots: [SnapshotRecord])
+    case waitForDisk(DeviceRecord)
+    case rebuildStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
+    case undoSnapshot(SnapshotRecord, of: DeviceRecord)
+    case finishDrop(SnapshotRecord, of: DeviceRecord)
+    case reactivateSnapshots(SnapshotRecord, of: DeviceRecord)
+    case startDeferredMerge(SnapshotRecord, of: DeviceRecord)
+    case finishMerge(SnapshotRecord, of: DeviceRecord)
+    case mergeInProgress(SnapshotRecord, of: DeviceRecord)
+    case resumeMerge(SnapshotRecord, of: DeviceRecord)
+    case finishGrowth(StoreGrowthRecord, of: SnapshotRecord, device: DeviceRecord)
+    /// Puts the top's table right if it is not; not listed as a repair, since it is a check.
+    case checkTopTable(DeviceRecord)
+    case removeOrphan(device: String)
+    case leaveOpenOrphan(device: String, openCount: Int)
+    case detachOrphanLoop(path: String, file: String)
+    case deleteOrphanFile(path: String)
+
+    var kind: String {
+        switch self {
+        case .resumeSuspended: "resume-suspended"
+        case .undoProtect: "undo-protect"
+        case .finishUnprotect: "finish-unprotect"
+        case .waitForDisk: "wait-for-disk"
+        case .rebuildStack: "rebuild-stack"
+        case .undoSnapshot: "undo-snapshot"
+        case .finishDrop: "finish-drop"
+        case .reactivateSnapshots: "reactivate-snapshot"
+        case .startDeferredMerge: "start-deferred-merge"
+        case .finishMerge: "finish-merge"
+        case .mergeInProgress: "merge-in-progress"
+        case .resumeMerge: "resume-merge"
+        case .finishGrowth: "finish-growth"
+        case .checkTopTable: "check-top-table"
+        case .removeOrphan: "remove-orphan"
+        case .leaveOpenOrphan: "leave-open-orphan"
+        case .detachOrphanLoop: "detach-orphan-loop"
+        case .deleteOrphanFile: "delete-orphan-file"
+        }
+    }
+
+    /// Whether the step is reported: a check that finds nothing to do is not a repair.
+    var isReported: Bool { if case .checkTopTable = self { false } else { true } }
+
+    var action: ReconcileAction {
+        func label(_ s: SnapshotRecord, _ d: DeviceRecord) -> String { "\(d.name)-\(s.name)" }
+        let (subject, text): (String, String) = switch self {
+        case .resumeSuspended(let name): (name, "resume (it was left suspended)")
+        case .undoProtect(let d): (d.name, "undo the interrupted protect")
+        case .finishUnprotect(let d, _): (d.name, "finish the interrupted unprotect")
+        case .waitForDisk(let d): (d.name, "wait: its disk is not present (identity \(d.sourcePath), \(d.sizeBytes) bytes)")
+        case .rebuildStack(let d, let path, let number):
+            (d.name, "rebuild the stack over \(path) (\(number)), keeping its change tracking")
+        case .undoSnapshot(let s, let d): (label(s, d), "undo the interrupted snapshot")
+        case .finishDrop(let s, let d): (label(s, d), "finish the interrupted drop")
+        case .reactivateSnapshots(let s, let d): (label(s, d), "re-activate the snapshot from its store")
+        case .startDeferredMerge(let s, let d): (label(s, d), "start the deferred merge (\(d.name) is closed now)")
+        case .finishMerge(let s, let d): (label(s, d), "finish the completed merge")
+        case .mergeInProgress(let s, let d): (label(s, d), "merge in progress; left running")
+        case .resumeMerge(let s, let d): (label(s, d), "resume the interrupted merge")
+        case .finishGrowth(let g, let s, let d):
+            (label(s, d), "finish growing its store to \(Orchestrator.describe(Bytes(UInt64(g.toBytes))))")
+        case .checkTopTable(let d): (d.name, "check the top table")
+        case .removeOrphan(let name): (name, "remove: not in the database")
+        case .leaveOpenOrphan(let name, let count): (name, "left alone: not in the database, but open (\(count) opener(s))")
+        case .detachOrphanLoop(let path, let file): (path, "detach: backs \(file), which nothing records")
+        case .deleteOrphanFile(let path): (path, "delete: nothing records it")
+        }
+        return ReconcileAction(step: kind, subject: subject, action: text)
+    }
+
+    /// The repairs for `observed`, in the order they must run. Pure: the same observation gives
+    /// the same plan.
+    static func plan(_ observed: ReconcileObservation) throws -> [ReconcileStep] {
+        var plan: [ReconcileStep] = []
+        let ours = observed.ownDevices
+        for device in ours.sorted(by: { $0.layerOrder < $1.layerOrder }) where device.info.suspended {
+            plan.append(.resumeSuspended(device: device.info.name))
+        }
+        for device in observed.devices {
+            plan += try steps(for: device, ours: ours)
+        }
+
+        // Whatever a record names is not an orphan: it is kept, or removed by its record's own
+        // step above, and so listed once.
+        var expected = Set<String>()   // dm UUIDs
+        var expectedFiles = Set<String>()
+        for device in observed.devices {
+            let record = device.record
+            expected.insert(try Layout.uuid(deviceID: record.id, .top).rawValue)
+            expected.insert(try Layout.uuid(deviceID: record.id, .real).rawValue)
+            if let path = record.eraMetadataPath { expectedFiles.insert(path) }
+            for snapshot in device.snapshots {
+                expected.insert(try Layout.uuid(deviceID: record.id, .snapshot(id: snapshot.id)).rawValue)
+                if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
+            }
+        }
+        // Orphans: dm devices first, snapshots before the layers they sit on; then loop
+        // devices (one held by a dm orphan removed above is detached lazily), then files.
+        // An orphan held only by orphans removed before it goes too; one held by anything else
+        // (a mount, a reader, an orphan left alone) stays.
+        var removed: [DeviceNumber] = []
+        for device in ours.sorted(by: { $0.layerOrder > $1.layerOrder }) where !expected.contains(device.info.uuid ?? "") {
+            let openers = device.info.openCount - removed.filter { $0 == device.info.number }.count
+            if openers > 0 {
+                plan.append(.leaveOpenOrphan(device: device.info.name, openCount: openers))
+            } else {
+                plan.append(.removeOrphan(device: device.info.name))
+                removed += device.holds
+            }
+        }
+        for loop in observed.loops {
+            guard let file = loop.backingFile, !expectedFiles.contains(file) else { continue }
+            plan.append(.detachOrphanLoop(path: loop.path, file: file))
+        }
+        for file in observed.files where !expectedFiles.contains(file) {
+            plan.append(.deleteOrphanFile(path: file))
+        }
+        return plan
+    }
+
+    /// The steps for one recorded device and its snapshots.
+    static func steps(for observed: ReconcileObservation.Device, ours: [Orchestrator.OwnDevice]) throws -> [ReconcileStep] {
+        let device = observed.record
+        switch device.state {
+        case .protecting: return [.undoProtect(device)]
+        case .unprotecting: return [.finishUnprotect(device, snapshots: observed.snapshots)]
+        case .protected: break
+        }
+        guard let source = observed.source else { return [.waitForDisk(device)] }
+        var plan: [ReconcileStep] = []
+        let stackPresent = ours.contains { $0.deviceID == device.id && $0.layer == .real }
+            && ours.contains { $0.deviceID == device.id && $0.layer == .top }
+        if !stackPresent { plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number)) }
+        for snapshot in observed.snapshots {
+            let uuid = try Layout.uuid(deviceID: device.id, .snapshot(id: snapshot.id)).rawValue
+            switch snapshot.state {
+            case .creating: plan.append(.undoSnapshot(snapshot, of: device))
+            case .dropping: plan.append(.finishDrop(snapshot, of: device))
+            case .invalid: break
+            case .active:
+                // Without a stack, the rebuild re-activates the snapshots before the top opens.
+                if stackPresent && !ours.contains(where: { $0.info.uuid == uuid }) {
+                    plan.append(.reactivateSnapshots(snapshot, of: device))
+                }
+            case .mergePending:
+                if stackPresent, observed.topOpenCount == 0 { plan.append(.startDeferredMerge(snapshot, of: device)) }
+            case .merging:
+                if let status = observed.topMergeStatus {
+                    plan.append(status.isMergeComplete ? .finishMerge(snapshot, of: device) : .mergeInProgress(snapshot, of: device))
+                } else if stackPresent {
+                    plan.append(.resumeMerge(snapshot, of: device))
+                }
+            }
+        }
+        for growth in observed.growths {
+            guard let snapshot = observed.snapshots.first(where: { $0.id == growth.snapshotID }) else { continue }
+            plan.append(.finishGrowth(growth, of: snapshot, device: device))
+        }
+        if stackPresent { plan.append(.checkTopTable(device)) }
+        return plan
+    }
+}
