@@ -8,9 +8,9 @@ import Foundation
 enum BackupScenarios {
     static let all: [Scenario] = [
         Scenario("backup: a full export streamed into restic comes back equal; 5 incrementals of 1% into restic, each equal to its snapshot",
-                 resticCycles),
+                 resticCycles).lasting(310),
         Scenario("backup: the template unit's own ExecStart makes a full, then incrementals, then a full after protection was interrupted",
-                 templateUnit),
+                 templateUnit).lasting(126),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

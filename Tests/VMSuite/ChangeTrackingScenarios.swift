@@ -14,7 +14,7 @@ import SystemPackage
 /// reader reads the held snapshot, which must still give the captured answer.
 enum ChangeTrackingScenarios {
     static let all: [Scenario] = [
-        Scenario("change tracking: native reader equals era_invalidate on randomised workloads", randomised),
+        Scenario("change tracking: native reader equals era_invalidate on randomised workloads", randomised).lasting(71),
         Scenario("change tracking: fixture workloads (captured for the unit tests with --capture)", fixtures),
     ]
 

@@ -12,10 +12,10 @@ import Glibc
 enum DaemonScenarios {
     static let all: [Scenario] = [
         Scenario("daemon: a hot-added disk a rule matches is protected, by-uuid points at the top; hot-remove tears it down", hotplug),
-        Scenario("daemon: at start the stacks and snapshots that a reboot removed come back", bootRestore),
+        Scenario("daemon: at start the stacks and snapshots that a reboot removed come back", bootRestore).lasting(130),
         Scenario("daemon: a broken configuration is reported with its line, and the last good policy stays", brokenConfiguration),
-        Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity),
-        Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents),
+        Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity).lasting(75),
+        Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents).lasting(115),
     ]
 
     // MARK: The daemon as a child process

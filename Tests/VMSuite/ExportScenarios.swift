@@ -7,11 +7,11 @@ import Foundation
 enum ExportScenarios {
     static let all: [Scenario] = [
         Scenario("export: full then 5 incrementals of ext4 under writes equal each snapshot, reading only changed blocks",
-                 incrementalRounds),
+                 incrementalRounds).lasting(140),
         Scenario("export: killed mid-copy is incomplete, a re-run finishes it; verify names a flipped byte's block",
                  interruptedExport),
         Scenario("export: streams through apply equal direct exports; raw stream equals the snapshot; restore",
-                 streamsAndRestore),
+                 streamsAndRestore).lasting(75),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

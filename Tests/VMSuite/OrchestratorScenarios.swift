@@ -7,7 +7,7 @@ import Foundation
 enum OrchestratorScenarios {
     static let all: [Scenario] = [
         Scenario("protect builds era + top over the disk; unprotect leaves it byte-identical", protectAndUnprotect),
-        Scenario("bad input gets its exit code and one line, and changes nothing", badInputChangesNothing),
+        Scenario("bad input gets its exit code and one line, and changes nothing", badInputChangesNothing).lasting(100),
         Scenario("ext4 snapshot under a running writer: fsck-clean, synced files intact, frozen in time", ext4UnderWriter),
         Scenario("a set of three devices is taken in one freeze window", threeDeviceSet),
         Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
@@ -15,7 +15,7 @@ enum OrchestratorScenarios {
         Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
-        Scenario("every failpoint: a crash there is repaired by reconcile", everyFailpoint),
+        Scenario("failpoints: a SIGKILL at each one the kernel takes part in is repaired by reconcile", everyFailpoint).lasting(400),
     ]
 
     /// The snapstack binary with one state directory.
@@ -434,8 +434,23 @@ enum OrchestratorScenarios {
 
     static func everyFailpoint(_ lab: Lab) throws {
         let cli = CLI(lab)
-        let names = try lab.sh(CommandScenarios.snapstack, "failpoints").split(separator: "\n").compactMap { $0.split(separator: "\t").first.map(String.init) }
-        try expect(names.count >= 15, "failpoints listed: \(names)")
+        let listed = try lab.sh(CommandScenarios.snapstack, "failpoints").split(separator: "\n").compactMap { $0.split(separator: "\t").first.map(String.init) }
+        try expect(listed.count >= 15, "failpoints listed: \(listed)")
+        // The unit tier (OrchestrationTests/CrashTests) crashes at every failpoint on the
+        // simulated kernel. Here, with a real SIGKILL, run the ones where the kernel's own
+        // behaviour decides the outcome: every step of the freeze window (suspended devices,
+        // era checkpoints, snapshot-origin), a merge the kernel is running, and the step of
+        // each other verb that leaves a half-built stack. Extend's have a scenario of their
+        // own. SNAPSTACK_VM_EVERY_FAILPOINT=1 runs them all.
+        let kernelBound: Set<String> = [
+            "protect.real-created", "protect.top-created",
+            "snapshot.recorded", "snapshot.store-attached", "snapshot.preloaded", "snapshot.activated",
+            "snapshot.checkpointed", "snapshot.suspended", "snapshot.resumed",
+            "drop.snapshot-removed", "merge.started", "unprotect.top-removed",
+        ]
+        let every = ProcessInfo.processInfo.environment["SNAPSTACK_VM_EVERY_FAILPOINT"] == "1"
+        let names = listed.filter { every || kernelBound.contains($0) }
+        try expect(every || names.count == kernelBound.count, "failpoints gone from `snapstack failpoints`: \(kernelBound.subtracting(names).sorted())")
         let disk = try lab.loopDevice("disk", size: .mebibytes(16), random: true)
         var failures: [String] = []
         for point in names {

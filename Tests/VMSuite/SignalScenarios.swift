@@ -9,9 +9,9 @@ enum SignalScenarios {
         // Two scenarios of 10 rounds, each well inside the suite's per-scenario limit under
         // TCG (about 20 s a round there); SNAPSTACK_SIGNAL_ROUNDS=N runs N rounds in each.
         Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of 3-device snapshots (first series): nothing suspended or frozen, no repair needed",
-                 { try signalsDuringSnapshots($0, rounds: 0..<roundsPerSeries) }),
+                 { try signalsDuringSnapshots($0, rounds: 0..<roundsPerSeries) }).lasting(330),
         Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of 3-device snapshots (second series): nothing suspended or frozen, no repair needed",
-                 { try signalsDuringSnapshots($0, rounds: roundsPerSeries..<2 * roundsPerSeries) }),
+                 { try signalsDuringSnapshots($0, rounds: roundsPerSeries..<2 * roundsPerSeries) }).lasting(330),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

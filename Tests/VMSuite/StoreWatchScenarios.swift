@@ -13,12 +13,12 @@ enum StoreWatchScenarios {
         Scenario("kernel: a COW loop grown under a live snapshot is used without a reload; a full one invalidates and raises an event",
                  kernelUsesGrownStore),
         Scenario("extend grows a live snapshot's store: dmsetup status shows it, the snapshot stays valid and unchanged; refusals change nothing",
-                 extendGrowsStore),
-        Scenario("extend interrupted at each failpoint is finished by reconcile to the size asked", extendFailpoints),
+                 extendGrowsStore).lasting(88),
+        Scenario("extend interrupted at each failpoint is finished by reconcile to the size asked", extendFailpoints).lasting(68),
         Scenario("store watch: under a steady write load a small store is grown in time and the snapshot stays frozen",
-                 watchGrowsUnderLoad),
+                 watchGrowsUnderLoad).lasting(93),
         Scenario("store watch: with growth off an overflowed snapshot is dropped on the kernel's event, logged, the origin intact",
-                 watchDropsOverflowed),
+                 watchDropsOverflowed).lasting(58),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

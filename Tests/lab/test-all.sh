@@ -5,8 +5,8 @@
 #   3. swift test                unit tests (Swift Testing; no root, no dm)
 #   4. manuals and completions   Tests/lab/manuals-check.sh: man pages and
 #                                shell completions generated from the binary
-#   5. VM suite                  snapstack-vmsuite as root inside a VM with
-#                                device-mapper (Tests/lab/vm.sh)
+#   5. VM suite                  snapstack-vmsuite as root inside two VMs with
+#                                device-mapper (Tests/lab/vm.sh) sharing its scenarios
 # Any argument is passed on to snapstack-vmsuite.
 set -euo pipefail
 
@@ -16,10 +16,12 @@ Usage: Tests/lab/test-all.sh [VMSUITE-ARGS...]
 
 Installs missing dependencies, builds everything, runs the unit tests, checks
 the manual pages and shell completions (Tests/lab/manuals-check.sh), then
-runs .build/debug/snapstack-vmsuite inside a VM (Tests/lab/vm.sh), passing it
-VMSUITE-ARGS. Fails unless the VM suite ends with a line
-"N passed, M failed" where N > 0 and M = 0.
+runs .build/debug/snapstack-vmsuite inside two VMs (Tests/lab/vm.sh) that share
+its scenarios through a queue, passing it VMSUITE-ARGS. Fails unless every VM
+ends with a line "N passed, M failed" with M = 0 and together they passed every
+scenario selected.
 Needs root (the installer and the VM suite do).
+Environment: SNAPSTACK_VM_WORKERS=N runs N VMs (default 2).
 EOF
 }
 
@@ -47,7 +49,7 @@ step() {
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 finish() {
     local status=$?
-    [[ -z $vm_log ]] || rm -f "$vm_log"
+    [[ -z $vm_log ]] || rm -rf "$vm_log"
     if ((status != 0)); then
         echo "test-all: FAILED at '$step_name' (exit $status) after $((SECONDS - start)) s" >&2
     fi
@@ -75,30 +77,59 @@ if [[ ! -x $vmsuite ]]; then
     echo "test-all: VM suite did not run: $vmsuite was not built" >&2
     exit 1
 fi
-vm_log=$(mktemp /tmp/snapstack-vmsuite.XXXXXX)
-# stderr is merged so that the log holds everything the suite said, in order.
-set +e
-# --hotplug: the daemon scenarios hot-add and hot-remove disks through qemu.
-Tests/lab/vm.sh --timeout 3600 --hotplug -- "$vmsuite" "$@" 2>&1 | tee "$vm_log"
-vm_status=${PIPESTATUS[0]}
-set -e
+# What must run: the scenarios selected by the arguments, as the suite itself lists them.
+expected=$("$vmsuite" --list "$@" | wc -l)
+((expected > 0)) || { echo "test-all: VM suite did not run: it selects no scenario for '$*'" >&2; exit 1; }
+# Two VMs share the scenarios through a queue on the host (each claims the next one, longest
+# first): a scenario mostly keeps one emulated CPU busy, and this machine has two cores.
+workers=${SNAPSTACK_VM_WORKERS:-2}
+[[ $workers =~ ^[1-9]$ ]] || { echo "test-all: SNAPSTACK_VM_WORKERS must be 1 to 9, not '$workers'" >&2; exit 1; }
+vm_work=$(mktemp -d /tmp/snapstack-vmsuite.XXXXXX)
+vm_log=$vm_work # removed by finish()
+mkdir "$vm_work/queue"
+pids=()
+for ((w = 1; w <= workers; w++)); do
+    # stderr is merged so that each log holds everything its worker said, in order; the
+    # terminal gets the same lines tagged with the worker.
+    # --hotplug: the daemon scenarios hot-add and hot-remove disks through qemu.
+    (
+        set +e
+        Tests/lab/vm.sh --timeout 3600 --hotplug --rwdir "$vm_work/queue" -- \
+            "$vmsuite" --queue "$vm_work/queue" "$@" 2>&1 | tee "$vm_work/log-$w" | sed -u "s/^/[vm$w] /"
+        echo "${PIPESTATUS[0]}" >"$vm_work/status-$w"
+    ) &
+    pids+=($!)
+    sleep 5 # the boots one after the other: two at once slow each other down
+done
+wait "${pids[@]}" || true
 
-# The suite's closing line is the only proof that it really ran: a VM that
-# failed to boot, a suite that crashed, or one that found nothing to run must
-# never look like a pass.
-summary=$(tr -d '\r' <"$vm_log" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1 || true)
-if [[ ! $summary =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
-    echo "test-all: VM suite did not run: no closing 'N passed, M failed' line (vm.sh exit $vm_status)" >&2
+# Each worker's closing line is the only proof that it really ran: a VM that failed to
+# boot, a suite that crashed, or one that found nothing to run must never look like a pass.
+# Together they must account for every scenario selected.
+passed=0
+failed=0
+for ((w = 1; w <= workers; w++)); do
+    vm_status=$(cat "$vm_work/status-$w" 2>/dev/null || echo "?")
+    summary=$(tr -d '\r' <"$vm_work/log-$w" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1 || true)
+    if [[ ! $summary =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
+        echo "test-all: VM suite worker $w did not run: no closing 'N passed, M failed' line (vm.sh exit $vm_status)" >&2
+        exit 1
+    fi
+    passed=$((passed + 10#${BASH_REMATCH[1]}))
+    failed=$((failed + 10#${BASH_REMATCH[2]}))
+    if [[ $vm_status != 0 ]]; then
+        echo "test-all: VM suite worker $w: '$summary', vm.sh exit $vm_status" >&2
+        failed=$((failed + 1))
+    fi
+done
+summary="$passed passed, $failed failed"
+if ((failed > 0)); then
+    echo "test-all: VM suite had failures: $summary" >&2
+    grep -h '^FAIL' "$vm_work"/log-* >&2 || true
     exit 1
 fi
-passed=$((10#${BASH_REMATCH[1]}))
-failed=$((10#${BASH_REMATCH[2]}))
-if ((passed == 0 && failed == 0)); then
-    echo "test-all: VM suite did not run: it reported '$summary' (vm.sh exit $vm_status)" >&2
-    exit 1
-fi
-if ((failed > 0 || passed == 0 || vm_status != 0)); then
-    echo "test-all: VM suite had failures: '$summary', vm.sh exit $vm_status" >&2
+if ((passed != expected)); then
+    echo "test-all: VM suite ran $passed of the $expected scenarios selected" >&2
     exit 1
 fi
 
