@@ -316,16 +316,18 @@ public enum Loop {
 
     /// The bound loop devices, by minor number, from sysfs: each `/sys/block/loopN` whose
     /// `loop/backing_file` exists (the kernel creates the `loop` directory at bind time and
-    /// removes it at unbind), with the number from `/sys/block/loopN/dev`.
-    public static func all() throws(LoopError) -> [LoopDevice] {
+    /// removes it at unbind), with the number from `/sys/block/loopN/dev`. `sysfs` is where
+    /// sysfs is mounted (a test gives a tree of its own).
+    public static func all(sysfs: String = "/sys") throws(LoopError) -> [LoopDevice] {
         let names: [String]
-        switch directoryEntries("/sys/block") {
+        let block = sysfs + "/block"
+        switch directoryEntries(block) {
         case .success(let entries): names = entries.filter { loopIndex(ofName: $0) != nil }
-        case .failure(let error): throw LoopError("/sys/block", "opendir", error)
+        case .failure(let error): throw LoopError(block, "opendir", error)
         }
         var devices: [LoopDevice] = []
         for name in names {
-            let backingPath = "/sys/block/\(name)/loop/backing_file"
+            let backingPath = "\(block)/\(name)/loop/backing_file"
             let backing: String
             switch readWholeFile(backingPath) {
             case .success(let bytes): backing = sysfsValue(bytes)
@@ -333,7 +335,7 @@ public enum Loop {
             case .failure(.noSuchFileOrDirectory), .failure(.noSuchAddressOrDevice): continue
             case .failure(let error): throw LoopError(backingPath, "read", error)
             }
-            let devPath = "/sys/block/\(name)/dev"
+            let devPath = "\(block)/\(name)/dev"
             let number: DeviceNumber
             switch readWholeFile(devPath) {
             case .success(let bytes):

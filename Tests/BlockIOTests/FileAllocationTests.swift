@@ -146,31 +146,37 @@ struct FileAllocationTests {
         return blocks
     }
 
+    /// Unwritten extents are what these tests witness (with filefrag), and only ext4 and xfs
+    /// keep them — the file systems snapstack zero-fills on. `Tests/lab/test-all.sh` points
+    /// TMPDIR at an ext4 mount when /tmp is something else, so here it is a failure, not a skip.
+    static func requireExtentFileSystem(_ directory: FilePath) throws {
+        let type = try FileSystemType(of: directory)
+        try #require(type.overwritesInPlace, "\(directory) is on \(type), which keeps no unwritten extents; set TMPDIR to a directory on ext4 or xfs")
+    }
+
     @Test("zeroFill writes zeros over the start of a new file: those blocks are written, the rest only reserved")
     func zeroFillCreate() throws {
         try withTemporaryDirectory { directory in
+            try Self.requireExtentFileSystem(directory)
             let path = directory.appending("store.cow")
             try FileAllocation.create(path, size: .mebibytes(4), preallocate: true, zeroFill: .mebibytes(1) + Bytes(100))
             #expect(try fileStatus(path).st_size == 4 << 20)
             #expect(try fileBytes(path).allSatisfy { $0 == 0 })
-            // Only file systems that keep unwritten extents report them (ext4, xfs: the ones
-            // snapstack zero-fills on); elsewhere the contents above are what can be checked.
-            if try FileSystemType(of: directory).overwritesInPlace {
-                // The partial block past 1 MiB is left alone: direct I/O writes whole blocks.
-                #expect(try Self.unwrittenBlocks(path) == Set(256..<1024))
-            }
+            // The partial block past 1 MiB is left alone: direct I/O writes whole blocks.
+            #expect(try Self.unwrittenBlocks(path) == Set(256..<1024))
             // Past the end of the file: only the file's size is written.
             let whole = directory.appending("metadata")
             try FileAllocation.create(whole, size: .mebibytes(1), preallocate: false, zeroFill: .mebibytes(8))
             #expect(try fileStatus(whole).st_size == 1 << 20)
             #expect(UInt64(try fileStatus(whole).st_blocks) * 512 >= 1 << 20)
-            if try FileSystemType(of: directory).overwritesInPlace { #expect(try Self.unwrittenBlocks(whole).isEmpty) }
+            #expect(try Self.unwrittenBlocks(whole).isEmpty)
         }
     }
 
     @Test("grow with zeroFill writes zeros over the start of the new part only, never over the old")
     func zeroFillGrow() throws {
         try withTemporaryDirectory { directory in
+            try Self.requireExtentFileSystem(directory)
             let path = directory.appending("store.cow")
             try FileAllocation.create(path, size: .mebibytes(1), preallocate: true)
             let descriptor = try FileDescriptor.open(path, .writeOnly)
@@ -180,18 +186,17 @@ struct FileAllocationTests {
             #expect(bytes.count == 3 << 20)
             #expect(Array(bytes[8192..<8196]) == Array("data".utf8))
             #expect(bytes[..<8192].allSatisfy { $0 == 0 } && bytes[8196...].allSatisfy { $0 == 0 })
-            if try FileSystemType(of: directory).overwritesInPlace {
-                let unwritten = try Self.unwrittenBlocks(path)
-                #expect(unwritten.isDisjoint(with: 256..<512))
-                #expect(unwritten.isSuperset(of: 512..<768))
-                #expect(unwritten.isSuperset(of: 3..<256))   // the old part: reserved as it was
-            }
+            let unwritten = try Self.unwrittenBlocks(path)
+            #expect(unwritten.isDisjoint(with: 256..<512))
+            #expect(unwritten.isSuperset(of: 512..<768))
+            #expect(unwritten.isSuperset(of: 3..<256))   // the old part: reserved as it was
         }
     }
 
     @Test("isFullyWritten: only a file without holes or reserved-but-unwritten blocks, as filefrag sees it")
     func fullyWritten() throws {
         try withTemporaryDirectory { directory in
+            try Self.requireExtentFileSystem(directory)
             let sparse = directory.appending("sparse"), reserved = directory.appending("reserved")
             let prefix = directory.appending("prefix"), whole = directory.appending("whole")
             let empty = directory.appending("empty")
@@ -202,18 +207,16 @@ struct FileAllocationTests {
             try FileAllocation.create(empty, size: .zero, preallocate: false)
             #expect(try !FileAllocation.isFullyWritten(sparse))
             #expect(try FileAllocation.isFullyWritten(empty))
-            if try FileSystemType(of: directory).overwritesInPlace {
-                #expect(try !FileAllocation.isFullyWritten(reserved))
-                #expect(try !FileAllocation.isFullyWritten(prefix))
-                #expect(try FileAllocation.isFullyWritten(whole))
-                #expect(try Self.unwrittenBlocks(whole).isEmpty && !Self.unwrittenBlocks(prefix).isEmpty)
-                // A hole punched into a written file.
-                let descriptor = try FileDescriptor.open(whole, .readWrite)
-                try descriptor.closeAfter { _ = try descriptor.writeAll(toAbsoluteOffset: 0, [1, 2, 3]) }
-                #expect(try FileAllocation.isFullyWritten(whole))
-                try FileAllocation.grow(whole, to: .mebibytes(3), preallocate: false)
-                #expect(try !FileAllocation.isFullyWritten(whole))
-            }
+            #expect(try !FileAllocation.isFullyWritten(reserved))
+            #expect(try !FileAllocation.isFullyWritten(prefix))
+            #expect(try FileAllocation.isFullyWritten(whole))
+            #expect(try Self.unwrittenBlocks(whole).isEmpty && !Self.unwrittenBlocks(prefix).isEmpty)
+            // A hole punched into a written file.
+            let descriptor = try FileDescriptor.open(whole, .readWrite)
+            try descriptor.closeAfter { _ = try descriptor.writeAll(toAbsoluteOffset: 0, [1, 2, 3]) }
+            #expect(try FileAllocation.isFullyWritten(whole))
+            try FileAllocation.grow(whole, to: .mebibytes(3), preallocate: false)
+            #expect(try !FileAllocation.isFullyWritten(whole))
         }
     }
 

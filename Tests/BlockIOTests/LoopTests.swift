@@ -1,4 +1,5 @@
 import BlockIO
+import Foundation
 import SystemPackage
 import Testing
 
@@ -38,15 +39,39 @@ struct LoopTests {
         }
     }
 
-    @Test("all() lists only loop devices, each with its backing file")
+    @Test("all() lists the bound loop devices of a sysfs tree, by minor, and nothing else")
     func all() throws {
-        // Hosts without loop support list none; hosts with snaps or images list theirs.
-        for device in try Loop.all() {
-            #expect(device.path.hasPrefix("/dev/loop"))
-            #expect(device.number.major == Loop.major)
-            #expect(device.backingFile != nil)
+        try withTemporaryDirectory { root in
+            // What the kernel shows: loopN/dev always; loopN/loop/backing_file only while bound.
+            func device(_ name: String, dev: String, backing: String?) throws {
+                let directory = root.string + "/block/" + name
+                try FileManager.default.createDirectory(atPath: directory + "/loop", withIntermediateDirectories: true)
+                try Data((dev + "\n").utf8).write(to: URL(fileURLWithPath: directory + "/dev"))
+                if let backing { try Data((backing + "\n").utf8).write(to: URL(fileURLWithPath: directory + "/loop/backing_file")) }
+            }
+            try device("loop10", dev: "7:10", backing: "/var/lib/snapstack/a b.img")
+            try device("loop2", dev: "7:2", backing: "/srv/disk.img (deleted)")
+            try device("loop3", dev: "7:3", backing: nil) // unbound
+            try device("loop2p1", dev: "259:0", backing: "/srv/disk.img") // a partition
+            try device("sda", dev: "8:0", backing: nil)
+            let found = try Loop.all(sysfs: root.string)
+            #expect(found.map(\.path) == ["/dev/loop2", "/dev/loop10"])
+            #expect(found.map(\.number) == [DeviceNumber(major: 7, minor: 2), DeviceNumber(major: 7, minor: 10)])
+            #expect(found.map(\.backingFile) == ["/srv/disk.img (deleted)", "/var/lib/snapstack/a b.img"])
+
+            // A dev attribute that is not MAJOR:MINOR is reported, not skipped.
+            try device("loop4", dev: "garbage", backing: "/x.img")
+            #expect(throws: LoopError(path: root.string + "/block/loop4/dev", reason: .unexpectedSysfs("garbage"))) {
+                try Loop.all(sysfs: root.string)
+            }
         }
-        #expect(try Loop.find(backingFile: "/nonexistent/snapstack.img").isEmpty)
+    }
+
+    @Test("all() of a tree without a block directory names the directory")
+    func allWithoutBlock() throws {
+        #expect(throws: LoopError(path: "/nonexistent-sysfs/block", reason: .system(operation: "opendir", .noSuchFileOrDirectory))) {
+            try Loop.all(sysfs: "/nonexistent-sysfs")
+        }
     }
 
     @Test("errors say which device and which call failed")

@@ -50,6 +50,7 @@ step() {
 finish() {
     local status=$?
     [[ -z $vm_log ]] || rm -rf "$vm_log"
+    if [[ -n ${extent_tmp:-} ]]; then umount "$extent_tmp" 2>/dev/null; rm -rf "$extent_tmp" "$extent_tmp.img"; fi
     if ((status != 0)); then
         echo "test-all: FAILED at '$step_name' (exit $status) after $((SECONDS - start)) s" >&2
     fi
@@ -66,7 +67,24 @@ step "unit tests"
 # --skip-build: step 2 built the tests already. --disable-xctest: the tests
 # use Swift Testing only, so the XCTest runner has nothing to do.
 # Tests that need root (loop devices) must run here, never skip.
-SNAPSTACK_REQUIRE_ROOT_TESTS=1 swift test --skip-build --disable-xctest
+# The file-allocation tests witness unwritten extents, which only ext4 and xfs keep: when
+# the temporary directory is on anything else (tmpfs, overlayfs), they get an ext4 mount.
+unit_tmp=${TMPDIR:-/tmp}
+case $(stat -f -c %T "$unit_tmp") in
+    ext2/ext3 | xfs) ;;
+    *)
+        extent_tmp=$(mktemp -d /var/tmp/snapstack-ext4.XXXXXX)
+        truncate -s 512M "$extent_tmp.img"
+        mkfs.ext4 -q -F "$extent_tmp.img"
+        mount -o loop "$extent_tmp.img" "$extent_tmp"
+        unit_tmp=$extent_tmp
+        ;;
+esac
+TMPDIR=$unit_tmp SNAPSTACK_REQUIRE_ROOT_TESTS=1 swift test --skip-build --disable-xctest
+if [[ -n ${extent_tmp:-} ]]; then
+    umount "$extent_tmp" && rm -rf "$extent_tmp" "$extent_tmp.img"
+    extent_tmp=
+fi
 
 step "manuals and completions"
 bash Tests/lab/manuals-check.sh .build/debug/snapstack
