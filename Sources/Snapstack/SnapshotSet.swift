@@ -56,155 +56,123 @@ extension Orchestrator {
     /// the same time, each swapping in its snapshot-origin table. udev is waited for only after
     /// the last resume.
     public func snapshot(_ names: [String], options: SnapshotOptions = SnapshotOptions()) throws -> SnapshotSetResult {
-        guard !names.isEmpty else { throw SnapstackError(.invalidArgument, "name at least one protected device") }
-        guard Set(names).count == names.count else {
-            throw SnapstackError(.invalidArgument, "a device is named twice in the set")
-        }
-        let snapshotName = options.name ?? Self.timestampName()
-        try Self.checkName(snapshotName, what: "snapshot", maxLength: Layout.maxSnapshotName)
-        guard !Layout.reservedSnapshotNames.contains(snapshotName) else {
-            throw SnapstackError(.invalidArgument, "\"\(snapshotName)\" is reserved for snapstack's own layers",
-                                 remedy: "choose another name with --as")
-        }
-        let chunkSectors = options.chunk.exactSectors
-        guard let chunkSectors, chunkSectors.rawValue.nonzeroBitCount == 1, options.chunk >= .kibibytes(4),
-              options.chunk <= .mebibytes(512) else {
-            throw SnapstackError(.invalidArgument, "invalid chunk size \(options.chunk.rawValue) bytes",
-                                 why: "it must be a power of two from 4 KiB to 512 MiB")
-        }
+        let plan = try planSnapshotSet(names, options: options)
+        var (set, records) = try recordIntent(plan)
+        try reached(.snapshotRecorded)
 
-        // Check everything before changing anything.
-        var members: [(device: DeviceRecord, top: DMName, real: DMName, realNumber: DeviceNumber, storeSize: Bytes)] = []
-        for name in names {
-            let device = try device(named: name)
-            guard device.state == .protected else {
-                throw SnapstackError(.refused, "\(name) is being \(device.state == .protecting ? "protected" : "unprotected")",
-                                     remedy: "run `snapstack reconcile`")
-            }
-            let top = try Layout.topName(name), real = try Layout.realName(name)
-            guard let info = try dm.info(top), let realInfo = try dm.info(real) else {
-                throw SnapstackError(.refused, "\(name) has no live stack", remedy: "run `snapstack reconcile` to rebuild it")
-            }
-            guard !info.suspended, !realInfo.suspended else {
-                throw SnapstackError(.refused, "\(name) is suspended", remedy: "run `snapstack reconcile`")
-            }
-            if try store.snapshot(deviceID: device.id, name: snapshotName) != nil {
-                throw SnapstackError(.refused, "\(name) already has a snapshot named \(snapshotName)", remedy: "choose another name with --as")
-            }
-            if let merging = try store.snapshots(deviceID: device.id).first(where: { $0.state == .merging || $0.state == .mergePending }) {
-                throw SnapstackError(.refused, "\(name) is merging \(name)-\(merging.name)", remedy: "wait for the merge to finish")
-            }
-            let origin = Bytes(UInt64(device.sizeBytes))
-            var size: Bytes
-            switch options.size {
-            case .bytes(let bytes): size = bytes
-            case .percent(let percent): size = Bytes(UInt64((Double(origin.rawValue) * percent / 100).rounded(.up)))
-            }
-            // Whole chunks; a store larger than its origin plus metadata buys nothing.
-            size = Bytes(min(size.rawValue, origin.rawValue + origin.rawValue / 16 + (1 << 20)))
-            size = Bytes((size.rawValue + options.chunk.rawValue - 1) / options.chunk.rawValue * options.chunk.rawValue)
-            guard size >= Self.minimumStoreSize(chunk: options.chunk) else {
-                throw SnapstackError(.refused, "the store for \(name) would be \(size.rawValue) bytes",
-                                     why: "a COW store needs at least \(Self.minimumStoreSize(chunk: options.chunk).rawValue) bytes for its header and metadata",
-                                     remedy: "give a larger --size")
-            }
-            members.append((device, top, real, realInfo.number, size))
+        var run = SnapshotRun(plan: plan, records: records)
+        do {
+            for step in plan.steps { try execute(step, &run) }
+        } catch {
+            throw rollingBack(error, records.enumerated().map { index, record in
+                ("undo the snapshot of \(plan.members[index].device.name)", {
+                    try self.removeSnapshotArtifacts(record, of: plan.members[index].device)
+                    try self.store.deleteSnapshot(id: record.id)
+                    try self.restoreTopTable(plan.members[index].device)
+                })
+            })
         }
-        let memberDevices = Set(members.flatMap { member -> [DeviceNumber] in
-            [DeviceNumber(major: UInt32(member.device.sourceMajor), minor: UInt32(member.device.sourceMinor)),
-             member.realNumber, (try? self.number(of: member.top)) ?? member.realNumber]
-        })
-        let store = try resolveStore(options.store, memberCount: members.count, memberDevices: memberDevices)
+        for index in records.indices {
+            records[index].state = .active
+            records[index].era = run.eras[index]
+            try store.update(records[index])
+        }
+        set.state = .complete
+        set.freezeMicroseconds = run.freezeMicroseconds
+        try store.updateSet(set)
+        event("snapshot", names.joined(separator: ","), "set \(set.id!) \"\(plan.name)\" taken; freeze window \(run.freezeMicroseconds) us")
+        return SnapshotSetResult(setID: set.id!, snapshots: plan.members.map { ($0.device.name, plan.name, $0.snapshot.devicePath) },
+                                 freezeMicroseconds: run.freezeMicroseconds)
+    }
 
-        // Intent.
+    /// What running a plan has learnt so far.
+    struct SnapshotRun {
+        var plan: SnapshotSetPlan
+        var records: [SnapshotRecord]
+        var cows: [DeviceReference?]
+        var eras: [Int64?]
+        var freezeMicroseconds: Int64 = 0
+
+        init(plan: SnapshotSetPlan, records: [SnapshotRecord]) {
+            self.plan = plan
+            self.records = records
+            cows = Array(repeating: nil, count: plan.members.count)
+            eras = Array(repeating: nil, count: plan.members.count)
+        }
+    }
+
+    /// The set and its snapshots in the database as `creating`: what reconcile undoes should
+    /// the process die before they are marked complete.
+    private func recordIntent(_ plan: SnapshotSetPlan) throws -> (SnapshotSetRecord, [SnapshotRecord]) {
         let now = Date()
-        var set = try self.store.insertSet(SnapshotSetRecord(id: nil, createdAt: now, state: .creating, freezeMicroseconds: nil))
+        let set = try store.insertSet(SnapshotSetRecord(id: nil, createdAt: now, state: .creating, freezeMicroseconds: nil))
         var records: [SnapshotRecord] = []
-        for member in members {
+        for member in plan.members {
             let id = SnapshotRecord.newID()
             let path: String
-            switch store {
+            switch plan.storeLocation {
             case .directory(let directory): path = directory.appending("\(member.device.id)-\(id).cow").string
             case .device(let device): path = device
             }
             let record = SnapshotRecord(
-                id: id, setID: set.id!, deviceID: member.device.id, name: snapshotName, state: .creating,
-                storeKind: store.isDevice ? .device : .file, storePath: path, storeSizeBytes: Int64(member.storeSize.rawValue),
-                chunkSectors: Int(chunkSectors.rawValue), era: nil, createdAt: now)
-            try self.store.insert(record)
+                id: id, setID: set.id!, deviceID: member.device.id, name: plan.name, state: .creating,
+                storeKind: plan.storeLocation.isDevice ? .device : .file, storePath: path,
+                storeSizeBytes: Int64(member.storeSize.rawValue), chunkSectors: Int(plan.chunk.rawValue), era: nil, createdAt: now)
+            try store.insert(record)
             records.append(record)
         }
-        try reached(.snapshotRecorded)
+        return (set, records)
+    }
 
-        var freeze: Int64 = 0
-        do {
-            // Preload.
-            var cows: [DeviceReference] = []
-            for (index, member) in members.enumerated() {
-                let record = records[index]
-                if record.storeKind == .file {
-                    try failing("cannot create the COW store \(record.storePath)") {
-                        let path = FilePath(record.storePath)
-                        try host.createFile(path, size: member.storeSize, preallocate: true,
-                                                  zeroFill: zeroFill(Self.storeZeroFill, for: path))
-                    }
-                }
-                cows.append(try attachStore(record))
+    private func execute(_ step: SnapshotStep, _ run: inout SnapshotRun) throws {
+        let members = run.plan.members
+        switch step {
+        case .createStoreFile(let index):
+            let path = FilePath(run.records[index].storePath)
+            try failing("cannot create the COW store \(path)") {
+                try host.createFile(path, size: members[index].storeSize, preallocate: true,
+                                    zeroFill: zeroFill(Self.storeZeroFill, for: path))
             }
-            try reached(.snapshotStoreAttached)
-            // Whether the origin's snapshot-origin table is live already (it has other snapshots).
-            var originLive: [Bool] = []
-            for (index, member) in members.enumerated() {
-                let record = records[index]
-                let name = try Layout.snapshotName(member.device.name, record.name)
-                try failing("cannot prepare \(name.devicePath)") {
-                    try dm.createInactive(name, uuid: try Layout.uuid(deviceID: member.device.id, .snapshot(id: record.id)),
-                                          table: try Table(length: Sectors(UInt64(member.device.sizeBytes) / Sectors.size),
-                                                           .snapshot(Snapshot(origin: .number(member.realNumber), cow: cows[index],
-                                                                              chunkSize: chunkSectors))))
-                    let origin = try Table(length: Sectors(UInt64(member.device.sizeBytes) / Sectors.size),
-                                           .snapshotOrigin(SnapshotOrigin(origin: .number(member.realNumber))))
-                    let live = try dm.table(member.top) == origin
-                    if !live { try dm.load(member.top, table: origin) }
-                    originLive.append(live)
+        case .attachStore(let index):
+            run.cows[index] = try attachStore(run.records[index])
+        case .prepareSnapshot(let index):
+            let member = members[index]
+            guard let cow = run.cows[index] else { preconditionFailure("a plan attaches a store before its snapshot") }
+            try failing("cannot prepare \(member.snapshot.devicePath)") {
+                try dm.createInactive(member.snapshot, uuid: try Layout.uuid(deviceID: member.device.id, .snapshot(id: run.records[index].id)),
+                                      table: try Table(length: member.length,
+                                                       .snapshot(Snapshot(origin: .number(member.realNumber), cow: cow,
+                                                                          chunkSize: run.plan.chunk))))
+            }
+        case .loadOriginTable(let index):
+            try failing("cannot prepare \(members[index].top.devicePath)") {
+                try dm.load(members[index].top, table: try members[index].originTable)
+            }
+        case .readEras:
+            // Should anything else start an era between this read and the checkpoint, the
+            // recorded era is older than the truth: changes since the snapshot are then a
+            // superset, never short.
+            for (index, member) in members.enumerated() where member.tracksChanges {
+                try failing("cannot read the era of \(member.device.name)") {
+                    if case .era(let status) = try dm.status(member.real).first?.status { run.eras[index] = Int64(status.currentEra) + 1 }
                 }
             }
-            try reached(.snapshotPreloaded)
-
-            // The era each snapshot begins: the checkpoint below starts exactly the next one
-            // (dm-era counts one era per checkpoint). Should anything else start an era in
-            // between, the recorded one is older than the truth, so changes since the snapshot
-            // are a superset, never short.
-            var eras: [Int64?] = []
-            for member in members {
-                var era: Int64? = nil
-                if member.device.cbtBlockSectors != nil {
-                    try failing("cannot read the era of \(member.device.name)") {
-                        if case .era(let status) = try dm.status(member.real).first?.status { era = Int64(status.currentEra) + 1 }
-                    }
-                }
-                eras.append(era)
-            }
-
-            let checkpoints = members.filter { $0.device.cbtBlockSectors != nil }
-                .map { (device: $0.real, text: EraMessage.checkpoint.rawValue) }
-            let snapshotNames = try members.indices.map { try Layout.snapshotName(members[$0].device.name, records[$0].name) }
+        case .activateBeforeFreeze(let indices):
+            // A snapshot must be live before its origin's snapshot-origin table is, or writes
+            // in between would not be copied (dm-snap skips inactive snapshots). Where the
+            // origin has no live snapshot-origin yet, its writes still go straight to the -real
+            // layer through the top's linear table, past the snapshot, which reads them there as
+            // it reads every chunk it has not copied: the snapshot shows the origin as it is
+            // until the top swaps tables, which happens inside the freeze. So these snapshots go
+            // live before the window, and the window does not grow with them. udev is waited for
+            // here, so that its probes of the new devices do not share the CPUs with the freeze.
             try failing("cannot take the snapshot set") {
-                // A snapshot must be live before its origin's snapshot-origin table is, or
-                // writes in between would not be copied (dm-snap skips inactive snapshots).
-                // Where the origin has no live snapshot-origin yet, its writes still go straight
-                // to the -real layer through the top's linear table, past the snapshot, which
-                // reads them there as it reads every chunk it has not copied: the snapshot shows
-                // the origin as it is until the top swaps tables, which happens inside the
-                // freeze. So these snapshots go live before the window, and the window does not
-                // grow with them. udev is waited for here, so that its probes of the new devices
-                // do not share the CPUs with the freeze.
                 try dm.withUdevTransaction { udev in
-                    for index in members.indices where !originLive[index] {
-                        try dm.resume(snapshotNames[index], transaction: udev)
-                    }
+                    for index in indices { try dm.resume(members[index].snapshot, transaction: udev) }
                 }
-                try reached(.snapshotActivated)
+            }
+        case .freeze(let checkpoint, let inside):
+            try failing("cannot take the snapshot set") {
                 try dm.withUdevTransaction { udev in
                     dm.prepare(udev)
                     // Every era starts a new era just before the freeze, all at the same time.
@@ -213,7 +181,7 @@ extension Orchestrator {
                     // between it and the freeze are in the snapshot and counted in the new era
                     // too: an incremental after this snapshot reads them again, so it is a
                     // superset of the changes, never short.
-                    try dm.messageTogether(checkpoints)
+                    try dm.messageTogether(checkpoint.map { (device: members[$0].real, text: EraMessage.checkpoint.rawValue) })
                     try reached(.snapshotCheckpointed)
                     // The freeze window: every top is suspended at the same time, each from a
                     // thread of its own, and resumed the same way, swapping in its
@@ -223,35 +191,15 @@ extension Orchestrator {
                         // Where the snapshot-origin table is live already, resuming a snapshot
                         // makes it copy from that instant on (the kernel suspends the origin
                         // internally for it): only inside the freeze is that the set's instant.
-                        for index in members.indices where originLive[index] {
-                            try dm.resume(snapshotNames[index], transaction: udev)
-                        }
+                        for index in inside { try dm.resume(members[index].snapshot, transaction: udev) }
                     }
-                    freeze = Int64(window.components.seconds * 1_000_000 + window.components.attoseconds / 1_000_000_000_000)
+                    run.freezeMicroseconds = Int64(window.components.seconds * 1_000_000
+                                                   + window.components.attoseconds / 1_000_000_000_000)
                 }
             }
-            try reached(.snapshotResumed)
-            for index in records.indices {
-                records[index].state = .active
-                records[index].era = eras[index]
-            }
-        } catch {
-            throw rollingBack(error, records.enumerated().map { index, record in
-                ("undo the snapshot of \(members[index].device.name)", {
-                    try self.removeSnapshotArtifacts(record, of: members[index].device)
-                    try self.store.deleteSnapshot(id: record.id)
-                    try self.restoreTopTable(members[index].device)
-                })
-            })
+        case .reached(let point):
+            try reached(point)
         }
-        for record in records { try self.store.update(record) }
-        set.state = .complete
-        set.freezeMicroseconds = freeze
-        try self.store.updateSet(set)
-        event("snapshot", names.joined(separator: ","), "set \(set.id!) \"\(snapshotName)\" taken; freeze window \(freeze) us")
-        return SnapshotSetResult(
-            setID: set.id!, snapshots: members.map { ($0.device.name, snapshotName, (try? Layout.snapshotName($0.device.name, snapshotName).devicePath) ?? "") },
-            freezeMicroseconds: freeze)
     }
 
     static func timestampName(_ date: Date = Date()) -> String {
@@ -262,7 +210,7 @@ extension Orchestrator {
         return formatter.string(from: date)
     }
 
-    enum StoreLocation {
+    enum StoreLocation: Sendable {
         case directory(FilePath)
         case device(String)
         var isDevice: Bool { if case .device = self { true } else { false } }
