@@ -9,7 +9,7 @@ enum OrchestratorScenarios {
         Scenario("protect builds era + top over the disk; unprotect leaves it byte-identical", protectAndUnprotect),
         Scenario("bad input gets its exit code and one line, and changes nothing", badInputChangesNothing).lasting(100),
         Scenario("ext4 snapshot under a running writer: fsck-clean, synced files intact, frozen in time", ext4UnderWriter),
-        Scenario("a set of three devices is taken in one freeze window", threeDeviceSet),
+        Scenario("a set of three devices: one set, snapshot-origin and snapshot tables per member, each equal to its disk", threeDeviceSet),
         Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
         Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
@@ -247,11 +247,9 @@ enum OrchestratorScenarios {
                         "snapshot paths")
         let rows = try cli.rows("snapshots")
         try expectEqual(rows.count, 3, "snapshot rows")
+        // That the members show one moment is CrashCutScenarios' to prove, with a writer.
         let sets = Set(rows.compactMap { ($0["set"] as? NSNumber)?.int64Value })
-        let freezes = Set(rows.compactMap { ($0["freeze"] as? NSNumber)?.int64Value })
         try expectEqual(sets.count, 1, "one set id")
-        try expectEqual(freezes.count, 1, "one freeze window")
-        try expect((freezes.first ?? 0) > 0, "freeze window recorded: \(freezes)")
         try expect(rows.allSatisfy { ($0["era"] as? NSNumber) != nil }, "era recorded for each member")
         let basic = try cli.ok("snapshots", "-o", "name,freeze", "--noheadings")
         try expect(basic.split(separator: "\n").count == 3, "basic report: \(basic)")

@@ -64,6 +64,7 @@ var allScenarios: [Scenario] {
         + CompletionScenarios.all
         + MetricsScenarios.all
         + SignalScenarios.all
+        + CrashCutScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
