@@ -100,7 +100,12 @@ enum DaemonScenarios {
 
         /// Waits for READY=1 (sent after the boot-time reconcile).
         func waitReady(timeout: Double = 120) throws {
-            _ = try notify.wait("READY=1", timeout: timeout) { $0.split(separator: "\n").contains("READY=1") }
+            do {
+                _ = try notify.wait("READY=1", timeout: timeout) { $0.split(separator: "\n").contains("READY=1") }
+            } catch {
+                // Where the boot pass is (or stuck) is in the daemon's own log.
+                throw Failure(description: "\(error); daemon log tail:\n\(logText.suffix(3000))")
+            }
         }
 
         var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }

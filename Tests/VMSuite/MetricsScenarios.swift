@@ -145,7 +145,7 @@ enum MetricsScenarios {
             """)
         let check = try lab.sh(CommandScenarios.snapstack, "daemon", "--check-config", "--config", config)
         try expect(check.contains("metrics: written to \(file) every 2.0 seconds"), "--check-config says: \(check)")
-        let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: config)
+        let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: config, logLevel: "debug")
         try daemon.waitReady()
         let ready = Date().timeIntervalSince1970
         note("daemon ready")
