@@ -281,7 +281,7 @@ enum ChangeTrackingScenarios {
         var witnessed: [(since: UInt32, xml: String, blocks: Set<UInt64>)] = []
         for since in sinceValues(snapshotEra).sorted() {
             let xml = try lab.sh("era_invalidate", "--metadata-snapshot", "--written-since", "\(since)", metadata.path)
-            let blocks = try invalidatedBlocks(xml: xml)
+            let blocks = try EraScenarios.invalidatedBlocks(xml: xml)
             try expectEqual(blocks, model.blocks(since: since, count: shape.blockCount), "era_invalidate since \(since)")
             witnessed.append((since, xml, blocks))
         }
@@ -305,26 +305,6 @@ enum ChangeTrackingScenarios {
             .write(to: directory.appendingPathComponent("\(label).status"), atomically: true, encoding: .utf8)
         try writeCompactImage(of: lab.scratch.appendingPathComponent(label + "-meta.img").path,
                               to: directory.appendingPathComponent("\(label).metadata").path)
-    }
-
-    /// The blocks of `era_invalidate`'s XML, read as `EraScenarios.invalidated` reads them, for
-    /// an answer whose text is kept too.
-    static func invalidatedBlocks(xml: String) throws -> Set<UInt64> {
-        var blocks = Set<UInt64>()
-        for line in xml.split(separator: "\n") {
-            var attributes: [Substring: UInt64] = [:]
-            for match in line.matches(of: #/(\w+)\s*=\s*"(\d+)"/#) {
-                attributes[match.output.1] = UInt64(match.output.2)
-            }
-            if line.contains("<range"), let begin = attributes["begin"], let end = attributes["end"] {
-                blocks.formUnion(begin..<end)
-            } else if line.contains("<block "), let block = attributes["block"] {
-                blocks.insert(block)
-            } else if line.contains("<range") || line.contains("<block ") {
-                throw Failure(description: "unexpected era_invalidate line: \(line)")
-            }
-        }
-        return blocks
     }
 
     /// Writes the non-zero 4 KiB blocks of `source` in the fixture format the unit tests read

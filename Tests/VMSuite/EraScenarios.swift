@@ -12,10 +12,13 @@ enum EraScenarios {
 
     /// Blocks that `era_invalidate --metadata-snapshot --written-since ERA` reports.
     static func invalidated(_ lab: Lab, metadata: String, since era: UInt32) throws -> Set<UInt64> {
-        let xml = try lab.sh("era_invalidate", "--metadata-snapshot", "--written-since", "\(era)", metadata)
+        try invalidatedBlocks(xml: try lab.sh("era_invalidate", "--metadata-snapshot", "--written-since", "\(era)", metadata))
+    }
+
+    /// The blocks of `era_invalidate`'s XML: it writes `<block block="7"/>` and
+    /// `<range begin="2" end = "4"/>` (end-exclusive, with spaces around the second `=`).
+    static func invalidatedBlocks(xml: String) throws -> Set<UInt64> {
         var blocks = Set<UInt64>()
-        // era_invalidate writes `<block block="7"/>` and `<range begin="2" end = "4"/>`
-        // (end-exclusive, with spaces around the second `=`).
         for line in xml.split(separator: "\n") {
             var attributes: [Substring: UInt64] = [:]
             for match in line.matches(of: #/(\w+)\s*=\s*"(\d+)"/#) {
