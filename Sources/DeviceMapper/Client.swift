@@ -378,7 +378,7 @@ public struct DeviceMapperClient: Sendable {
     public func withSuspended<T>(_ names: [DMName], options: SuspendOptions = [],
                                  transaction: UdevTransaction? = nil,
                                  _ body: () throws -> T) throws -> T {
-        try MemoryLock.whileSuspending { try withSuspendedUnlocked(names, options: options, transaction: transaction, body) }
+        try MemoryLock.whileSuspending(names) { try withSuspendedUnlocked(names, options: options, transaction: transaction, body) }
     }
 
     private func withSuspendedUnlocked<T>(_ names: [DMName], options: SuspendOptions, transaction: UdevTransaction?,

@@ -1,3 +1,4 @@
+import BlockIO
 import Foundation
 import Synchronization
 
@@ -5,27 +6,47 @@ import Synchronization
 /// (`activation/use_mlockall`): a page fault that has to read a page back — of this binary, a
 /// library, or anonymous memory from swap — from a device that is suspended waits for its
 /// resume, which only this process would issue. Locking happens before the first suspend, so
-/// its cost (faulting in every mapped page once) stays out of the freeze window.
+/// its cost stays out of the freeze window.
+///
+/// That cost is faulting in every page of every mapping once: tens of milliseconds for a
+/// release build on a local disk, but seconds for a debug build read over a network file
+/// system, in every command that suspends. So memory is locked only when a suspended device may
+/// be one a page fault reads from: one under the file systems of the mapped files or under a
+/// swap area (`BlockTopology.pagingDevices`), or when that cannot be told.
 enum MemoryLock {
-    /// Nested holders: only the outermost locks and unlocks.
-    private static let depth = Mutex(0)
+    /// Nested holders, and the depth at which memory was locked, if it was.
+    private static let state = Mutex<(depth: Int, lockedAt: Int?)>((0, nil))
 
-    /// Runs `body` with the process's current and future pages locked in memory. A failure to
-    /// lock (no CAP_IPC_LOCK, RLIMIT_MEMLOCK) does not stop the suspend: the kernel may then
-    /// have to page, as it would without this.
-    static func whileSuspending<T>(_ body: () throws -> T) rethrows -> T {
-        let outermost = depth.withLock { depth -> Bool in
-            depth += 1
-            return depth == 1
+    /// Runs `body` with the process's current and future pages locked in memory when a page
+    /// fault could wait for one of `names`. A failure to lock (no CAP_IPC_LOCK, RLIMIT_MEMLOCK)
+    /// does not stop the suspend: the kernel may then have to page, as it would without this.
+    static func whileSuspending<T>(_ names: [DMName], _ body: () throws -> T) rethrows -> T {
+        let needed = mayFaultOn(names)
+        let lockedHere = state.withLock { state -> Bool in
+            state.depth += 1
+            guard needed, state.lockedAt == nil else { return false }
+            state.lockedAt = state.depth
+            return true
         }
-        if outermost { _ = mlockall(MCL_CURRENT | MCL_FUTURE) }
+        if lockedHere { _ = mlockall(MCL_CURRENT | MCL_FUTURE) }
         defer {
-            let last = depth.withLock { depth -> Bool in
-                depth -= 1
-                return depth == 0
+            state.withLock { state in
+                state.depth -= 1
+                if lockedHere { state.lockedAt = nil }
             }
-            if last { _ = munlockall() }
+            if lockedHere { _ = munlockall() }
         }
         return try body()
+    }
+
+    /// Whether a page fault of this process may wait for one of `names` while it is suspended.
+    static func mayFaultOn(_ names: [DMName]) -> Bool {
+        guard case .success(let paging) = BlockTopology.pagingDevices() else { return true }
+        for name in names {
+            var status = stat()
+            guard stat(name.devicePath, &status) == 0 else { return true }
+            if paging.contains(DeviceNumber(status.st_rdev)) { return true }
+        }
+        return false
     }
 }

@@ -41,7 +41,7 @@ extension DeviceMapperClient {
     public func withSuspendedTogether<T>(_ names: [DMName], options: SuspendOptions = [],
                                          _ body: () throws -> T) throws -> (value: T, window: Duration) {
         guard !names.isEmpty else { return (try body(), .zero) }
-        return try MemoryLock.whileSuspending { try withSuspendedTogetherUnlocked(names, options: options, body) }
+        return try MemoryLock.whileSuspending(names) { try withSuspendedTogetherUnlocked(names, options: options, body) }
     }
 
     private func withSuspendedTogetherUnlocked<T>(_ names: [DMName], options: SuspendOptions,

@@ -12,6 +12,7 @@ enum OrchestratorScenarios {
         Scenario("a set of three devices: one set, snapshot-origin and snapshot tables per member, each equal to its disk", threeDeviceSet),
         Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
+        Scenario("memory is locked for a freeze only when the binary may be paged from a device it suspends (strace)", memoryLockWhenNeeded),
         Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
@@ -284,6 +285,43 @@ enum OrchestratorScenarios {
         try expectEqual(try lab.sh("dmsetup", "table", "snapstack-vol").trimmingCharacters(in: .newlines),
                         "0 \(disk.facts.sectors.rawValue) linear \(real) 0", "top table after merge")
         try expectEqual(try cli.rows("snapshots").count, 0, "snapshots after merge")
+        try cli.ok("unprotect", "vol")
+    }
+
+    /// The memory-lock calls a snapshot made, as strace saw them.
+    static func lockCalls(_ lab: Lab, binary: String, _ arguments: [String], state: String) throws -> [String] {
+        let trace = lab.scratch.appendingPathComponent("lock-\(arguments.joined(separator: "-")).trace").path
+        try lab.run(["strace", "-f", "-qq", "-e", "trace=mlockall,munlockall", "-o", trace, binary] + arguments + ["--state-dir", state])
+        return try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n")
+            .compactMap { line in
+                // "412 mlockall(MCL_CURRENT|MCL_FUTURE)  = 0": the call, its result, single-spaced.
+                line.firstRange(of: "lockall(").map { _ in line.drop { $0 != "m" }.split(separator: " ").joined(separator: " ") }
+            }
+    }
+
+    static func memoryLockWhenNeeded(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(160))
+        let top = try cli.protect(disk.path, "vol")
+        try lab.sh("mkfs.ext4", "-q", top)
+        let mountPoint = lab.scratch.appendingPathComponent("mnt").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", top, mountPoint)
+        defer { _ = try? lab.sh("umount", mountPoint) }
+        // The suite's own copy lives on tmpfs, its libraries on the lab's network root: nothing
+        // it could page in waits for vol.
+        print("      paging devices of the suite's own process: \(BlockTopology.pagingDevices())")
+        let calls = try lockCalls(lab, binary: CommandScenarios.snapstack, ["snapshot", "vol", "--as", "a", "--size", "8M"], state: cli.state)
+        try expectEqual(calls, [], "memory-lock calls of a snapstack on no device it suspends")
+        // The same binary run from the file system on vol: a page fault of its own text while
+        // vol is suspended would wait for the resume that only it can issue.
+        let onVolume = mountPoint + "/snapstack"
+        try FileManager.default.copyItem(atPath: CommandScenarios.snapstack, toPath: onVolume)
+        let locking = try lockCalls(lab, binary: onVolume, ["snapshot", "vol", "--as", "b", "--size", "8M"], state: cli.state)
+        try expect(locking.contains { $0.hasPrefix("mlockall(MCL_CURRENT|MCL_FUTURE) = 0") } && locking.contains { $0.hasPrefix("munlockall() = 0") },
+                   "memory-lock calls of a snapstack run from vol: \(locking)")
+        try lab.sh("umount", mountPoint)
+        for snapshot in ["vol-a", "vol-b"] { try cli.ok("drop", snapshot) }
         try cli.ok("unprotect", "vol")
     }
 

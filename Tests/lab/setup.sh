@@ -20,12 +20,12 @@ readonly VIRTME_NG_VERSION=1.42
 # are rendered and the completions parsed and run (Tests/lab/manuals-check.sh).
 # python3-prometheus-client: a real Prometheus text-format parser for the
 # metrics scenario, for the guest's /usr/bin/python3 (the guest's PATH has no
-# pyenv).
+# pyenv). strace: the witness of whether a command locks its memory.
 readonly APT_PACKAGES=(
     libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
     dmsetup lvm2 thin-provisioning-tools udev kmod busybox-static
-    e2fsprogs fio util-linux file sqlite3 xxhash
+    e2fsprogs fio util-linux file sqlite3 xxhash strace
     restic python3-prometheus-client
     man-db groff-base bash-completion zsh fish
 )
