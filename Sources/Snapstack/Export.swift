@@ -95,21 +95,7 @@ extension Orchestrator {
                                  remedy: "use --format delta and `snapstack apply` on the receiving side")
         }
 
-        // Which blocks to read.
-        var readEverything = false
-        var ranges: [Range<UInt64>]
-        let blockCount = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
-        if let base {
-            do {
-                ranges = try changedBlocks(of: device, since: base.era ?? 0)
-            } catch let error where request.allowFull {
-                notice("cannot read the change tracking of \(device.name) (\(error)); reading every block as --allow-full asks")
-                ranges = [0..<blockCount]
-                readEverything = true
-            }
-        } else {
-            ranges = [0..<blockCount]
-        }
+        let (ranges, readEverything) = try rangesToRead(of: device, since: base, blockSize: blockSize, allowFull: request.allowFull)
         let extents = ranges.map { range in
             let offset = range.lowerBound * UInt64(blockSize)
             return Extent(offset: offset, length: min(range.upperBound * UInt64(blockSize), size) - offset)
@@ -127,17 +113,8 @@ extension Orchestrator {
             createdAt: resumedManifest?.export.createdAt ?? now)
         try store.save(record)
 
-        let manifest = ImageManifest(
-            state: .incomplete,
-            export: .init(id: record.id, kind: record.kind.rawValue, base: base?.id,
-                          chain: (resumedManifest?.export.chain.dropLast() ?? (base == nil ? [] : baseChain(request.destination)))
-                              + [record.id],
-                          createdAt: record.createdAt, completedAt: nil),
-            device: .init(id: device.id, name: device.name, sizeBytes: size, wwn: device.wwn, serial: device.serial,
-                          partUUID: device.partUUID, fsUUID: device.fsUUID),
-            snapshot: .init(id: snapshot.id, name: snapshot.name, era: snapshot.era, createdAt: snapshot.createdAt),
-            sinceEra: base?.era, blockSize: blockSize,
-            checksumFile: request.destination.imagePath.map { ImageManifest.checksumPath(forImage: $0).lastComponent?.string ?? "" } ?? "")
+        let manifest = exportManifest(record, device: device, snapshot: snapshot, base: base,
+                                      resumed: resumedManifest, destination: request.destination)
 
         let engine: CopyEngine
         do {
@@ -153,24 +130,8 @@ extension Orchestrator {
 
         let statistics: CopyStatistics
         do {
-            switch request.destination {
-            case .image(let path):
-                statistics = try copyIntoImage(path, manifest: manifest, engine: engine, extents: extents,
-                                               fresh: base == nil, progress: progress, cancel: cancel)
-            case .standardOutput(.raw):
-                let sink = RawStreamSink(descriptor: .standardOutput, size: size)
-                statistics = try engine.run(extents: extents, into: sink, progress: progress, cancel: cancel)
-                try sink.finish()
-            case .standardOutput(.delta):
-                var streamed = manifest
-                streamed.state = .complete
-                streamed.export.completedAt = Date()
-                let sink = try DeltaStreamWriter(
-                    descriptor: .standardOutput,
-                    header: DeltaStreamHeader(blockSize: blockSize, deviceSize: size, payload: try streamed.encoded()))
-                statistics = try engine.run(extents: extents, into: sink, progress: progress, cancel: cancel)
-                try sink.finish()
-            }
+            statistics = try copy(to: request.destination, manifest: manifest, engine: engine, extents: extents,
+                                  fresh: base == nil, size: size, progress: progress, cancel: cancel)
         } catch let error as CopyError where error.isCancelled {
             throw SnapstackError(.failed, "export \(record.id) of \(device.name)-\(snapshot.name) was cancelled",
                                  why: "the image is marked incomplete",
@@ -191,6 +152,63 @@ extension Orchestrator {
                           message: "\(record.kind.rawValue) export \(record.id) of \(snapshot.name): \(statistics.bytesRead) bytes read")
         return ExportOutcome(record: record, statistics: statistics, plannedBlocks: plannedBlocks,
                              readEverything: readEverything, resumed: resumedManifest != nil)
+    }
+
+    /// The manifest of an export, incomplete: its chain continues the base's (or the resumed
+    /// export's, whose own id ends it already).
+    private func exportManifest(_ record: ExportRecord, device: DeviceRecord, snapshot: SnapshotRecord, base: ExportRecord?,
+                                resumed resumedManifest: ImageManifest?, destination: ExportDestination) -> ImageManifest {
+        let size = UInt64(device.sizeBytes)
+        let chain = resumedManifest.map { Array($0.export.chain.dropLast()) } ?? (base == nil ? [] : baseChain(destination))
+        return ImageManifest(
+            state: .incomplete,
+            export: .init(id: record.id, kind: record.kind.rawValue, base: base?.id, chain: chain + [record.id],
+                          createdAt: record.createdAt, completedAt: nil),
+            device: .init(id: device.id, name: device.name, sizeBytes: size, wwn: device.wwn, serial: device.serial,
+                          partUUID: device.partUUID, fsUUID: device.fsUUID),
+            snapshot: .init(id: snapshot.id, name: snapshot.name, era: snapshot.era, createdAt: snapshot.createdAt),
+            sinceEra: base?.era, blockSize: Int(record.blockSizeBytes),
+            checksumFile: destination.imagePath.map { ImageManifest.checksumPath(forImage: $0).lastComponent?.string ?? "" } ?? "")
+    }
+
+    /// The blocks an export reads: those changed since `base` (or every block, for a full
+    /// export, or when the tracking cannot be read and `allowFull` says so).
+    private func rangesToRead(of device: DeviceRecord, since base: ExportRecord?, blockSize: Int,
+                              allowFull: Bool) throws -> (ranges: [Range<UInt64>], readEverything: Bool) {
+        let blockCount = (UInt64(device.sizeBytes) + UInt64(blockSize) - 1) / UInt64(blockSize)
+        guard let base else { return ([0..<blockCount], false) }
+        do {
+            return (try changedBlocks(of: device, since: base.era ?? 0), false)
+        } catch let error where allowFull {
+            notice("cannot read the change tracking of \(device.name) (\(error)); reading every block as --allow-full asks")
+            return ([0..<blockCount], true)
+        }
+    }
+
+    /// Runs the copy into the destination's sink.
+    private func copy(to destination: ExportDestination, manifest: ImageManifest, engine: CopyEngine, extents: [Extent],
+                      fresh: Bool, size: UInt64, progress: ((CopyProgress) -> Void)?,
+                      cancel: CancellationFlag?) throws -> CopyStatistics {
+        switch destination {
+        case .image(let path):
+            return try copyIntoImage(path, manifest: manifest, engine: engine, extents: extents,
+                                     fresh: fresh, progress: progress, cancel: cancel)
+        case .standardOutput(.raw):
+            let sink = RawStreamSink(descriptor: .standardOutput, size: size)
+            let statistics = try engine.run(extents: extents, into: sink, progress: progress, cancel: cancel)
+            try sink.finish()
+            return statistics
+        case .standardOutput(.delta):
+            var streamed = manifest
+            streamed.state = .complete
+            streamed.export.completedAt = Date()
+            let sink = try DeltaStreamWriter(
+                descriptor: .standardOutput,
+                header: DeltaStreamHeader(blockSize: manifest.blockSize, deviceSize: size, payload: try streamed.encoded()))
+            let statistics = try engine.run(extents: extents, into: sink, progress: progress, cancel: cancel)
+            try sink.finish()
+            return statistics
+        }
     }
 
     /// Blocks of `device` written in era `era` or later, read from a metadata snapshot of its
