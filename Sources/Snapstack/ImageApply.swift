@@ -31,44 +31,7 @@ extension Images {
                                  why: "block size or device size differ between the stream header and the manifest")
         }
 
-        let existing = try ImageManifest.read(forImage: image)
-        let imageExists = FileManager.default.fileExists(atPath: image.string)
-        let fresh: Bool
-        if let base = manifest.export.base {
-            guard let existing else {
-                throw SnapstackError(imageExists ? .refused : .notFound,
-                                     imageExists ? "\(image) is not a snapstack image" : "\(image) does not exist",
-                                     why: "the stream updates the image of export \(base)",
-                                     remedy: "apply it to that image")
-            }
-            try checkSameDevice(existing, manifest, image)
-            if existing.state == .complete {
-                guard existing.export.id == base else {
-                    throw SnapstackError(.refused, "\(image) holds export \(existing.export.id)",
-                                         why: "the stream is export \(manifest.export.id) on top of \(base)",
-                                         remedy: "apply the streams in order, starting from the image of \(base)")
-                }
-                manifest.export.chain = existing.export.chain + [manifest.export.id]
-            } else {
-                try checkResumable(existing, manifest, image)
-                manifest.export.chain = existing.export.chain
-            }
-            fresh = false
-        } else {
-            if let existing {
-                try checkSameDevice(existing, manifest, image)
-                guard existing.state == .incomplete else {
-                    throw SnapstackError(.refused, "\(image) already holds export \(existing.export.id)",
-                                         why: "a full stream never overwrites an image", remedy: "apply it to a new path")
-                }
-                try checkResumable(existing, manifest, image)
-            } else if imageExists {
-                throw SnapstackError(.refused, "\(image) exists and is not a snapstack image",
-                                     why: "it has no manifest beside it", remedy: "apply to a new path")
-            }
-            manifest.export.chain = [manifest.export.id]
-            fresh = true
-        }
+        let fresh = try placeStream(&manifest, into: image)
 
         // Intent first, then the blocks, then the seal.
         manifest.state = .incomplete
@@ -118,6 +81,49 @@ extension Images {
         try manifest.write(forImage: image)
         let summary = reader.summary
         return ApplyOutcome(manifest: manifest, records: summary?.records ?? 0, dataBytes: summary?.dataBytes ?? 0)
+    }
+
+    /// Whether the stream of `manifest` may go into `image`, and how: a full stream into a new
+    /// path or its own unfinished image (true: a fresh image), an incremental one onto the image
+    /// holding its base, or its own unfinished run (false). Sets the chain the image will carry.
+    private static func placeStream(_ manifest: inout ImageManifest, into image: FilePath) throws -> Bool {
+        let existing = try ImageManifest.read(forImage: image)
+        let imageExists = FileManager.default.fileExists(atPath: image.string)
+        if let base = manifest.export.base {
+            guard let existing else {
+                throw SnapstackError(imageExists ? .refused : .notFound,
+                                     imageExists ? "\(image) is not a snapstack image" : "\(image) does not exist",
+                                     why: "the stream updates the image of export \(base)",
+                                     remedy: "apply it to that image")
+            }
+            try checkSameDevice(existing, manifest, image)
+            if existing.state == .complete {
+                guard existing.export.id == base else {
+                    throw SnapstackError(.refused, "\(image) holds export \(existing.export.id)",
+                                         why: "the stream is export \(manifest.export.id) on top of \(base)",
+                                         remedy: "apply the streams in order, starting from the image of \(base)")
+                }
+                manifest.export.chain = existing.export.chain + [manifest.export.id]
+            } else {
+                try checkResumable(existing, manifest, image)
+                manifest.export.chain = existing.export.chain
+            }
+            return false
+        } else {
+            if let existing {
+                try checkSameDevice(existing, manifest, image)
+                guard existing.state == .incomplete else {
+                    throw SnapstackError(.refused, "\(image) already holds export \(existing.export.id)",
+                                         why: "a full stream never overwrites an image", remedy: "apply it to a new path")
+                }
+                try checkResumable(existing, manifest, image)
+            } else if imageExists {
+                throw SnapstackError(.refused, "\(image) exists and is not a snapstack image",
+                                     why: "it has no manifest beside it", remedy: "apply to a new path")
+            }
+            manifest.export.chain = [manifest.export.id]
+            return true
+        }
     }
 
     private static func checkSameDevice(_ existing: ImageManifest, _ stream: ImageManifest, _ image: FilePath) throws {
