@@ -285,30 +285,13 @@ public struct DeviceMapperClient: Sendable {
             suspended.removeAll()
             return failures
         }
-        let result: T
-        do {
+        return try ResumeGuarantee.run({
             for name in names {
                 try suspend(name, options: options)
                 suspended.append(name)
             }
-            result = try body()
-        } catch var error as DeviceMapperError {
-            let failures = resumeAll()
-            if !failures.isEmpty { error.rollbackFailure = failures.joined(separator: "; ") }
-            throw error
-        } catch {
-            let failures = resumeAll()
-            if !failures.isEmpty {
-                throw DeviceMapperError(kind: .failed, operation: "resume", messages: failures,
-                                        rollbackFailure: "\(error)")
-            }
-            throw error
-        }
-        let failures = resumeAll()
-        if !failures.isEmpty {
-            throw DeviceMapperError(kind: .failed, operation: "resume", messages: failures)
-        }
-        return result
+            return try body()
+        }, resumingWith: resumeAll)
     }
 
     // MARK: libdm plumbing

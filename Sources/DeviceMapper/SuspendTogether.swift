@@ -65,30 +65,11 @@ extension DeviceMapperClient {
             return failures.compactMap { $0.map { "\($0)" } }
         }
 
-        if var failure = suspendFailures.lazy.compactMap({ $0 }).first {
-            let failures = resumeAll()
-            if !failures.isEmpty { failure.rollbackFailure = failures.joined(separator: "; ") }
-            throw failure
-        }
-        let value: T
-        do {
-            value = try body()
-        } catch var error as DeviceMapperError {
-            let failures = resumeAll()
-            if !failures.isEmpty { error.rollbackFailure = failures.joined(separator: "; ") }
-            throw error
-        } catch {
-            let failures = resumeAll()
-            if !failures.isEmpty {
-                throw DeviceMapperError(kind: .failed, operation: "resume", messages: failures, rollbackFailure: "\(error)")
-            }
-            throw error
-        }
-        let failures = resumeAll()
+        let value = try ResumeGuarantee.run({
+            if let failure = suspendFailures.lazy.compactMap({ $0 }).first { throw failure }
+            return try body()
+        }, resumingWith: resumeAll)
         let window = clock.now - started
-        if !failures.isEmpty {
-            throw DeviceMapperError(kind: .failed, operation: "resume", messages: failures)
-        }
         return (value, window)
     }
 }
