@@ -1,3 +1,4 @@
+import BlockIO
 import CXXHash
 import Foundation
 import SystemPackage

@@ -1,3 +1,4 @@
+import BlockIO
 import Synchronization
 
 #if canImport(Glibc)

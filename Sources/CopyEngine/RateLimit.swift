@@ -1,3 +1,4 @@
+import BlockIO
 import Synchronization
 
 /// The time source of a rate limit: monotonic nanoseconds and a way to wait. The engine uses

@@ -1,3 +1,4 @@
+import BlockIO
 import CShims
 import SystemPackage
 
