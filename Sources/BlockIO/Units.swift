@@ -99,3 +99,19 @@ extension Bytes {
         self.init(value)
     }
 }
+
+extension Bytes {
+    /// The size in the largest binary unit it reaches, for people: (1.5, "KiB") for 1536
+    /// bytes, (512, nil) below 1 KiB. Every human-readable size of snapstack's messages and
+    /// progress lines starts here; reports have their own `--units`.
+    public var binaryScaled: (value: Double, unit: String?) {
+        let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+        var value = Double(rawValue)
+        var index = -1
+        while value >= 1024 && index < units.count - 1 {
+            value /= 1024
+            index += 1
+        }
+        return (value, index < 0 ? nil : units[index])
+    }
+}

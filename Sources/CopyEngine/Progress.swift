@@ -134,16 +134,10 @@ public final class ProgressReporter: Sendable {
 
     /// Binary units with one decimal: `0 B`, `512 B`, `1.5 KiB`, `4.0 GiB`.
     public static func formatBytes(_ bytes: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-        var unit = 0
-        var scaled = Double(bytes)
-        while scaled >= 1024 && unit < units.count - 1 {
-            scaled /= 1024
-            unit += 1
-        }
-        if unit == 0 { return "\(bytes) B" }
+        let (scaled, unit) = Bytes(bytes).binaryScaled
+        guard let unit else { return "\(bytes) B" }
         let tenths = Int((scaled * 10).rounded())
-        return "\(tenths / 10).\(tenths % 10) \(units[unit])"
+        return "\(tenths / 10).\(tenths % 10) \(unit)"
     }
 
     /// `m:ss` or `h:mm:ss`.

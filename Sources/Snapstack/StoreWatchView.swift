@@ -115,15 +115,9 @@ extension Orchestrator {
 
     /// `16 MiB (16777216 bytes)`: exact for scripts that parse logs, short for people.
     static func describe(_ size: Bytes) -> String {
-        let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var value = Double(size.rawValue)
-        var unit = 0
-        while value >= 1024 && unit < units.count - 1 {
-            value /= 1024
-            unit += 1
-        }
-        guard unit > 0 else { return "\(size.rawValue) bytes" }
+        let (value, unit) = size.binaryScaled
+        guard let unit else { return "\(size.rawValue) bytes" }
         let short = value == value.rounded() ? String(format: "%.0f", value) : String(format: "%.2f", value)
-        return "\(short) \(units[unit]) (\(size.rawValue) bytes)"
+        return "\(short) \(unit) (\(size.rawValue) bytes)"
     }
 }
