@@ -109,10 +109,12 @@ pids=()
 for ((w = 1; w <= workers; w++)); do
     # stderr is merged so that each log holds everything its worker said, in order; the
     # terminal gets the same lines tagged with the worker.
-    # --hotplug: the daemon scenarios hot-add and hot-remove disks through qemu.
+    # --hotplug: the daemon scenarios hot-add and hot-remove disks through qemu. 70 minutes:
+    # each worker takes about half the suite's 60-odd emulated minutes, and two VMs at once
+    # slow each other; the scenarios' own 900 s watchdog stops a hang long before.
     (
         set +e
-        Tests/lab/vm.sh --timeout 3600 --hotplug --rwdir "$vm_work/queue" -- \
+        Tests/lab/vm.sh --timeout 4200 --hotplug --rwdir "$vm_work/queue" -- \
             "$vmsuite" --queue "$vm_work/queue" "$@" 2>&1 | tee "$vm_work/log-$w" | sed -u "s/^/[vm$w] /"
         echo "${PIPESTATUS[0]}" >"$vm_work/status-$w"
     ) &
