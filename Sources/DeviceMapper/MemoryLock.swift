@@ -8,9 +8,9 @@ import Synchronization
 /// resume, which only this process would issue. Locking happens before the first suspend, so
 /// its cost stays out of the freeze window.
 ///
-/// That cost is faulting in every page of every mapping once: tens of milliseconds for a
-/// release build on a local disk, but seconds for a debug build read over a network file
-/// system, in every command that suspends. So memory is locked only when a suspended device may
+/// That cost is faulting in every page of every mapping once: little when they are in the page
+/// cache already, but seconds per command in the VM lab, whose binaries come over 9p (a
+/// three-device set there: 2.9-4.0 s without the lock, 4.3-4.7 s with it, 13 s cold). So memory is locked only when a suspended device may
 /// be one a page fault reads from: one under the file systems of the mapped files or under a
 /// swap area (`BlockTopology.pagingDevices`), or when that cannot be told.
 enum MemoryLock {
