@@ -140,27 +140,21 @@ public func preadFully(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, at 
 
 /// Writes all of `bytes` at `offset`, continuing short writes.
 public func pwriteFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64) -> Result<Void, Errno> {
-    var done = 0
-    while done < bytes.count {
-        let result = retryingInterrupts {
-            pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-        }
-        switch result {
-        case .success(0): return .failure(.noSpace)  // the kernel's way of saying nothing fits
-        case .success(let count): done += count
-        case .failure(let error): return .failure(error)
-        }
-    }
-    return .success(())
+    writingAll(bytes) { done in pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
 }
 
 /// Writes all of `bytes` to a stream (pipe, socket, terminal, file at its position); a pipe
 /// takes at most its capacity per call, so short writes are the rule there.
 public func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Result<Void, Errno> {
+    writingAll(bytes) { done in write(fd, bytes.baseAddress! + done, bytes.count - done) }
+}
+
+/// Calls `write` (given the count written so far) until all of `bytes` is written. A write of
+/// nothing is the kernel's way of saying nothing fits.
+private func writingAll(_ bytes: UnsafeRawBufferPointer, _ write: (_ done: Int) -> Int) -> Result<Void, Errno> {
     var done = 0
     while done < bytes.count {
-        let result = retryingInterrupts { write(fd, bytes.baseAddress! + done, bytes.count - done) }
-        switch result {
+        switch retryingInterrupts({ write(done) }) {
         case .success(0): return .failure(.noSpace)
         case .success(let count): done += count
         case .failure(let error): return .failure(error)
