@@ -14,27 +14,23 @@ import Synchronization
 /// be one a page fault reads from: one under the file systems of the mapped files or under a
 /// swap area (`BlockTopology.pagingDevices`), or when that cannot be told.
 enum MemoryLock {
-    /// Nested holders, and the depth at which memory was locked, if it was.
-    private static let state = Mutex<(depth: Int, lockedAt: Int?)>((0, nil))
+    /// Whether memory is locked: a nested holder whose outer one locked already does nothing.
+    private static let locked = Mutex(false)
 
     /// Runs `body` with the process's current and future pages locked in memory when a page
     /// fault could wait for one of `names`. A failure to lock (no CAP_IPC_LOCK, RLIMIT_MEMLOCK)
     /// does not stop the suspend: the kernel may then have to page, as it would without this.
     static func whileSuspending<T>(_ names: [DMName], _ body: () throws -> T) rethrows -> T {
-        let needed = mayFaultOn(names)
-        let lockedHere = state.withLock { state -> Bool in
-            state.depth += 1
-            guard needed, state.lockedAt == nil else { return false }
-            state.lockedAt = state.depth
-            return true
+        let lockedHere = mayFaultOn(names) && locked.withLock { locked in
+            defer { locked = true }
+            return !locked
         }
         if lockedHere { _ = mlockall(MCL_CURRENT | MCL_FUTURE) }
         defer {
-            state.withLock { state in
-                state.depth -= 1
-                if lockedHere { state.lockedAt = nil }
+            if lockedHere {
+                _ = munlockall()
+                locked.withLock { $0 = false }
             }
-            if lockedHere { _ = munlockall() }
         }
         return try body()
     }
