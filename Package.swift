@@ -51,7 +51,7 @@ let package = Package(
             dependencies: ["BlockIO", "CUdev"]),
         // The persistent state: SQLite through GRDB, WAL, synchronous=FULL, migrations.
         .target(
-            name: "Store",
+            name: "StateDatabase",
             dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // lvs-style reports: fields, units, headings, separators, JSON.
         .target(
@@ -76,7 +76,7 @@ let package = Package(
         // The library that backup software embeds.
         .target(
             name: "Snapstack",
-            dependencies: ["DeviceMapper", "Udev", "BlockIO", "Store", "ChangeTracking", "CopyEngine", "Exposition",
+            dependencies: ["DeviceMapper", "Udev", "BlockIO", "StateDatabase", "ChangeTracking", "CopyEngine", "Exposition",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // A kernel in memory behind the same seam (device-mapper, loop devices, disks), for
         // running and crashing every verb without root.
@@ -104,8 +104,8 @@ let package = Package(
             name: "BlockIOTests",
             dependencies: ["BlockIO"]),
         .testTarget(
-            name: "StoreTests",
-            dependencies: ["Store"]),
+            name: "StateDatabaseTests",
+            dependencies: ["StateDatabase"]),
         .testTarget(
             name: "ReportsTests",
             dependencies: ["Reports"]),
@@ -118,13 +118,13 @@ let package = Package(
             dependencies: ["CopyEngine", "BlockIO"]),
         .testTarget(
             name: "ImageTests",
-            dependencies: ["Snapstack", "CopyEngine", "Store", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["Snapstack", "CopyEngine", "StateDatabase", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(
             name: "ExpositionTests",
             dependencies: ["Exposition"]),
         .testTarget(
             name: "MetricsTests",
-            dependencies: ["Snapstack", "Exposition", "Store", "BlockIO"]),
+            dependencies: ["Snapstack", "Exposition", "StateDatabase", "BlockIO"]),
         .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),

@@ -1,6 +1,6 @@
 import CopyEngine
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// What one backup run does with its image: build on the export the image holds, or read the
@@ -112,7 +112,7 @@ public enum Backup {
             let orchestrator = try open(.exclusive)
             let device = try orchestrator.device(named: request.device)
             let manifest = try ImageManifest.read(forImage: request.image)
-            let lastExport = try manifest.flatMap { try orchestrator.store.export(id: $0.export.id) }
+            let lastExport = try manifest.flatMap { try orchestrator.database.export(id: $0.export.id) }
             plan = try BackupPlan.decide(image: request.image, manifest: manifest,
                                          imageExists: FileManager.default.fileExists(atPath: request.image.string),
                                          device: device, lastExport: lastExport)

@@ -3,7 +3,7 @@ import ChangeTracking
 import CopyEngine
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// The changed ranges of a device, for `snapstack changes`.
@@ -25,7 +25,7 @@ extension Orchestrator {
         let device = try self.device(named: name)
         let era: Int64
         var export: String?
-        if let record = try store.export(id: since) {
+        if let record = try database.export(id: since) {
             guard record.deviceID == device.id else {
                 throw SnapstackError(.refused, "export \(since) is not of \(device.name)")
             }
@@ -46,7 +46,7 @@ extension Orchestrator {
 
     /// Every export on record, oldest first.
     public func exports() throws -> [(ExportRecord, deviceName: String)] {
-        let names = Dictionary(uniqueKeysWithValues: try store.devices().map { ($0.id, $0.name) })
-        return try store.exports().map { ($0, names[$0.deviceID] ?? $0.deviceID) }
+        let names = Dictionary(uniqueKeysWithValues: try database.devices().map { ($0.id, $0.name) })
+        return try database.exports().map { ($0, names[$0.deviceID] ?? $0.deviceID) }
     }
 }

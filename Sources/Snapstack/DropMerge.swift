@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// How a merge ended for the caller.
@@ -34,7 +34,7 @@ extension Orchestrator {
         }
         var record = snapshot
         record.state = .dropping
-        try store.update(record)
+        try database.update(record)
         try reached(.dropRecorded)
         try finishDrop(record, of: device)
         event("drop", "\(device.name)-\(snapshot.name)", "dropped")
@@ -46,7 +46,7 @@ extension Orchestrator {
             try dm.remove(try Layout.snapshotName(device.name, snapshot.name))
         }
         try reached(.dropSnapshotRemoved)
-        try store.deleteSnapshot(id: snapshot.id)
+        try database.deleteSnapshot(id: snapshot.id)
         // The origin pays copy-on-write only while a snapshot needs it.
         try failing("cannot restore the table of \(device.name)") { try restoreTopTable(device) }
         try reached(.dropOriginReloaded)
@@ -58,7 +58,7 @@ extension Orchestrator {
     public func merge(snapshot argument: String, wait: Bool = true, stopWaiting: () -> Bool = { false },
                       progress: (Double) -> Void = { _ in }) throws -> MergeOutcome {
         let (snapshot, device) = try snapshot(named: argument)
-        let others = try store.snapshots(deviceID: device.id).filter { $0.id != snapshot.id }
+        let others = try database.snapshots(deviceID: device.id).filter { $0.id != snapshot.id }
         guard others.isEmpty else {
             throw SnapstackError(.refused, "cannot merge \(device.name)-\(snapshot.name)",
                                  why: "\(device.name) has other snapshots: \(others.map { "\(device.name)-\($0.name)" }.joined(separator: ", "))",
@@ -84,12 +84,12 @@ extension Orchestrator {
         if let info = try dm.info(try Layout.topName(device.name)), info.openCount > 0 {
             // Rolling back under a mounted filesystem would change its blocks behind its back.
             record.state = .mergePending
-            try store.update(record)
+            try database.update(record)
             event("merge", "\(device.name)-\(snapshot.name)", "deferred: \(device.name) is open")
             return .deferred
         }
         record.state = .merging
-        try store.update(record)
+        try database.update(record)
         try reached(.mergeRecorded)
         try startMerge(record, of: device)
         event("merge", "\(device.name)-\(snapshot.name)", "started")
@@ -137,7 +137,7 @@ extension Orchestrator {
 
     /// After the kernel finished merging: the top goes back to linear and the store is removed.
     func finishMerge(_ snapshot: SnapshotRecord, of device: DeviceRecord) throws {
-        try store.deleteSnapshot(id: snapshot.id)
+        try database.deleteSnapshot(id: snapshot.id)
         try failing("cannot end the merge of \(device.name)-\(snapshot.name)") { try restoreTopTable(device) }
         try removeSnapshotArtifacts(snapshot, of: device)
         event("merge", "\(device.name)-\(snapshot.name)", "finished")

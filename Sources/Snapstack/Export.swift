@@ -3,7 +3,7 @@ import ChangeTracking
 import CopyEngine
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// Where an export's bytes go.
@@ -111,7 +111,7 @@ extension Orchestrator {
             blockSizeBytes: Int64(blockSize), deviceSizeBytes: Int64(size),
             imagePath: request.destination.imagePath?.string, format: request.destination.formatName,
             createdAt: resumedManifest?.export.createdAt ?? now)
-        try store.save(record)
+        try database.save(record)
 
         let manifest = exportManifest(record, device: device, snapshot: snapshot, base: base,
                                       resumed: resumedManifest, destination: request.destination)
@@ -147,8 +147,8 @@ extension Orchestrator {
         record.bytesRead = Int64(statistics.bytesRead)
         record.bytesWritten = Int64(statistics.bytesWritten)
         record.completedAt = Date()
-        try store.save(record)
-        try? store.record(event: "export", subject: device.name,
+        try database.save(record)
+        try? database.record(event: "export", subject: device.name,
                           message: "\(record.kind.rawValue) export \(record.id) of \(snapshot.name): \(statistics.bytesRead) bytes read")
         return ExportOutcome(record: record, statistics: statistics, plannedBlocks: plannedBlocks,
                              readEverything: readEverything, resumed: resumedManifest != nil)
@@ -268,7 +268,7 @@ extension Orchestrator {
     }
 
     private func baseExport(_ id: String, device: DeviceRecord, snapshot: SnapshotRecord, blockSize: Int) throws -> ExportRecord {
-        guard let base = try store.export(id: id) else {
+        guard let base = try database.export(id: id) else {
             throw SnapstackError(.notFound, "no export has the id \"\(id.replacingNewlines)\"",
                                  remedy: "`snapstack exports` lists them")
         }

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// How `extend` changes the size of a snapshot's store.
@@ -199,9 +199,9 @@ extension Orchestrator {
         }
         // An earlier growth a crash interrupted is finished first, so that sizes add up.
         var snapshot = found
-        if let pending = try store.storeGrowth(snapshotID: snapshot.id) {
+        if let pending = try database.storeGrowth(snapshotID: snapshot.id) {
             try finishGrowth(pending, of: snapshot, device: device)
-            snapshot = try store.snapshot(id: snapshot.id) ?? snapshot
+            snapshot = try database.snapshot(id: snapshot.id) ?? snapshot
         }
 
         let current = Bytes(UInt64(snapshot.storeSizeBytes))
@@ -225,14 +225,14 @@ extension Orchestrator {
 
         // Intent, then the file, then the kernel, then the outcome.
         let growth = StoreGrowthRecord(snapshotID: snapshot.id, fromBytes: snapshot.storeSizeBytes, toBytes: Int64(target.rawValue))
-        try store.begin(growth)
+        try database.begin(growth)
         try reached(.extendRecorded)
         do {
             let path = FilePath(snapshot.storePath)
             try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
         } catch {
             // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
-            _ = try? store.abandonStoreGrowth(snapshotID: snapshot.id)
+            _ = try? database.abandonStoreGrowth(snapshotID: snapshot.id)
             let full = (error as? FileAllocationError)?.errno == .noSpace
             throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
                                  remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
@@ -292,7 +292,7 @@ extension Orchestrator {
             }
         }
         try reached(.extendCapacityRefreshed)
-        try store.finishStoreGrowth(snapshotID: snapshot.id, sizeBytes: Int64(size.rawValue))
+        try database.finishStoreGrowth(snapshotID: snapshot.id, sizeBytes: Int64(size.rawValue))
         return kernelSize
     }
 }

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 import Udev
 
@@ -48,7 +48,7 @@ extension Orchestrator {
     /// The protected device whose disk `candidate` is, if any.
     public func protectedName(of candidate: UdevDevice) throws -> String? {
         guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)) else { return nil }
-        return try store.devices().first { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) }?.name
+        return try database.devices().first { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) }?.name
     }
 
     /// For a block device that appeared (udev `add`): when it is the disk of a protected device
@@ -59,7 +59,7 @@ extension Orchestrator {
     public func restack(_ candidate: UdevDevice) throws -> AppearedOutcome {
         guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)),
               host.dmUUID(of: candidate.number)?.hasPrefix(Layout.uuidPrefix) != true else { return .notProtected }
-        guard let device = try store.devices().first(where: { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) })
+        guard let device = try database.devices().first(where: { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) })
         else { return .notProtected }
         let real = try Layout.realName(device.name), top = try Layout.topName(device.name)
         let under = try dm.info(real) != nil ? try underlyingDisk(of: real) : nil
@@ -84,7 +84,7 @@ extension Orchestrator {
         updated.sourcePath = node
         updated.sourceMajor = Int(facts.number.major)
         updated.sourceMinor = Int(facts.number.minor)
-        if updated != device { try store.update(updated) }
+        if updated != device { try database.update(updated) }
         try buildStack(updated, source: facts.number, createMetadata: false,
                        beforeTop: { try self.activateSnapshots(of: updated) })
         try restoreTopTable(updated)
@@ -101,7 +101,7 @@ extension Orchestrator {
     /// once instead of waiting, and then a deferred remove, which the kernel carries out when
     /// the last opener closes it (`dmsetup remove --force --deferred`).
     public func tearDownVanished(_ number: DeviceNumber) throws -> VanishedOutcome? {
-        for device in try store.devices() where device.state == .protected {
+        for device in try database.devices() where device.state == .protected {
             let real = try Layout.realName(device.name)
             let recorded = DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor))
             let live = try dm.info(real) != nil ? try underlyingDisk(of: real) : nil
@@ -122,14 +122,14 @@ extension Orchestrator {
     func removeVanishedLayers(_ device: DeviceRecord) throws -> [String] {
         var deferred: [String] = []
         var names: [DMName] = []
-        for snapshot in try store.snapshots(deviceID: device.id) {
+        for snapshot in try database.snapshots(deviceID: device.id) {
             names.append(try Layout.snapshotName(device.name, snapshot.name))
         }
         names += [try Layout.topName(device.name), try Layout.realName(device.name)]
         try failing("cannot remove the stack of \(device.name), whose disk went away") {
             for name in names where try forceRemove(name) { deferred.append(name.rawValue) }
             if let path = device.eraMetadataPath { try detach(FilePath(path)) }
-            for snapshot in try store.snapshots(deviceID: device.id) where snapshot.storeKind == .file {
+            for snapshot in try database.snapshots(deviceID: device.id) where snapshot.storeKind == .file {
                 try detach(FilePath(snapshot.storePath))
             }
         }

@@ -1,5 +1,5 @@
 import CopyEngine
-import Store
+import StateDatabase
 import Foundation
 import SystemPackage
 

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 
 /// A protected device as the reports show it: the database's record joined with what the
 /// kernel says now.
@@ -55,7 +55,7 @@ public struct StatusSummary: Sendable {
 
 extension Orchestrator {
     public func deviceSummaries() throws -> [DeviceSummary] {
-        try store.devices().map { device in
+        try database.devices().map { device in
             let top = try Layout.topName(device.name)
             let info = try dm.info(top)
             var era: UInt32?
@@ -72,7 +72,7 @@ extension Orchestrator {
                 id: device.id, name: device.name, path: top.devicePath, sourcePath: device.sourcePath,
                 size: Bytes(UInt64(device.sizeBytes)),
                 cbtBlock: device.cbtBlockSectors.map { Sectors(UInt64($0)).bytes }, currentEra: era,
-                snapshotCount: try store.snapshots(deviceID: device.id).count, state: state,
+                snapshotCount: try database.snapshots(deviceID: device.id).count, state: state,
                 openCount: info?.openCount, createdAt: device.createdAt)
         }
     }
@@ -80,9 +80,9 @@ extension Orchestrator {
     public func snapshotSummaries() throws -> [SnapshotSummary] {
         var result: [SnapshotSummary] = []
         var freeze: [Int64: Int64?] = [:]
-        for set in try store.sets() { freeze[set.id!] = set.freezeMicroseconds }
-        for device in try store.devices() {
-            for snapshot in try store.snapshots(deviceID: device.id) {
+        for set in try database.sets() { freeze[set.id!] = set.freezeMicroseconds }
+        for device in try database.devices() {
+            for snapshot in try database.snapshots(deviceID: device.id) {
                 let name = try Layout.snapshotName(device.name, snapshot.name)
                 var used: Double?
                 var usedBytes: Bytes?

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 import Udev
 
@@ -13,7 +13,7 @@ import Udev
 /// its outcome after, so that `reconcile` can finish or undo it after a crash.
 public final class Orchestrator {
     public let stateDirectory: FilePath
-    let store: Store
+    let database: StateDatabase
     /// The kernel's device-mapper, and the rest of the host: the only way out of the process.
     let dm: any DeviceMapperControl
     let host: any HostDevices
@@ -41,7 +41,7 @@ public final class Orchestrator {
         }
         lock = try StateLock(directory: stateDirectory, mode: mode, timeout: lockTimeout)
         do {
-            store = try Store(directory: stateDirectory.string)
+            database = try StateDatabase(directory: stateDirectory.string)
         } catch {
             throw SnapstackError(.stateUnreadable, "cannot open snapstack's state database", why: "\(error)", cause: error)
         }
@@ -61,7 +61,7 @@ public final class Orchestrator {
 
     /// The protected device called `name`.
     func device(named name: String) throws -> DeviceRecord {
-        guard let record = try store.device(named: name) else {
+        guard let record = try database.device(named: name) else {
             throw SnapstackError(.notFound, "no protected device is named \"\(name.replacingNewlines)\"",
                                  remedy: "`snapstack devices` lists them")
         }
@@ -75,8 +75,8 @@ public final class Orchestrator {
         for prefix in ["/dev/mapper/", Layout.namePrefix] where name.hasPrefix(prefix) {
             name.removeFirst(prefix.count)
         }
-        for device in try store.devices() {
-            for snapshot in try store.snapshots(deviceID: device.id) where "\(device.name)-\(snapshot.name)" == name {
+        for device in try database.devices() {
+            for snapshot in try database.snapshots(deviceID: device.id) where "\(device.name)-\(snapshot.name)" == name {
                 return (snapshot, device)
             }
         }
@@ -151,6 +151,6 @@ public final class Orchestrator {
     func reached(_ point: Failpoint) throws { try onFailpoint(point) }
 
     func event(_ kind: String, _ subject: String, _ message: String) {
-        try? store.record(event: kind, subject: subject, message: message)
+        try? database.record(event: kind, subject: subject, message: message)
     }
 }

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 import Udev
 
@@ -59,7 +59,7 @@ extension Orchestrator {
     @discardableResult
     public func protect(devicePath: String, name: String, options: ProtectOptions = ProtectOptions()) throws -> DeviceRecord {
         try Self.checkName(name, what: "device", maxLength: Layout.maxDeviceName)
-        if let existing = try store.device(named: name) {
+        if let existing = try database.device(named: name) {
             throw SnapstackError(.refused, "a device named \"\(name)\" is already protected",
                                  why: "it protects \(existing.sourcePath)", remedy: "choose another --name")
         }
@@ -73,7 +73,7 @@ extension Orchestrator {
         if let uuid = host.dmUUID(of: facts.number), uuid.hasPrefix(Layout.uuidPrefix) {
             throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is one of snapstack's own devices")
         }
-        if let other = try store.devices().first(where: { $0.sourceMajor == Int(facts.number.major) && $0.sourceMinor == Int(facts.number.minor) }) {
+        if let other = try database.devices().first(where: { $0.sourceMajor == Int(facts.number.major) && $0.sourceMinor == Int(facts.number.minor) }) {
             throw SnapstackError(.refused, "\(devicePath) is already protected", why: "as \"\(other.name)\"",
                                  remedy: "use /dev/mapper/snapstack-\(other.name)")
         }
@@ -124,17 +124,17 @@ extension Orchestrator {
             partUUID: identity.partUUID, fsUUID: identity.fsUUID,
             cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
             eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date())
-        try store.insert(record)
+        try database.insert(record)
         try reached(.protectRecorded)
 
         do {
             try buildStack(record, source: facts.number, createMetadata: true)
         } catch {
             throw rollingBack(error, [("remove the stack", { try self.removeStack(record) }),
-                                      ("forget the device", { try self.store.deleteDevice(id: id) })])
+                                      ("forget the device", { try self.database.deleteDevice(id: id) })])
         }
         record.state = .protected
-        try store.update(record)
+        try database.update(record)
         event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try Layout.topName(name).devicePath)")
         return record
     }
@@ -184,7 +184,7 @@ extension Orchestrator {
         try beforeTop()
         if try dm.info(top) == nil {
             let realNumber = try number(of: real)
-            let snapshots = try store.snapshots(deviceID: device.id).filter { $0.state == .active }
+            let snapshots = try database.snapshots(deviceID: device.id).filter { $0.state == .active }
             // After a reboot the snapshots come back before the top opens to I/O (reconcile).
             let table = snapshots.isEmpty
                 ? try Table(length: size, .linear(Linear(device: .number(realNumber))))
@@ -222,7 +222,7 @@ extension Orchestrator {
             throw SnapstackError(.refused, "cannot unprotect \(name)", why: "\(top.devicePath) is open (\(info.openCount) opener(s): mounted or in use)",
                                  remedy: "unmount it and stop what uses it")
         }
-        let snapshots = try store.snapshots(deviceID: device.id)
+        let snapshots = try database.snapshots(deviceID: device.id)
         if !snapshots.isEmpty {
             guard force else {
                 throw SnapstackError(.refused, "cannot unprotect \(name)", why: "it has \(snapshots.count) snapshot(s): \(snapshots.map { "\(name)-\($0.name)" }.joined(separator: ", "))",
@@ -231,10 +231,10 @@ extension Orchestrator {
             for snapshot in snapshots { try drop(snapshot, of: device) }
         }
         device.state = .unprotecting
-        try store.update(device)
+        try database.update(device)
         try reached(.unprotectRecorded)
         try removeStack(device)
-        try store.deleteDevice(id: device.id)
+        try database.deleteDevice(id: device.id)
         event("unprotect", name, "stack removed from \(device.sourcePath)")
     }
 

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// A snapshot set as decided before anything changes: every member checked and sized, the COW
@@ -130,10 +130,10 @@ extension Orchestrator {
         guard !info.suspended, !realInfo.suspended else {
             throw SnapstackError(.refused, "\(name) is suspended", remedy: "run `snapstack reconcile`")
         }
-        if try store.snapshot(deviceID: device.id, name: snapshotName) != nil {
+        if try database.snapshot(deviceID: device.id, name: snapshotName) != nil {
             throw SnapstackError(.refused, "\(name) already has a snapshot named \(snapshotName)", remedy: "choose another name with --as")
         }
-        if let merging = try store.snapshots(deviceID: device.id).first(where: { $0.state == .merging || $0.state == .mergePending }) {
+        if let merging = try database.snapshots(deviceID: device.id).first(where: { $0.state == .merging || $0.state == .mergePending }) {
             throw SnapstackError(.refused, "\(name) is merging \(name)-\(merging.name)", remedy: "wait for the merge to finish")
         }
         let size = Self.storeSize(options.size, origin: Bytes(UInt64(device.sizeBytes)), chunk: options.chunk)

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// How a snapshot set is taken.
@@ -67,7 +67,7 @@ extension Orchestrator {
             throw rollingBack(error, records.enumerated().map { index, record in
                 ("undo the snapshot of \(plan.members[index].device.name)", {
                     try self.removeSnapshotArtifacts(record, of: plan.members[index].device)
-                    try self.store.deleteSnapshot(id: record.id)
+                    try self.database.deleteSnapshot(id: record.id)
                     try self.restoreTopTable(plan.members[index].device)
                 })
             })
@@ -75,11 +75,11 @@ extension Orchestrator {
         for index in records.indices {
             records[index].state = .active
             records[index].era = run.eras[index]
-            try store.update(records[index])
+            try database.update(records[index])
         }
         set.state = .complete
         set.freezeMicroseconds = run.freezeMicroseconds
-        try store.updateSet(set)
+        try database.updateSet(set)
         event("snapshot", names.joined(separator: ","), "set \(set.id!) \"\(plan.name)\" taken; freeze window \(run.freezeMicroseconds) us")
         return SnapshotSetResult(setID: set.id!, snapshots: plan.members.map { ($0.device.name, plan.name, $0.snapshot.devicePath) },
                                  freezeMicroseconds: run.freezeMicroseconds)
@@ -105,7 +105,7 @@ extension Orchestrator {
     /// the process die before they are marked complete.
     private func recordIntent(_ plan: SnapshotSetPlan) throws -> (SnapshotSetRecord, [SnapshotRecord]) {
         let now = Date()
-        let set = try store.insertSet(SnapshotSetRecord(id: nil, createdAt: now, state: .creating, freezeMicroseconds: nil))
+        let set = try database.insertSet(SnapshotSetRecord(id: nil, createdAt: now, state: .creating, freezeMicroseconds: nil))
         var records: [SnapshotRecord] = []
         for member in plan.members {
             let id = SnapshotRecord.newID()
@@ -118,7 +118,7 @@ extension Orchestrator {
                 id: id, setID: set.id!, deviceID: member.device.id, name: plan.name, state: .creating,
                 storeKind: plan.storeLocation.isDevice ? .device : .file, storePath: path,
                 storeSizeBytes: Int64(member.storeSize.rawValue), chunkSectors: Int(plan.chunk.rawValue), era: nil, createdAt: now)
-            try store.insert(record)
+            try database.insert(record)
             records.append(record)
         }
         return (set, records)
@@ -283,7 +283,7 @@ extension Orchestrator {
         let top = try Layout.topName(device.name)
         guard let info = try dm.info(top) else { return }
         if info.hasInactiveTable { try dm.clearInactive(top) }
-        let snapshots = try store.snapshots(deviceID: device.id)
+        let snapshots = try database.snapshots(deviceID: device.id)
         let table = try desiredTopTable(device, real: try number(of: try Layout.realName(device.name)), snapshots: snapshots,
                                         cow: { try self.attachStore($0) })
         try ensureLiveTable(top, table)

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 
 /// What the store watch reads and does: store use, overflowed snapshots, the event log.
@@ -10,15 +10,15 @@ extension Orchestrator {
 
     /// Whether `stateDirectory` holds a state database yet, checked without creating anything.
     public static func hasState(in stateDirectory: FilePath) -> Bool {
-        FileManager.default.fileExists(atPath: Store.databasePath(in: stateDirectory.string))
+        FileManager.default.fileExists(atPath: StateDatabase.databasePath(in: stateDirectory.string))
     }
 
     /// The stores of the live snapshots (active, merge pending, or marked invalid), with what
     /// the kernel says of each (`DM_TABLE_STATUS`).
     public func storeUsage() throws -> [StoreUsage] {
         var result: [StoreUsage] = []
-        for device in try store.devices() where device.state == .protected {
-            for snapshot in try store.snapshots(deviceID: device.id)
+        for device in try database.devices() where device.state == .protected {
+            for snapshot in try database.snapshots(deviceID: device.id)
             where snapshot.state == .active || snapshot.state == .mergePending || snapshot.state == .invalid {
                 let name = try Layout.snapshotName(device.name, snapshot.name)
                 var condition = StoreUsage.Condition.missing
@@ -83,7 +83,7 @@ extension Orchestrator {
             if snapshot.state != .invalid {
                 var record = snapshot
                 record.state = .invalid
-                try self.store.update(record)
+                try self.database.update(record)
                 event(StoreEvent.overflow, label, reason + "; not dropped yet: \(name.devicePath) is open, it is dropped once closed")
             }
             return OverflowDrop(name: label, reason: reason, dropped: false)
@@ -102,7 +102,7 @@ extension Orchestrator {
 
     /// The event log, oldest first: the last `limit` lines, of `kind` only when given.
     public func events(kind: String? = nil, limit: Int = 100) throws -> [EventSummary] {
-        try store.events(kind: kind, limit: limit).reversed().map {
+        try database.events(kind: kind, limit: limit).reversed().map {
             EventSummary(id: $0.id ?? 0, time: $0.time, kind: $0.kind, subject: $0.subject, message: $0.message)
         }
     }
@@ -110,7 +110,7 @@ extension Orchestrator {
     /// How many events of `kind` were ever recorded: what `snapstack events --kind KIND` lists,
     /// without its `--last` bound.
     public func eventCount(kind: String) throws -> Int {
-        try store.eventCount(kind: kind)
+        try database.eventCount(kind: kind)
     }
 
     /// `16 MiB (16777216 bytes)`: exact for scripts that parse logs, short for people.

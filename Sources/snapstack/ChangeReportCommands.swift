@@ -3,7 +3,7 @@ import BlockIO
 import Foundation
 import Reports
 import Snapstack
-import Store
+import StateDatabase
 
 enum ChangeReport {
     static let fields = [

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import Snapstack
-import Store
+import StateDatabase
 import SystemPackage
 
 /// Shell completion of the names snapstack's state records: protected devices, snapshots
@@ -10,29 +10,29 @@ import SystemPackage
 /// the state lock for more than a moment: on any problem it offers nothing.
 enum StateCompletion {
     /// Protected device names, for arguments that name one.
-    static let devices = CompletionKind.custom { words, _, _ in names(words) { store in try store.devices().map(\.name) } }
+    static let devices = CompletionKind.custom { words, _, _ in names(words) { database in try database.devices().map(\.name) } }
 
     /// Snapshot names as `drop`, `merge`, `extend` and `export` take them: `NAME-SNAP`.
     static let snapshots = CompletionKind.custom { words, _, _ in
-        names(words) { store in
-            try store.devices().flatMap { device in
-                try store.snapshots(deviceID: device.id).map { "\(device.name)-\($0.name)" }
+        names(words) { database in
+            try database.devices().flatMap { device in
+                try database.snapshots(deviceID: device.id).map { "\(device.name)-\($0.name)" }
             }
         }
     }
 
     /// Export ids, for `--since`.
-    static let exports = CompletionKind.custom { words, _, _ in names(words) { store in try store.exports().map(\.id) } }
+    static let exports = CompletionKind.custom { words, _, _ in names(words) { database in try database.exports().map(\.id) } }
 
     /// How long to wait for a command holding the state lock exclusively before reading anyway.
     static let lockWait = 0.2
 
     /// Reads `body` from the state directory the command line names, or offers nothing.
-    static func names(_ words: [String], _ body: (Store) throws -> [String]) -> [String] {
+    static func names(_ words: [String], _ body: (StateDatabase) throws -> [String]) -> [String] {
         let directory = StateDirectory.resolve(option: stateDirectoryOption(in: words))
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory.string, isDirectory: &isDirectory), isDirectory.boolValue,
-              FileManager.default.fileExists(atPath: Store.databasePath(in: directory.string))
+              FileManager.default.fileExists(atPath: StateDatabase.databasePath(in: directory.string))
         else { return [] }
         // The shared lock keeps a half-done change out of view when it is free at once; a
         // command holding it for long (a merge, a protect) must not stall the shell, and SQLite
@@ -40,8 +40,8 @@ enum StateCompletion {
         let lock = try? StateLock(directory: directory, mode: .shared, timeout: lockWait)
         defer { withExtendedLifetime(lock) {} }
         do {
-            guard let store = try Store.open(readOnly: directory.string, upgrading: false) else { return [] }
-            return try body(store).sorted()
+            guard let database = try StateDatabase.open(readOnly: directory.string, upgrading: false) else { return [] }
+            return try body(database).sorted()
         } catch {
             return []
         }

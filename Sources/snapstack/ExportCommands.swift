@@ -5,7 +5,7 @@ import Dispatch
 import Foundation
 import Reports
 import Snapstack
-import Store
+import StateDatabase
 import SystemPackage
 
 /// `--max-rate`: bytes per second, written as sizes are (`50M` is 50 MiB/s).

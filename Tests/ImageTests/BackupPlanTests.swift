@@ -1,6 +1,6 @@
 import Foundation
 import Snapstack
-import Store
+import StateDatabase
 import SystemPackage
 import Testing
 

@@ -1,7 +1,7 @@
 import BlockIO
 import Exposition
 import Foundation
-import Store
+import StateDatabase
 import Testing
 @testable import Snapstack
 

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import Store
+import StateDatabase
 import SystemPackage
 import Udev
 
@@ -35,14 +35,14 @@ extension Orchestrator {
 
     /// The recorded state and the kernel's, as reconcile's plan needs them.
     func observeForReconcile() throws -> ReconcileObservation {
-        let growths = try store.storeGrowths()
+        let growths = try database.storeGrowths()
         var devices: [ReconcileObservation.Device] = []
-        for record in try store.devices() {
+        for record in try database.devices() {
             let top = try Layout.topName(record.name)
             let info = try dm.info(top)
             var mergeStatus: SnapshotStatus?
             if info != nil, case .snapshotMerge(let status)? = try? dm.status(top).first?.status { mergeStatus = status }
-            let snapshots = try store.snapshots(deviceID: record.id)
+            let snapshots = try database.snapshots(deviceID: record.id)
             devices.append(ReconcileObservation.Device(
                 record: record, snapshots: snapshots,
                 growths: growths.filter { growth in snapshots.contains { $0.id == growth.snapshotID } },
@@ -70,11 +70,11 @@ extension Orchestrator {
             try dm.resume(name)
         case .undoProtect(let device):
             try removeStack(device)
-            try store.deleteDevice(id: device.id)
+            try database.deleteDevice(id: device.id)
         case .finishUnprotect(let device, let snapshots):
             for snapshot in snapshots { try removeSnapshotArtifacts(snapshot, of: device) }
             try removeStack(device)
-            try store.deleteDevice(id: device.id)
+            try database.deleteDevice(id: device.id)
         case .waitForDisk, .mergeInProgress, .leaveOpenOrphan:
             break
         case .rebuildStack(let device, let path, let number):
@@ -82,11 +82,11 @@ extension Orchestrator {
             updated.sourcePath = path
             updated.sourceMajor = Int(number.major)
             updated.sourceMinor = Int(number.minor)
-            if updated != device { try store.update(updated) }
+            if updated != device { try database.update(updated) }
             try buildStack(updated, source: number, createMetadata: false, beforeTop: { try self.activateSnapshots(of: updated) })
         case .undoSnapshot(let snapshot, let device):
             try removeSnapshotArtifacts(snapshot, of: device)
-            try store.deleteSnapshot(id: snapshot.id)
+            try database.deleteSnapshot(id: snapshot.id)
         case .finishDrop(let snapshot, let device):
             try finishDrop(snapshot, of: device)
         case .reactivateSnapshots(_, let device):
@@ -94,7 +94,7 @@ extension Orchestrator {
         case .startDeferredMerge(let snapshot, let device):
             var record = snapshot
             record.state = .merging
-            try store.update(record)
+            try database.update(record)
             try startMerge(record, of: device)
         case .finishMerge(let snapshot, let device):
             try finishMerge(snapshot, of: device)
@@ -102,13 +102,13 @@ extension Orchestrator {
             try startMerge(snapshot, of: device)
         case .finishGrowth(let growth, let snapshot, let device):
             // An earlier step may have dropped or undone the snapshot: then nothing is left to grow.
-            guard let current = try store.snapshot(id: snapshot.id),
-                  let pending = try store.storeGrowth(snapshotID: growth.snapshotID) else { return }
+            guard let current = try database.snapshot(id: snapshot.id),
+                  let pending = try database.storeGrowth(snapshotID: growth.snapshotID) else { return }
             try finishGrowth(pending, of: current, device: device)
             event(StoreEvent.extend, step.action.subject,
                   "store grown from \(Self.describe(Bytes(UInt64(pending.fromBytes)))) to \(Self.describe(Bytes(UInt64(pending.toBytes)))); finished by reconcile")
         case .checkTopTable(let device):
-            if try store.device(id: device.id) != nil { try restoreTopTable(device) }
+            if try database.device(id: device.id) != nil { try restoreTopTable(device) }
         case .removeOrphan(let raw):
             try dm.remove(try DMName(raw))
         case .detachOrphanLoop(let path, _):
@@ -178,7 +178,7 @@ extension Orchestrator {
     func activateSnapshots(of device: DeviceRecord) throws {
         let real = try number(of: try Layout.realName(device.name))
         let top = try Layout.topName(device.name)
-        for snapshot in try store.snapshots(deviceID: device.id) where snapshot.state == .active || snapshot.state == .mergePending {
+        for snapshot in try database.snapshots(deviceID: device.id) where snapshot.state == .active || snapshot.state == .mergePending {
             let name = try Layout.snapshotName(device.name, snapshot.name)
             guard try dm.info(name) == nil else { continue }
             let table = try Table(length: Sectors(UInt64(device.sizeBytes) / Sectors.size),

@@ -1,6 +1,6 @@
 import BlockIO
 import DeviceMapper
-import Store
+import StateDatabase
 
 /// One repair `reconcile` made, or would make with `--dry-run`.
 public struct ReconcileAction: Sendable, Equatable {

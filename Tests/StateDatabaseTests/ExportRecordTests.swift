@@ -1,12 +1,12 @@
 import Foundation
-import Store
+import StateDatabase
 import Testing
 
-private func withStore(_ body: (Store) throws -> Void) throws {
+private func withDatabase(_ body: (StateDatabase) throws -> Void) throws {
     let root = FileManager.default.temporaryDirectory
         .appendingPathComponent("snapstack-exports-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: root) }
-    try body(try Store(directory: root))
+    try body(try StateDatabase(directory: root))
 }
 
 private func device(_ name: String) -> DeviceRecord {
@@ -16,26 +16,26 @@ private func device(_ name: String) -> DeviceRecord {
 }
 
 @Test func exportChainRoundTripsAndOrdersByCreation() throws {
-    try withStore { store in
+    try withDatabase { database in
         let data = device("data")
-        try store.insert(data)
+        try database.insert(data)
         let full = ExportRecord(
             deviceID: data.id, snapshotID: "aaaa0001", snapshotName: "monday", kind: .full, era: 3,
             blockSizeBytes: 65536, deviceSizeBytes: 1 << 30, imagePath: "/backup/data.img", format: "image",
             createdAt: Date(timeIntervalSinceNow: -60))
-        try store.save(full)
+        try database.save(full)
         var incremental = ExportRecord(
             deviceID: data.id, snapshotID: "aaaa0002", snapshotName: "tuesday", kind: .incremental,
             baseExportID: full.id, era: 7, sinceEra: 3, blockSizeBytes: 65536, deviceSizeBytes: 1 << 30,
             imagePath: "/backup/data.img", format: "image")
-        try store.save(incremental)
+        try database.save(incremental)
         incremental.state = .complete
         incremental.bytesRead = 4 << 20
         incremental.completedAt = Date()
-        try store.save(incremental)
+        try database.save(incremental)
 
-        #expect(try store.exports(deviceID: data.id).map(\.id) == [full.id, incremental.id])
-        let stored = try #require(try store.export(id: incremental.id))
+        #expect(try database.exports(deviceID: data.id).map(\.id) == [full.id, incremental.id])
+        let stored = try #require(try database.export(id: incremental.id))
         #expect(stored == ExportRecord(
             id: incremental.id, deviceID: data.id, snapshotID: "aaaa0002", snapshotName: "tuesday",
             kind: .incremental, state: .complete, baseExportID: full.id, era: 7, sinceEra: 3,
@@ -46,24 +46,24 @@ private func device(_ name: String) -> DeviceRecord {
 }
 
 @Test func unprotectingADeviceForgetsItsExportsOnly() throws {
-    try withStore { store in
+    try withDatabase { database in
         let kept = device("kept"), gone = device("gone")
-        try store.insert(kept)
-        try store.insert(gone)
+        try database.insert(kept)
+        try database.insert(gone)
         for owner in [kept, gone] {
-            try store.save(ExportRecord(
+            try database.save(ExportRecord(
                 deviceID: owner.id, snapshotID: "s", snapshotName: "s", kind: .full, era: 1,
                 blockSizeBytes: 65536, deviceSizeBytes: 1 << 30, imagePath: nil, format: "raw"))
         }
-        try store.deleteDevice(id: gone.id)
-        #expect(try store.exports().map(\.deviceID) == [kept.id])
+        try database.deleteDevice(id: gone.id)
+        #expect(try database.exports().map(\.deviceID) == [kept.id])
     }
 }
 
 @Test func anExportNeedsItsDevice() throws {
-    try withStore { store in
+    try withDatabase { database in
         #expect(throws: (any Error).self) {
-            try store.save(ExportRecord(
+            try database.save(ExportRecord(
                 deviceID: "nosuchid", snapshotID: "s", snapshotName: "s", kind: .full, era: 1,
                 blockSizeBytes: 65536, deviceSizeBytes: 1 << 30, imagePath: nil, format: "raw"))
         }

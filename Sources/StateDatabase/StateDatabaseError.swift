@@ -1,10 +1,10 @@
 import Foundation
 
-/// Why the metadata store could not do what was asked.
+/// Why the state database could not do what was asked.
 ///
 /// Each description names what failed, why, and what the operator can do
 /// about it, because these messages end up in front of a person at a shell.
-public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
+public enum StateDatabaseError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The file at `path` is not an SQLite database, or SQLite found it damaged.
     case corrupt(path: String, reason: String)
     /// The database at `path` records schema migrations this build does not

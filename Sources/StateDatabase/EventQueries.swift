@@ -1,6 +1,6 @@
 import GRDB
 
-extension Store {
+extension StateDatabase {
     /// The latest `limit` events, newest first; of `kind` only, when given.
     public func events(kind: String?, limit: Int) throws -> [EventRecord] {
         try read { db in

@@ -60,7 +60,7 @@ enum Schema {
             // A set only means something through its snapshots. Doing this
             // in SQL covers every way a snapshot goes away, including the
             // cascade from a deleted device and deletions made inside
-            // `Store.write`, all within the deleting transaction.
+            // `StateDatabase.write`, all within the deleting transaction.
             try db.execute(sql: """
                 CREATE TRIGGER snapshot_delete_empty_set
                 AFTER DELETE ON snapshot

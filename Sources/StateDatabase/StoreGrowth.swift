@@ -44,7 +44,7 @@ enum StoreGrowthSchema {
     }
 }
 
-extension Store {
+extension StateDatabase {
     /// Records the intent to grow a snapshot's store, replacing an unfinished one of the
     /// same snapshot. The snapshot must exist.
     public func begin(_ growth: StoreGrowthRecord) throws {

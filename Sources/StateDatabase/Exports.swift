@@ -85,7 +85,7 @@ public struct ExportRecord: Codable, Sendable, Equatable, Hashable, Identifiable
     public static func newID() -> String { shortRandomID() }
 }
 
-extension Store {
+extension StateDatabase {
     /// Exports of one device, or of all devices, oldest first.
     public func exports(deviceID: String? = nil) throws -> [ExportRecord] {
         try read { db in

@@ -1,6 +1,6 @@
 import Foundation
 import GRDB
-import Store
+import StateDatabase
 import Testing
 
 // MARK: - Fixtures
@@ -62,11 +62,11 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func createsPrivateDirectoryAndDatabase() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
-        #expect(store.path == dir + "/snapstack.db")
-        #expect(store.path == Store.databasePath(in: dir))
-        #expect(!store.isReadOnly)
-        #expect(FileManager.default.fileExists(atPath: store.path))
+        let database = try StateDatabase(directory: dir)
+        #expect(database.path == dir + "/snapstack.db")
+        #expect(database.path == StateDatabase.databasePath(in: dir))
+        #expect(!database.isReadOnly)
+        #expect(FileManager.default.fileExists(atPath: database.path))
         let attributes = try FileManager.default.attributesOfItem(atPath: dir)
         let mode = try #require(attributes[.posixPermissions] as? NSNumber)
         #expect(mode.intValue & 0o777 == 0o700)
@@ -78,7 +78,7 @@ private func contents(_ path: String) throws -> Data {
         try FileManager.default.createDirectory(
             atPath: dir, withIntermediateDirectories: false,
             attributes: [.posixPermissions: 0o750])
-        _ = try Store(directory: dir)
+        _ = try StateDatabase(directory: dir)
         let attributes = try FileManager.default.attributesOfItem(atPath: dir)
         let mode = try #require(attributes[.posixPermissions] as? NSNumber)
         #expect(mode.intValue & 0o777 == 0o750)
@@ -88,7 +88,7 @@ private func contents(_ path: String) throws -> Data {
 @Test func directoryPathThatIsAFileIsAnIOError() throws {
     try withScratch { _, dir in
         try Data("x".utf8).write(to: URL(fileURLWithPath: dir))
-        let error = try #require(throws: StoreError.self) { try Store(directory: dir) }
+        let error = try #require(throws: StateDatabaseError.self) { try StateDatabase(directory: dir) }
         guard case .io(let path, _) = error else {
             Issue.record("expected .io, got \(error)")
             return
@@ -99,8 +99,8 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func walAndFullSynchronousAndForeignKeys() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
-        let (synchronous, foreignKeys, journal) = try store.read { db in
+        let database = try StateDatabase(directory: dir)
+        let (synchronous, foreignKeys, journal) = try database.read { db in
             (
                 try Int.fetchOne(db, sql: "PRAGMA synchronous"),
                 try Int.fetchOne(db, sql: "PRAGMA foreign_keys"),
@@ -112,12 +112,12 @@ private func contents(_ path: String) throws -> Data {
         #expect(journal == "wal")
 
         // WAL is a property of the file: another connection sees it too.
-        let other = try DatabaseQueue(path: store.path)
+        let other = try DatabaseQueue(path: database.path)
         let otherJournal = try other.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         #expect(otherJournal == "wal")
 
         // And the setting survives reopening.
-        let reopened = try Store(directory: dir)
+        let reopened = try StateDatabase(directory: dir)
         let synchronousAgain = try reopened.read { try Int.fetchOne($0, sql: "PRAGMA synchronous") }
         #expect(synchronousAgain == 2)
     }
@@ -128,15 +128,15 @@ private func contents(_ path: String) throws -> Data {
         let device = makeDevice()
         let schemaVersion: Int?
         do {
-            let store = try Store(directory: dir)
-            try store.insert(device)
-            try store.record(event: "protect", subject: device.name, message: "protected")
-            schemaVersion = try store.read { try Int.fetchOne($0, sql: "PRAGMA schema_version") }
+            let database = try StateDatabase(directory: dir)
+            try database.insert(device)
+            try database.record(event: "protect", subject: device.name, message: "protected")
+            schemaVersion = try database.read { try Int.fetchOne($0, sql: "PRAGMA schema_version") }
         }
-        let store = try Store(directory: dir)
-        #expect(try store.devices() == [device])
-        #expect(try store.events().count == 1)
-        let (migrations, schemaVersionAgain) = try store.read { db in
+        let database = try StateDatabase(directory: dir)
+        #expect(try database.devices() == [device])
+        #expect(try database.events().count == 1)
+        let (migrations, schemaVersionAgain) = try database.read { db in
             (
                 try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations"),
                 try Int.fetchOne(db, sql: "PRAGMA schema_version")
@@ -152,11 +152,11 @@ private func contents(_ path: String) throws -> Data {
 @Test func garbageFileIsCorrupt() throws {
     try withScratch { _, dir in
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = Store.databasePath(in: dir)
+        let path = StateDatabase.databasePath(in: dir)
         let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 7919 &+ 13) })
         try garbage.write(to: URL(fileURLWithPath: path))
 
-        let error = try #require(throws: StoreError.self) { try Store(directory: dir) }
+        let error = try #require(throws: StateDatabaseError.self) { try StateDatabase(directory: dir) }
         guard case .corrupt(let reportedPath, _) = error else {
             Issue.record("expected .corrupt, got \(error)")
             return
@@ -166,7 +166,7 @@ private func contents(_ path: String) throws -> Data {
         #expect(error.description.contains("backup"))
         #expect(error.description.contains("snapstack reconcile"))
 
-        let readOnlyError = try #require(throws: StoreError.self) { try Store.open(readOnly: dir) }
+        let readOnlyError = try #require(throws: StateDatabaseError.self) { try StateDatabase.open(readOnly: dir) }
         guard case .corrupt = readOnlyError else {
             Issue.record("expected .corrupt, got \(readOnlyError)")
             return
@@ -178,10 +178,10 @@ private func contents(_ path: String) throws -> Data {
 @Test func damagedPagesAreCorrupt() throws {
     try withScratch { _, dir in
         do {
-            let store = try Store(directory: dir)
-            try store.insert(makeDevice())
+            let database = try StateDatabase(directory: dir)
+            try database.insert(makeDevice())
         }
-        let path = Store.databasePath(in: dir)
+        let path = StateDatabase.databasePath(in: dir)
         var bytes = try contents(path)
         let pageSize = Int(bytes[16]) << 8 | Int(bytes[17])
         #expect(bytes.count > pageSize)
@@ -191,7 +191,7 @@ private func contents(_ path: String) throws -> Data {
         }
         try bytes.write(to: URL(fileURLWithPath: path))
 
-        let error = try #require(throws: StoreError.self) { try Store(directory: dir) }
+        let error = try #require(throws: StateDatabaseError.self) { try StateDatabase(directory: dir) }
         guard case .corrupt = error else {
             Issue.record("expected .corrupt, got \(error)")
             return
@@ -202,10 +202,10 @@ private func contents(_ path: String) throws -> Data {
 @Test func newerSchemaIsRefusedAndLeftUntouched() throws {
     try withScratch { _, dir in
         do {
-            let store = try Store(directory: dir)
-            try store.insert(makeDevice())
+            let database = try StateDatabase(directory: dir)
+            try database.insert(makeDevice())
         }
-        let path = Store.databasePath(in: dir)
+        let path = StateDatabase.databasePath(in: dir)
         do {
             let plain = try DatabaseQueue(path: path)
             try plain.write { db in
@@ -214,12 +214,12 @@ private func contents(_ path: String) throws -> Data {
         }
         let before = try contents(path)
 
-        let error = try #require(throws: StoreError.self) { try Store(directory: dir) }
+        let error = try #require(throws: StateDatabaseError.self) { try StateDatabase(directory: dir) }
         #expect(error == .newerSchema(path: path, unknown: ["v99-future"]))
         #expect(error.description.contains("newer snapstack"))
         #expect(try contents(path) == before)
 
-        let readOnlyError = try #require(throws: StoreError.self) { try Store.open(readOnly: dir) }
+        let readOnlyError = try #require(throws: StateDatabaseError.self) { try StateDatabase.open(readOnly: dir) }
         #expect(readOnlyError == .newerSchema(path: path, unknown: ["v99-future"]))
         #expect(try contents(path) == before)
     }
@@ -227,11 +227,11 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func readOnlyOnMissingDirectoryCreatesNothing() throws {
     try withScratch { root, dir in
-        #expect(try Store.open(readOnly: dir) == nil)
+        #expect(try StateDatabase.open(readOnly: dir) == nil)
         #expect(!FileManager.default.fileExists(atPath: dir))
 
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
-        #expect(try Store.open(readOnly: dir) == nil)
+        #expect(try StateDatabase.open(readOnly: dir) == nil)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: root) == ["state"])
     }
@@ -241,15 +241,15 @@ private func contents(_ path: String) throws -> Data {
     try withScratch { _, dir in
         let device = makeDevice()
         do {
-            let store = try Store(directory: dir)
-            try store.insert(device)
+            let database = try StateDatabase(directory: dir)
+            try database.insert(device)
         }
-        let store = try #require(try Store.open(readOnly: dir))
-        #expect(store.isReadOnly)
-        #expect(try store.devices() == [device])
+        let database = try #require(try StateDatabase.open(readOnly: dir))
+        #expect(database.isReadOnly)
+        #expect(try database.devices() == [device])
 
-        let error = try #require(throws: StoreError.self) {
-            try store.insert(makeDevice(name: "other"))
+        let error = try #require(throws: StateDatabaseError.self) {
+            try database.insert(makeDevice(name: "other"))
         }
         guard case .io = error else {
             Issue.record("expected .io, got \(error)")
@@ -261,29 +261,29 @@ private func contents(_ path: String) throws -> Data {
 @Test func readOnlyUpgradesADatabaseWithoutSchema() throws {
     try withScratch { _, dir in
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = Store.databasePath(in: dir)
+        let path = StateDatabase.databasePath(in: dir)
         #expect(FileManager.default.createFile(atPath: path, contents: Data()))
 
-        let store = try #require(try Store.open(readOnly: dir))
-        #expect(store.isReadOnly)
-        #expect(try store.devices().isEmpty)
-        #expect(try store.sets().isEmpty)
+        let database = try #require(try StateDatabase.open(readOnly: dir))
+        #expect(database.isReadOnly)
+        #expect(try database.devices().isEmpty)
+        #expect(try database.sets().isEmpty)
     }
 }
 
 @Test func readOnlyWithoutUpgradingLeavesAnOlderDatabaseAlone() throws {
     try withScratch { _, dir in
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = Store.databasePath(in: dir)
+        let path = StateDatabase.databasePath(in: dir)
         #expect(FileManager.default.createFile(atPath: path, contents: Data()))
 
-        #expect(try Store.open(readOnly: dir, upgrading: false) == nil)
+        #expect(try StateDatabase.open(readOnly: dir, upgrading: false) == nil)
         #expect(try contents(path).isEmpty)
         // A current one reads as without the flag.
         let device = makeDevice()
-        do { try Store(directory: dir).insert(device) }
-        let store = try #require(try Store.open(readOnly: dir, upgrading: false))
-        #expect(try store.devices() == [device])
+        do { try StateDatabase(directory: dir).insert(device) }
+        let database = try #require(try StateDatabase.open(readOnly: dir, upgrading: false))
+        #expect(try database.devices() == [device])
     }
 }
 
@@ -291,123 +291,123 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func deviceRoundTrip() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let full = makeDevice(name: "data")
         let bare = makeDevice(name: "boot", cbt: false)
-        try store.insert(full)
-        try store.insert(bare)
+        try database.insert(full)
+        try database.insert(bare)
 
-        #expect(try store.device(id: full.id) == full)
-        #expect(try store.device(named: "boot") == bare)
-        #expect(try store.device(named: "missing") == nil)
-        #expect(try store.device(id: "00000000") == nil)
-        #expect(try store.devices() == [bare, full])
+        #expect(try database.device(id: full.id) == full)
+        #expect(try database.device(named: "boot") == bare)
+        #expect(try database.device(named: "missing") == nil)
+        #expect(try database.device(id: "00000000") == nil)
+        #expect(try database.devices() == [bare, full])
 
         var changed = full
         changed.state = .unprotecting
         changed.sourceMinor = 33
         changed.cbtBlockSectors = nil
         changed.eraMetadataPath = nil
-        try store.update(changed)
-        #expect(try store.device(id: full.id) == changed)
+        try database.update(changed)
+        #expect(try database.device(id: full.id) == changed)
     }
 }
 
 @Test func setAndSnapshotRoundTrip() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let device = makeDevice()
-        try store.insert(device)
+        try database.insert(device)
 
-        let set = try store.insertSet(SnapshotSetRecord(state: .creating))
+        let set = try database.insertSet(SnapshotSetRecord(state: .creating))
         let setID = try #require(set.id)
-        #expect(try store.set(id: setID) == set)
+        #expect(try database.set(id: setID) == set)
 
         var complete = set
         complete.state = .complete
         complete.freezeMicroseconds = 1_234
-        try store.updateSet(complete)
-        #expect(try store.set(id: setID) == complete)
-        #expect(try store.sets() == [complete])
+        try database.updateSet(complete)
+        #expect(try database.set(id: setID) == complete)
+        #expect(try database.sets() == [complete])
 
         let snapshot = try makeSnapshot(of: device, in: set)
-        try store.insert(snapshot)
-        #expect(try store.snapshot(id: snapshot.id) == snapshot)
-        #expect(try store.snapshot(deviceID: device.id, name: "nightly") == snapshot)
-        #expect(try store.snapshot(deviceID: device.id, name: "weekly") == nil)
-        #expect(try store.snapshots(deviceID: device.id) == [snapshot])
-        #expect(try store.snapshots() == [snapshot])
-        #expect(try store.snapshots(setID: setID) == [snapshot])
+        try database.insert(snapshot)
+        #expect(try database.snapshot(id: snapshot.id) == snapshot)
+        #expect(try database.snapshot(deviceID: device.id, name: "nightly") == snapshot)
+        #expect(try database.snapshot(deviceID: device.id, name: "weekly") == nil)
+        #expect(try database.snapshots(deviceID: device.id) == [snapshot])
+        #expect(try database.snapshots() == [snapshot])
+        #expect(try database.snapshots(setID: setID) == [snapshot])
 
         var merging = snapshot
         merging.state = .mergePending
         merging.storeKind = .device
         merging.storePath = "/dev/vg0/cow"
         merging.era = nil
-        try store.update(merging)
-        #expect(try store.snapshot(id: snapshot.id) == merging)
+        try database.update(merging)
+        #expect(try database.snapshot(id: snapshot.id) == merging)
     }
 }
 
 @Test func everyStateRoundTrips() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         for (index, state) in DeviceState.allCases.enumerated() {
             var device = makeDevice(name: "d\(index)")
             device.state = state
-            try store.insert(device)
-            #expect(try store.device(id: device.id)?.state == state)
+            try database.insert(device)
+            #expect(try database.device(id: device.id)?.state == state)
         }
-        let device = try #require(try store.devices().first)
+        let device = try #require(try database.devices().first)
         for (index, state) in SnapshotState.allCases.enumerated() {
-            let set = try store.insertSet(SnapshotSetRecord(state: SnapshotSetState.allCases[index % 2]))
+            let set = try database.insertSet(SnapshotSetRecord(state: SnapshotSetState.allCases[index % 2]))
             var snapshot = try makeSnapshot(of: device, in: set, name: "s\(index)")
             snapshot.state = state
             snapshot.storeKind = StoreKind.allCases[index % 2]
-            try store.insert(snapshot)
-            #expect(try store.snapshot(id: snapshot.id) == snapshot)
-            #expect(try store.set(id: try #require(set.id)) == set)
+            try database.insert(snapshot)
+            #expect(try database.snapshot(id: snapshot.id) == snapshot)
+            #expect(try database.set(id: try #require(set.id)) == set)
         }
-        let stored = try store.read { try String.fetchAll($0, sql: "SELECT state FROM snapshot") }
+        let stored = try database.read { try String.fetchAll($0, sql: "SELECT state FROM snapshot") }
         #expect(Set(stored) == Set(SnapshotState.allCases.map(\.rawValue)))
     }
 }
 
 @Test func eventsNewestFirst() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
-        try store.record(event: "protect", subject: "data", message: "origin stack loaded")
-        try store.record(event: "snapshot", subject: "data/nightly", message: "taken")
-        try store.record(event: "overflow", subject: "data/nightly", message: "store full")
+        let database = try StateDatabase(directory: dir)
+        try database.record(event: "protect", subject: "data", message: "origin stack loaded")
+        try database.record(event: "snapshot", subject: "data/nightly", message: "taken")
+        try database.record(event: "overflow", subject: "data/nightly", message: "store full")
 
-        let events = try store.events()
+        let events = try database.events()
         #expect(events.map(\.kind) == ["overflow", "snapshot", "protect"])
         #expect(events.map(\.subject) == ["data/nightly", "data/nightly", "data"])
         #expect(events[2].message == "origin stack loaded")
         #expect(events.allSatisfy { $0.id != nil && abs($0.time.timeIntervalSinceNow) < 60 })
-        #expect(try store.events(limit: 2).map(\.kind) == ["overflow", "snapshot"])
+        #expect(try database.events(limit: 2).map(\.kind) == ["overflow", "snapshot"])
 
         // A record made in memory equals itself read back, date included.
         var event = EventRecord(kind: "reconcile", subject: "data", message: "nothing to do")
-        try store.write { try event.insert($0) }
-        #expect(try store.events(limit: 1) == [event])
+        try database.write { try event.insert($0) }
+        #expect(try database.events(limit: 1) == [event])
     }
 }
 
 @Test func datesSurviveRepeatedSaves() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         var generator = SystemRandomNumberGenerator()
         let made = (0..<500).map { _ in
             SnapshotSetRecord(
                 createdAt: Date(timeIntervalSince1970: .random(in: 0..<4_000_000_000, using: &generator)),
                 state: .complete)
         }
-        let inserted = try store.write { db in try made.map { try $0.inserted(db) } }
-        let fetched = try store.sets()
+        let inserted = try database.write { db in try made.map { try $0.inserted(db) } }
+        let fetched = try database.sets()
         #expect(fetched == inserted)
-        try store.write { db in try fetched.forEach { try $0.update(db) } }
-        #expect(try store.sets() == inserted)
+        try database.write { db in try fetched.forEach { try $0.update(db) } }
+        #expect(try database.sets() == inserted)
     }
 }
 
@@ -424,74 +424,74 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func deviceNamesAreUnique() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
-        try store.insert(makeDevice(name: "data"))
+        let database = try StateDatabase(directory: dir)
+        try database.insert(makeDevice(name: "data"))
         let other = makeDevice(name: "logs")
-        try store.insert(other)
+        try database.insert(other)
 
-        #expect(throws: StoreError.duplicateName("data")) {
-            try store.insert(makeDevice(name: "data"))
+        #expect(throws: StateDatabaseError.duplicateName("data")) {
+            try database.insert(makeDevice(name: "data"))
         }
         var renamed = other
         renamed.name = "data"
-        #expect(throws: StoreError.duplicateName("data")) { try store.update(renamed) }
-        #expect(try store.devices().map(\.name) == ["data", "logs"])
+        #expect(throws: StateDatabaseError.duplicateName("data")) { try database.update(renamed) }
+        #expect(try database.devices().map(\.name) == ["data", "logs"])
     }
 }
 
 @Test func snapshotNamesAreUniquePerDevice() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let data = makeDevice(name: "data")
         let logs = makeDevice(name: "logs")
-        try store.insert(data)
-        try store.insert(logs)
-        let set = try store.insertSet(SnapshotSetRecord(state: .complete))
+        try database.insert(data)
+        try database.insert(logs)
+        let set = try database.insertSet(SnapshotSetRecord(state: .complete))
 
-        try store.insert(try makeSnapshot(of: data, in: set, name: "nightly"))
+        try database.insert(try makeSnapshot(of: data, in: set, name: "nightly"))
         // The same name on another device is fine.
-        try store.insert(try makeSnapshot(of: logs, in: set, name: "nightly"))
-        #expect(throws: StoreError.duplicateName("nightly")) {
-            try store.insert(try makeSnapshot(of: data, in: set, name: "nightly"))
+        try database.insert(try makeSnapshot(of: logs, in: set, name: "nightly"))
+        #expect(throws: StateDatabaseError.duplicateName("nightly")) {
+            try database.insert(try makeSnapshot(of: data, in: set, name: "nightly"))
         }
 
         var weekly = try makeSnapshot(of: data, in: set, name: "weekly")
-        try store.insert(weekly)
+        try database.insert(weekly)
         weekly.name = "nightly"
-        #expect(throws: StoreError.duplicateName("nightly")) { try store.update(weekly) }
-        #expect(try store.snapshots().count == 3)
+        #expect(throws: StateDatabaseError.duplicateName("nightly")) { try database.update(weekly) }
+        #expect(try database.snapshots().count == 3)
     }
 }
 
 @Test func snapshotsOrderByCreationThenName() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let device = makeDevice()
-        try store.insert(device)
-        let set = try store.insertSet(SnapshotSetRecord(state: .complete))
+        try database.insert(device)
+        let set = try database.insertSet(SnapshotSetRecord(state: .complete))
         let early = Date(timeIntervalSince1970: 1_700_000_000)
         let late = early.addingTimeInterval(3_600)
-        try store.insert(try makeSnapshot(of: device, in: set, name: "c", createdAt: late))
-        try store.insert(try makeSnapshot(of: device, in: set, name: "b", createdAt: early))
-        try store.insert(try makeSnapshot(of: device, in: set, name: "a", createdAt: late))
-        #expect(try store.snapshots(deviceID: device.id).map(\.name) == ["b", "a", "c"])
-        #expect(try store.snapshots(deviceID: "ffffffff").isEmpty)
+        try database.insert(try makeSnapshot(of: device, in: set, name: "c", createdAt: late))
+        try database.insert(try makeSnapshot(of: device, in: set, name: "b", createdAt: early))
+        try database.insert(try makeSnapshot(of: device, in: set, name: "a", createdAt: late))
+        #expect(try database.snapshots(deviceID: device.id).map(\.name) == ["b", "a", "c"])
+        #expect(try database.snapshots(deviceID: "ffffffff").isEmpty)
     }
 }
 
 @Test func snapshotNeedsExistingDeviceAndSet() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let device = makeDevice()
-        try store.insert(device)
-        let set = try store.insertSet(SnapshotSetRecord(state: .complete))
+        try database.insert(device)
+        let set = try database.insertSet(SnapshotSetRecord(state: .complete))
         var orphan = try makeSnapshot(of: device, in: set)
         orphan.deviceID = "deadbeef"
-        #expect(throws: (any Error).self) { try store.insert(orphan) }
+        #expect(throws: (any Error).self) { try database.insert(orphan) }
         orphan.deviceID = device.id
         orphan.setID = try #require(set.id) + 1000
-        #expect(throws: (any Error).self) { try store.insert(orphan) }
-        #expect(try store.snapshots().isEmpty)
+        #expect(throws: (any Error).self) { try database.insert(orphan) }
+        #expect(try database.snapshots().isEmpty)
     }
 }
 
@@ -499,69 +499,69 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func deletingADeviceDeletesItsSnapshotsAndEmptiedSets() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let data = makeDevice(name: "data")
         let logs = makeDevice(name: "logs")
-        try store.insert(data)
-        try store.insert(logs)
-        let shared = try store.insertSet(SnapshotSetRecord(state: .complete))
-        let own = try store.insertSet(SnapshotSetRecord(state: .complete))
-        let pending = try store.insertSet(SnapshotSetRecord(state: .creating))
-        try store.insert(try makeSnapshot(of: data, in: shared, name: "a"))
+        try database.insert(data)
+        try database.insert(logs)
+        let shared = try database.insertSet(SnapshotSetRecord(state: .complete))
+        let own = try database.insertSet(SnapshotSetRecord(state: .complete))
+        let pending = try database.insertSet(SnapshotSetRecord(state: .creating))
+        try database.insert(try makeSnapshot(of: data, in: shared, name: "a"))
         let kept = try makeSnapshot(of: logs, in: shared, name: "a")
-        try store.insert(kept)
-        try store.insert(try makeSnapshot(of: data, in: own, name: "b"))
+        try database.insert(kept)
+        try database.insert(try makeSnapshot(of: data, in: own, name: "b"))
 
-        #expect(try store.deleteDevice(id: data.id))
-        #expect(try store.device(id: data.id) == nil)
-        #expect(try store.snapshots(deviceID: data.id).isEmpty)
-        #expect(try store.snapshots() == [kept])
+        #expect(try database.deleteDevice(id: data.id))
+        #expect(try database.device(id: data.id) == nil)
+        #expect(try database.snapshots(deviceID: data.id).isEmpty)
+        #expect(try database.snapshots() == [kept])
         // The set that still holds a snapshot stays; the one left empty goes;
         // one that never had snapshots is not this deletion's business.
-        #expect(try store.sets().map(\.id) == [shared.id, pending.id])
-        #expect(try !store.deleteDevice(id: data.id))
+        #expect(try database.sets().map(\.id) == [shared.id, pending.id])
+        #expect(try !database.deleteDevice(id: data.id))
     }
 }
 
 @Test func deletingTheLastSnapshotDeletesItsSet() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let data = makeDevice(name: "data")
         let logs = makeDevice(name: "logs")
-        try store.insert(data)
-        try store.insert(logs)
-        let set = try store.insertSet(SnapshotSetRecord(state: .complete))
+        try database.insert(data)
+        try database.insert(logs)
+        let set = try database.insertSet(SnapshotSetRecord(state: .complete))
         let setID = try #require(set.id)
         let first = try makeSnapshot(of: data, in: set)
         let second = try makeSnapshot(of: logs, in: set)
-        try store.insert(first)
-        try store.insert(second)
+        try database.insert(first)
+        try database.insert(second)
 
-        #expect(try store.deleteSnapshot(id: first.id))
-        #expect(try store.set(id: setID) == set)
-        #expect(try store.deleteSnapshot(id: second.id))
-        #expect(try store.set(id: setID) == nil)
-        #expect(try !store.deleteSnapshot(id: second.id))
-        #expect(try store.devices().count == 2)
+        #expect(try database.deleteSnapshot(id: first.id))
+        #expect(try database.set(id: setID) == set)
+        #expect(try database.deleteSnapshot(id: second.id))
+        #expect(try database.set(id: setID) == nil)
+        #expect(try !database.deleteSnapshot(id: second.id))
+        #expect(try database.devices().count == 2)
     }
 }
 
 @Test func deletingASetDeletesItsSnapshots() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let device = makeDevice()
-        try store.insert(device)
-        let doomed = try store.insertSet(SnapshotSetRecord(state: .complete))
-        let other = try store.insertSet(SnapshotSetRecord(state: .complete))
-        try store.insert(try makeSnapshot(of: device, in: doomed, name: "a"))
-        try store.insert(try makeSnapshot(of: device, in: doomed, name: "b"))
+        try database.insert(device)
+        let doomed = try database.insertSet(SnapshotSetRecord(state: .complete))
+        let other = try database.insertSet(SnapshotSetRecord(state: .complete))
+        try database.insert(try makeSnapshot(of: device, in: doomed, name: "a"))
+        try database.insert(try makeSnapshot(of: device, in: doomed, name: "b"))
         let kept = try makeSnapshot(of: device, in: other, name: "c")
-        try store.insert(kept)
+        try database.insert(kept)
 
-        #expect(try store.deleteSet(id: try #require(doomed.id)))
-        #expect(try store.snapshots() == [kept])
-        #expect(try store.sets() == [other])
-        #expect(try store.devices() == [device])
+        #expect(try database.deleteSet(id: try #require(doomed.id)))
+        #expect(try database.snapshots() == [kept])
+        #expect(try database.sets() == [other])
+        #expect(try database.devices() == [device])
     }
 }
 
@@ -569,10 +569,10 @@ private func contents(_ path: String) throws -> Data {
 
 @Test func aThrowingWriteLeavesNothingBehind() throws {
     try withScratch { _, dir in
-        let store = try Store(directory: dir)
+        let database = try StateDatabase(directory: dir)
         let device = makeDevice()
         #expect(throws: Planned.self) {
-            try store.write { db in
+            try database.write { db in
                 try device.insert(db)
                 var set = SnapshotSetRecord(state: .creating)
                 try set.insert(db)
@@ -583,36 +583,36 @@ private func contents(_ path: String) throws -> Data {
                 throw Planned()
             }
         }
-        #expect(try store.devices().isEmpty)
-        #expect(try store.sets().isEmpty)
-        #expect(try store.snapshots().isEmpty)
-        #expect(try store.events().isEmpty)
+        #expect(try database.devices().isEmpty)
+        #expect(try database.sets().isEmpty)
+        #expect(try database.snapshots().isEmpty)
+        #expect(try database.events().isEmpty)
 
         // The same work without the failure is all kept.
-        let count = try store.write { db in
+        let count = try database.write { db in
             try device.insert(db)
             return try DeviceRecord.fetchCount(db)
         }
         #expect(count == 1)
-        #expect(try store.devices() == [device])
+        #expect(try database.devices() == [device])
     }
 }
 
 // MARK: - Messages
 
 @Test func errorDescriptionsSayWhatToDo() {
-    let corrupt = StoreError.corrupt(path: "/var/lib/snapstack/snapstack.db", reason: "file is not a database")
+    let corrupt = StateDatabaseError.corrupt(path: "/var/lib/snapstack/snapstack.db", reason: "file is not a database")
     #expect(corrupt.description.contains("/var/lib/snapstack/snapstack.db"))
     #expect(corrupt.description.contains("file is not a database"))
     #expect(corrupt.description.contains("snapstack reconcile"))
 
-    let newer = StoreError.newerSchema(path: "/s/snapstack.db", unknown: ["v2", "v3"])
+    let newer = StateDatabaseError.newerSchema(path: "/s/snapstack.db", unknown: ["v2", "v3"])
     #expect(newer.description.contains("v2, v3"))
     #expect(newer.description.contains("unchanged"))
 
-    #expect(StoreError.duplicateName("data").description.contains("'data'"))
+    #expect(StateDatabaseError.duplicateName("data").description.contains("'data'"))
 
-    let io = StoreError.io(path: "/s", reason: "Permission denied")
+    let io = StateDatabaseError.io(path: "/s", reason: "Permission denied")
     #expect(io.description.contains("/s"))
     #expect(io.description.contains("Permission denied"))
 }

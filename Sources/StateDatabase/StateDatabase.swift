@@ -9,14 +9,14 @@ import GRDB
 /// database runs in WAL mode with `synchronous = FULL`, so a transaction that
 /// returned is on disk: the kernel state it describes may already exist, and
 /// after a power cut the record of it must too.
-public final class Store: Sendable {
+public final class StateDatabase: Sendable {
     /// The database's file name inside the state directory.
     public static let fileName = "snapstack.db"
 
     /// The database file's path.
     public let path: String
-    /// True for a store opened with ``open(readOnly:)``; writes then fail
-    /// with ``StoreError/io(path:reason:)``.
+    /// True for a database opened with ``open(readOnly:)``; writes then fail
+    /// with ``StateDatabaseError/io(path:reason:)``.
     public let isReadOnly: Bool
 
     private let queue: DatabaseQueue
@@ -35,29 +35,29 @@ public final class Store: Sendable {
     /// Opens the database in `directory`, creating the directory (mode 0700)
     /// and the database as needed, and brings its schema up to date.
     ///
-    /// - Throws: ``StoreError/newerSchema(path:unknown:)`` if a newer
+    /// - Throws: ``StateDatabaseError/newerSchema(path:unknown:)`` if a newer
     ///   snapstack wrote the database, which is then left unchanged;
-    ///   ``StoreError/corrupt(path:reason:)`` if the file is not a sound
-    ///   database; ``StoreError/io(path:reason:)`` if the directory or file
+    ///   ``StateDatabaseError/corrupt(path:reason:)`` if the file is not a sound
+    ///   database; ``StateDatabaseError/io(path:reason:)`` if the directory or file
     ///   cannot be created or opened.
     public convenience init(directory: String) throws {
-        try Store.makeDirectory(directory)
-        let path = Store.databasePath(in: directory)
+        try StateDatabase.makeDirectory(directory)
+        let path = StateDatabase.databasePath(in: directory)
         let queue: DatabaseQueue
         do {
-            queue = try Store.openQueue(path: path, readOnly: false)
+            queue = try StateDatabase.openQueue(path: path, readOnly: false)
             // Before anything that could write: a newer build's database
             // must come through this untouched.
             let unknown = try queue.read(Schema.unknownMigrations)
             guard unknown.isEmpty else {
-                throw StoreError.newerSchema(path: path, unknown: unknown)
+                throw StateDatabaseError.newerSchema(path: path, unknown: unknown)
             }
             // Not GRDB's `journalMode = .wal`: that also lowers
             // `synchronous` to NORMAL and writes a dummy transaction on open.
             try queue.writeWithoutTransaction { db in
                 let mode = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
                 guard mode?.lowercased() == "wal" else {
-                    throw StoreError.io(
+                    throw StateDatabaseError.io(
                         path: path,
                         reason: "SQLite would not switch the database to WAL journal mode "
                             + "(it stayed in \(mode ?? "an unknown mode"))")
@@ -65,7 +65,7 @@ public final class Store: Sendable {
             }
             try Schema.migrator.migrate(queue)
         } catch {
-            throw Store.translate(error, path: path)
+            throw StateDatabase.translate(error, path: path)
         }
         self.init(queue: queue, path: path, isReadOnly: false)
     }
@@ -76,49 +76,49 @@ public final class Store: Sendable {
     /// Returns nil, creating nothing, when the directory or the database does
     /// not exist yet. A database whose schema is older than this build is
     /// upgraded first, as ``init(directory:)`` would, since its tables could
-    /// not otherwise be read; the store returned is read-only all the same.
+    /// not otherwise be read; the database returned is read-only all the same.
     ///
     /// With `upgrading` false, a database whose schema is older is left alone and nil is
     /// returned instead, for readers that must never write (shell completion).
     ///
     /// - Throws: the same errors as ``init(directory:)``.
-    public static func open(readOnly directory: String, upgrading: Bool = true) throws -> Store? {
+    public static func open(readOnly directory: String, upgrading: Bool = true) throws -> StateDatabase? {
         let path = databasePath(in: directory)
         guard FileManager.default.fileExists(atPath: path) else {
             return nil
         }
-        if let store = try openCurrentReadOnly(path: path) {
-            return store
+        if let database = try openCurrentReadOnly(path: path) {
+            return database
         }
         guard upgrading else { return nil }
         do {
-            _ = try Store(directory: directory)
+            _ = try StateDatabase(directory: directory)
         } catch {
             // Another snapstack may have upgraded it at the same moment,
             // making our own attempt fail; its result is as good as ours.
-            guard let store = try? openCurrentReadOnly(path: path) else {
+            guard let database = try? openCurrentReadOnly(path: path) else {
                 throw error
             }
-            return store
+            return database
         }
-        guard let store = try openCurrentReadOnly(path: path) else {
-            throw StoreError.io(
+        guard let database = try openCurrentReadOnly(path: path) else {
+            throw StateDatabaseError.io(
                 path: path, reason: "its schema was upgraded but still reads as out of date")
         }
-        return store
+        return database
     }
 
-    /// A read-only store if the schema is current, nil if it is older.
-    private static func openCurrentReadOnly(path: String) throws -> Store? {
+    /// A read-only database if the schema is current, nil if it is older.
+    private static func openCurrentReadOnly(path: String) throws -> StateDatabase? {
         do {
             let queue = try openQueue(path: path, readOnly: true)
             let (unknown, current) = try queue.read { db in
                 (try Schema.unknownMigrations(db), try Schema.migrator.hasCompletedMigrations(db))
             }
             guard unknown.isEmpty else {
-                throw StoreError.newerSchema(path: path, unknown: unknown)
+                throw StateDatabaseError.newerSchema(path: path, unknown: unknown)
             }
-            return current ? Store(queue: queue, path: path, isReadOnly: true) : nil
+            return current ? StateDatabase(queue: queue, path: path, isReadOnly: true) : nil
         } catch {
             throw translate(error, path: path)
         }
@@ -126,7 +126,7 @@ public final class Store: Sendable {
 
     private static func openQueue(path: String, readOnly: Bool) throws -> DatabaseQueue {
         var configuration = Configuration()
-        configuration.label = "snapstack.store"
+        configuration.label = "snapstack.state"
         configuration.readonly = readOnly
         configuration.foreignKeysEnabled = true
         // A report reading while a command commits should wait, not fail.
@@ -142,7 +142,7 @@ public final class Store: Sendable {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else {
-                throw StoreError.io(path: directory, reason: "it exists and is not a directory")
+                throw StateDatabaseError.io(path: directory, reason: "it exists and is not a directory")
             }
             return
         }
@@ -152,7 +152,7 @@ public final class Store: Sendable {
                 atPath: directory, withIntermediateDirectories: true,
                 attributes: [.posixPermissions: 0o700])
         } catch {
-            throw StoreError.io(
+            throw StateDatabaseError.io(
                 path: directory,
                 reason: "cannot create the directory (\(error.localizedDescription))")
         }
@@ -166,10 +166,10 @@ public final class Store: Sendable {
         let reason = error.message ?? error.resultCode.description
         switch error.resultCode {
         case .SQLITE_CORRUPT, .SQLITE_NOTADB:
-            return StoreError.corrupt(path: path, reason: reason)
+            return StateDatabaseError.corrupt(path: path, reason: reason)
         case .SQLITE_CANTOPEN, .SQLITE_IOERR, .SQLITE_FULL, .SQLITE_PERM,
             .SQLITE_READONLY, .SQLITE_NOLFS:
-            return StoreError.io(path: path, reason: reason)
+            return StateDatabaseError.io(path: path, reason: reason)
         default:
             return error
         }
@@ -181,7 +181,7 @@ public final class Store: Sendable {
         do {
             return try body()
         } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
-            throw StoreError.duplicateName(name)
+            throw StateDatabaseError.duplicateName(name)
         }
     }
 
@@ -193,7 +193,7 @@ public final class Store: Sendable {
         do {
             return try queue.write(body)
         } catch {
-            throw Store.translate(error, path: path)
+            throw StateDatabase.translate(error, path: path)
         }
     }
 
@@ -202,7 +202,7 @@ public final class Store: Sendable {
         do {
             return try queue.read(body)
         } catch {
-            throw Store.translate(error, path: path)
+            throw StateDatabase.translate(error, path: path)
         }
     }
 
@@ -225,18 +225,18 @@ public final class Store: Sendable {
 
     /// Adds a device.
     ///
-    /// - Throws: ``StoreError/duplicateName(_:)`` if a device has its name.
+    /// - Throws: ``StateDatabaseError/duplicateName(_:)`` if a device has its name.
     public func insert(_ device: DeviceRecord) throws {
-        try write { db in try Store.naming(device.name) { try device.insert(db) } }
+        try write { db in try StateDatabase.naming(device.name) { try device.insert(db) } }
     }
 
     /// Replaces the stored device that has this record's id.
     ///
-    /// - Throws: ``StoreError/duplicateName(_:)`` if it was renamed to
+    /// - Throws: ``StateDatabaseError/duplicateName(_:)`` if it was renamed to
     ///   another device's name; GRDB's `RecordError.recordNotFound` if no
     ///   device has its id.
     public func update(_ device: DeviceRecord) throws {
-        try write { db in try Store.naming(device.name) { try device.update(db) } }
+        try write { db in try StateDatabase.naming(device.name) { try device.update(db) } }
     }
 
     /// Deletes a device with its snapshots, and the sets left without any.
@@ -319,19 +319,19 @@ public final class Store: Sendable {
 
     /// Adds a snapshot; its set and device must exist.
     ///
-    /// - Throws: ``StoreError/duplicateName(_:)`` if the device already has a
+    /// - Throws: ``StateDatabaseError/duplicateName(_:)`` if the device already has a
     ///   snapshot of this name.
     public func insert(_ snapshot: SnapshotRecord) throws {
-        try write { db in try Store.naming(snapshot.name) { try snapshot.insert(db) } }
+        try write { db in try StateDatabase.naming(snapshot.name) { try snapshot.insert(db) } }
     }
 
     /// Replaces the stored snapshot that has this record's id.
     ///
-    /// - Throws: ``StoreError/duplicateName(_:)`` if it was renamed to the
+    /// - Throws: ``StateDatabaseError/duplicateName(_:)`` if it was renamed to the
     ///   name of another snapshot of its device; GRDB's
     ///   `RecordError.recordNotFound` if no snapshot has its id.
     public func update(_ snapshot: SnapshotRecord) throws {
-        try write { db in try Store.naming(snapshot.name) { try snapshot.update(db) } }
+        try write { db in try StateDatabase.naming(snapshot.name) { try snapshot.update(db) } }
     }
 
     /// Deletes a snapshot, and its set too if it was the set's last.
