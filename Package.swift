@@ -124,7 +124,7 @@ let package = Package(
             dependencies: ["Exposition"]),
         .testTarget(
             name: "MetricsTests",
-            dependencies: ["Snapstack", "Exposition", "StateDatabase", "BlockIO"]),
+            dependencies: ["Snapstack", "Exposition", "BlockIO"]),
         .testTarget(
             name: "PolicyTests",
             dependencies: ["Policy"]),

@@ -1,6 +1,6 @@
 import CopyEngine
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// What one backup run does with its image: build on the export the image holds, or read the
@@ -20,7 +20,7 @@ public struct BackupPlan: Sendable, Equatable {
     /// Decides from the image at the target (its manifest, or nothing there) and what the
     /// state database says of the device and of the image's last export. Throws when the
     /// target must not be written: a file that is no image, or another disk's image.
-    public static func decide(image path: FilePath, manifest: ImageManifest?, imageExists: Bool,
+    static func decide(image path: FilePath, manifest: ImageManifest?, imageExists: Bool,
                               device: DeviceRecord, lastExport: ExportRecord?) throws -> BackupPlan {
         guard let manifest else {
             if imageExists {
@@ -140,13 +140,13 @@ public enum Backup {
             }
             exported = try open(.shared).export(export, progress: progress, cancel: cancel)
         }
-        let snapshotName = exported.record.snapshotName
+        let snapshotName = exported.export.snapshot
         if !request.keepSnapshot {
             try open(.exclusive).drop(snapshot: snapshotArgument)
             dropped = true
         }
         let resticSnapshot = try request.resticRepository.map {
-            try Restic(repository: $0).backup(image: request.image, tags: ["snapstack", request.device, "export-\(exported.record.id)"])
+            try Restic(repository: $0).backup(image: request.image, tags: ["snapstack", request.device, "export-\(exported.export.id)"])
         }
         return BackupOutcome(plan: plan, snapshot: snapshotName, export: exported, resticSnapshot: resticSnapshot)
     }

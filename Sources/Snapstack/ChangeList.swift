@@ -3,12 +3,12 @@ import ChangeTracking
 import CopyEngine
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// The changed ranges of a device, for `snapstack changes`.
 public struct ChangeList: Sendable {
-    public var device: DeviceRecord
+    public var device: DeviceSummary
     public var sinceEra: Int64
     /// The export `--since` named, if it named one.
     public var sinceExport: String?
@@ -40,13 +40,13 @@ extension Orchestrator {
             throw SnapstackError(.notFound, "\"\(since.replacingNewlines)\" is neither an export id nor an era number",
                                  remedy: "`snapstack exports` lists exports; `snapstack devices -o +era` shows eras")
         }
-        return ChangeList(device: device, sinceEra: era, sinceExport: export, blockSize: Self.exportBlockSize(device),
+        return ChangeList(device: try summary(of: device), sinceEra: era, sinceExport: export, blockSize: Self.exportBlockSize(device),
                           ranges: try changedBlocks(of: device, since: era))
     }
 
     /// Every export on record, oldest first.
-    public func exports() throws -> [(ExportRecord, deviceName: String)] {
+    public func exports() throws -> [ExportSummary] {
         let names = Dictionary(uniqueKeysWithValues: try database.devices().map { ($0.id, $0.name) })
-        return try database.exports().map { ($0, names[$0.deviceID] ?? $0.deviceID) }
+        return try database.exports().map { ExportSummary($0, device: names[$0.deviceID] ?? $0.deviceID) }
     }
 }

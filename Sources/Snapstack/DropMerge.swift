@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// How a merge ended for the caller.

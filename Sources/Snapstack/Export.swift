@@ -3,7 +3,7 @@ import ChangeTracking
 import CopyEngine
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// Where an export's bytes go.
@@ -51,7 +51,7 @@ public struct ExportRequest: Sendable {
 
 /// What an export did.
 public struct ExportOutcome: Sendable {
-    public var record: ExportRecord
+    public var export: ExportSummary
     public var statistics: CopyStatistics
     /// Blocks the change tracking reported (the whole device for a full export).
     public var plannedBlocks: UInt64
@@ -150,7 +150,7 @@ extension Orchestrator {
         try database.save(record)
         try? database.record(event: "export", subject: device.name,
                           message: "\(record.kind.rawValue) export \(record.id) of \(snapshot.name): \(statistics.bytesRead) bytes read")
-        return ExportOutcome(record: record, statistics: statistics, plannedBlocks: plannedBlocks,
+        return ExportOutcome(export: ExportSummary(record, device: device.name), statistics: statistics, plannedBlocks: plannedBlocks,
                              readEverything: readEverything, resumed: resumedManifest != nil)
     }
 
@@ -213,7 +213,7 @@ extension Orchestrator {
 
     /// Blocks of `device` written in era `era` or later, read from a metadata snapshot of its
     /// era device (dm-era's `take_metadata_snap`, dropped again whatever happens).
-    public func changedBlocks(of device: DeviceRecord, since era: Int64) throws -> [Range<UInt64>] {
+    func changedBlocks(of device: DeviceRecord, since era: Int64) throws -> [Range<UInt64>] {
         guard device.cbtBlockSectors != nil, let metadataFile = device.eraMetadataPath else {
             throw SnapstackError(.refused, "\(device.name) has no change tracking",
                                  why: "it was protected with --no-cbt", remedy: "take a full export")

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// How `extend` changes the size of a snapshot's store.

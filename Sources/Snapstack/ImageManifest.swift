@@ -1,5 +1,5 @@
 import CopyEngine
-import StateDatabase
+internal import StateDatabase
 import Foundation
 import SystemPackage
 
@@ -220,7 +220,7 @@ extension ImageManifest.Device {
     /// True when this image was taken of `device`'s disk: the same protection, or the same name
     /// with at least one stable identifier (WWN, serial, PARTUUID, filesystem UUID) in common and
     /// none that differs — as after the disk was unprotected and protected again.
-    public func isSameDisk(as device: DeviceRecord) -> Bool {
+    func isSameDisk(as device: DeviceRecord) -> Bool {
         if id == device.id { return true }
         guard name == device.name else { return false }
         let pairs = [(wwn, device.wwn), (serial, device.serial), (partUUID, device.partUUID), (fsUUID, device.fsUUID)]

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 
 /// A protected device as the reports show it: the database's record joined with what the
 /// kernel says now.
@@ -44,6 +44,71 @@ public struct SnapshotSummary: Sendable {
     public var createdAt: Date
 }
 
+/// An export as the reports show it: what was read, from which snapshot, on top of which earlier
+/// export, and where it went. Exports outlive their snapshots, so the snapshot is named, not held.
+public struct ExportSummary: Sendable, Equatable {
+    public enum Kind: String, Sendable { case full, incremental }
+    /// `running` until every block is copied; a crash leaves it running, and the same export
+    /// run again finishes it.
+    public enum State: String, Sendable { case running, complete }
+
+    /// A short stable id (8 hexadecimal digits), named by `--since`.
+    public var id: String
+    public var device: String
+    public var snapshot: String
+    public var kind: Kind
+    public var state: State
+    /// The export this one was applied on top of (incrementals only).
+    public var base: String?
+    /// The snapshot's era; nil for a device without change tracking.
+    public var era: Int64?
+    /// The first era whose writes an incremental read (the base's era).
+    public var sinceEra: Int64?
+    public var blockSize: Bytes
+    public var deviceSize: Bytes
+    /// The image file, or nil for a stream written to standard output.
+    public var imagePath: String?
+    /// `raw`, `image` or `delta`: what the bytes written look like.
+    public var format: String
+    public var bytesRead: Bytes
+    public var bytesWritten: Bytes
+    public var createdAt: Date
+    public var completedAt: Date?
+
+    public init(id: String, device: String, snapshot: String, kind: Kind, state: State, base: String? = nil,
+                era: Int64?, sinceEra: Int64? = nil, blockSize: Bytes, deviceSize: Bytes, imagePath: String?,
+                format: String, bytesRead: Bytes, bytesWritten: Bytes, createdAt: Date, completedAt: Date?) {
+        self.id = id
+        self.device = device
+        self.snapshot = snapshot
+        self.kind = kind
+        self.state = state
+        self.base = base
+        self.era = era
+        self.sinceEra = sinceEra
+        self.blockSize = blockSize
+        self.deviceSize = deviceSize
+        self.imagePath = imagePath
+        self.format = format
+        self.bytesRead = bytesRead
+        self.bytesWritten = bytesWritten
+        self.createdAt = createdAt
+        self.completedAt = completedAt
+    }
+
+    init(_ record: ExportRecord, device: String) {
+        self.init(id: record.id, device: device, snapshot: record.snapshotName,
+                  kind: record.kind == .full ? .full : .incremental,
+                  state: record.state == .complete ? .complete : .running, base: record.baseExportID,
+                  era: record.era, sinceEra: record.sinceEra,
+                  blockSize: Bytes(UInt64(clamping: record.blockSizeBytes)),
+                  deviceSize: Bytes(UInt64(clamping: record.deviceSizeBytes)), imagePath: record.imagePath,
+                  format: record.format, bytesRead: Bytes(UInt64(clamping: record.bytesRead)),
+                  bytesWritten: Bytes(UInt64(clamping: record.bytesWritten)),
+                  createdAt: record.createdAt, completedAt: record.completedAt)
+    }
+}
+
 /// The one-line health of snapstack on this machine.
 public struct StatusSummary: Sendable {
     public var devices: Int
@@ -55,26 +120,33 @@ public struct StatusSummary: Sendable {
 
 extension Orchestrator {
     public func deviceSummaries() throws -> [DeviceSummary] {
-        try database.devices().map { device in
-            let top = try Layout.topName(device.name)
-            let info = try dm.info(top)
-            var era: UInt32?
-            if device.cbtBlockSectors != nil, case .era(let status)? = try? dm.status(try Layout.realName(device.name)).first?.status {
-                era = status.currentEra
-            }
-            let state: String
-            switch device.state {
-            case .protected: state = info == nil ? "unstacked" : info!.suspended ? "suspended" : "protected"
-            case .protecting: state = "protecting"
-            case .unprotecting: state = "unprotecting"
-            }
-            return DeviceSummary(
-                id: device.id, name: device.name, path: top.devicePath, sourcePath: device.sourcePath,
-                size: Bytes(UInt64(device.sizeBytes)),
-                cbtBlock: device.cbtBlockSectors.map { Sectors(UInt64($0)).bytes }, currentEra: era,
-                snapshotCount: try database.snapshots(deviceID: device.id).count, state: state,
-                openCount: info?.openCount, createdAt: device.createdAt)
+        try database.devices().map(summary(of:))
+    }
+
+    /// The protected device called `name`, as the reports show it.
+    public func deviceSummary(named name: String) throws -> DeviceSummary {
+        try summary(of: device(named: name))
+    }
+
+    func summary(of device: DeviceRecord) throws -> DeviceSummary {
+        let top = try Layout.topName(device.name)
+        let info = try dm.info(top)
+        var era: UInt32?
+        if device.cbtBlockSectors != nil, case .era(let status)? = try? dm.status(try Layout.realName(device.name)).first?.status {
+            era = status.currentEra
         }
+        let state: String
+        switch device.state {
+        case .protected: state = info == nil ? "unstacked" : info!.suspended ? "suspended" : "protected"
+        case .protecting: state = "protecting"
+        case .unprotecting: state = "unprotecting"
+        }
+        return DeviceSummary(
+            id: device.id, name: device.name, path: top.devicePath, sourcePath: device.sourcePath,
+            size: Bytes(UInt64(device.sizeBytes)),
+            cbtBlock: device.cbtBlockSectors.map { Sectors(UInt64($0)).bytes }, currentEra: era,
+            snapshotCount: try database.snapshots(deviceID: device.id).count, state: state,
+            openCount: info?.openCount, createdAt: device.createdAt)
     }
 
     public func snapshotSummaries() throws -> [SnapshotSummary] {

@@ -1,6 +1,6 @@
 import BlockIO
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 import Udev
 

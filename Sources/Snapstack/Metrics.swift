@@ -1,7 +1,7 @@
 import BlockIO
 import Exposition
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 #if canImport(Glibc)
@@ -23,13 +23,13 @@ public enum TrackingEvent {
 public struct MetricsInput: Sendable {
     public var devices: [DeviceSummary]
     public var snapshots: [SnapshotSummary]
-    public var exports: [(record: ExportRecord, device: String)]
+    public var exports: [ExportSummary]
     public var overflows: Int
     public var trackingInterruptions: Int
     /// When the input was read: the file's freshness, so that a stale file is noticed.
     public var readAt: Date
 
-    public init(devices: [DeviceSummary], snapshots: [SnapshotSummary], exports: [(record: ExportRecord, device: String)],
+    public init(devices: [DeviceSummary], snapshots: [SnapshotSummary], exports: [ExportSummary],
                 overflows: Int, trackingInterruptions: Int, readAt: Date) {
         self.devices = devices
         self.snapshots = snapshots
@@ -101,16 +101,16 @@ public enum SnapstackMetrics {
 
         // The last complete export of each protected device.
         let protected = Set(devices.map(\.name))
-        var lastExport: [String: ExportRecord] = [:]
-        var lastFull: [String: ExportRecord] = [:]
-        for (record, device) in input.exports where protected.contains(device) && record.state == .complete {
-            let finished = record.completedAt ?? record.createdAt
-            func newer(_ known: ExportRecord?) -> Bool {
+        var lastExport: [String: ExportSummary] = [:]
+        var lastFull: [String: ExportSummary] = [:]
+        for export in input.exports where protected.contains(export.device) && export.state == .complete {
+            let finished = export.completedAt ?? export.createdAt
+            func newer(_ known: ExportSummary?) -> Bool {
                 guard let known else { return true }
-                return (known.completedAt ?? known.createdAt, known.createdAt, known.id) < (finished, record.createdAt, record.id)
+                return (known.completedAt ?? known.createdAt, known.createdAt, known.id) < (finished, export.createdAt, export.id)
             }
-            if newer(lastExport[device]) { lastExport[device] = record }
-            if record.kind == .full, newer(lastFull[device]) { lastFull[device] = record }
+            if newer(lastExport[export.device]) { lastExport[export.device] = export }
+            if export.kind == .full, newer(lastFull[export.device]) { lastFull[export.device] = export }
         }
         let exports = lastExport.sorted { $0.key < $1.key }
         family("snapstack_device_last_export_info", .gauge,
@@ -122,9 +122,9 @@ public enum SnapstackMetrics {
         family("snapstack_device_last_export_duration_seconds", .gauge, "How long the device's last complete export took.",
                exports.compactMap { e in e.value.completedAt.map { Sample(named(e.key), max(0, $0.timeIntervalSince(e.value.createdAt))) } })
         family("snapstack_device_last_export_read_bytes", .gauge, "Bytes the device's last complete export read from its snapshot.",
-               exports.map { Sample(named($0.key), Double($0.value.bytesRead)) })
+               exports.map { Sample(named($0.key), Double($0.value.bytesRead.rawValue)) })
         family("snapstack_device_last_export_written_bytes", .gauge, "Bytes of data the device's last complete export wrote (holes not counted).",
-               exports.map { Sample(named($0.key), Double($0.value.bytesWritten)) })
+               exports.map { Sample(named($0.key), Double($0.value.bytesWritten.rawValue)) })
         family("snapstack_device_last_full_export_timestamp_seconds", .gauge,
                "When the device's last complete full export completed (Unix time).",
                lastFull.map { Sample(named($0.key), seconds($0.value.completedAt ?? $0.value.createdAt)) })
@@ -209,7 +209,7 @@ extension Orchestrator {
     /// Reads what the metrics show, through the reports' own calls.
     public func metricsInput(now: Date = Date()) throws -> MetricsInput {
         MetricsInput(devices: try deviceSummaries(), snapshots: try snapshotSummaries(),
-                     exports: try exports().map { (record: $0.0, device: $0.deviceName) },
+                     exports: try exports(),
                      overflows: try eventCount(kind: StoreEvent.overflow),
                      trackingInterruptions: try eventCount(kind: TrackingEvent.interrupted), readAt: now)
     }

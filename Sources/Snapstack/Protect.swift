@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 import Udev
 
@@ -55,9 +55,9 @@ extension Orchestrator {
     /// Wraps `devicePath` in the stack of DESIGN §2 and records it: `era` (or `linear` without
     /// change tracking) as the hidden `-real` layer, `linear` over it as the top device that the
     /// filesystem will use. Refuses, changing nothing, a device that is in use, ours, too small
-    /// or already protected.
+    /// or already protected. Returns the device as `devices` reports it.
     @discardableResult
-    public func protect(devicePath: String, name: String, options: ProtectOptions = ProtectOptions()) throws -> DeviceRecord {
+    public func protect(devicePath: String, name: String, options: ProtectOptions = ProtectOptions()) throws -> DeviceSummary {
         try Self.checkName(name, what: "device", maxLength: Layout.maxDeviceName)
         if let existing = try database.device(named: name) {
             throw SnapstackError(.refused, "a device named \"\(name)\" is already protected",
@@ -136,7 +136,7 @@ extension Orchestrator {
         record.state = .protected
         try database.update(record)
         event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try Layout.topName(name).devicePath)")
-        return record
+        return try summary(of: record)
     }
 
     /// Era metadata size for `blocks` tracked blocks: the era array takes 4 bytes a block in a

@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// A snapshot set as decided before anything changes: every member checked and sized, the COW

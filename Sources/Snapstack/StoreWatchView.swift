@@ -1,7 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
-import StateDatabase
+internal import StateDatabase
 import SystemPackage
 
 /// What the store watch reads and does: store use, overflowed snapshots, the event log.

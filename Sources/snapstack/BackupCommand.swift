@@ -95,7 +95,7 @@ struct BackupCommand: ParsableCommand {
                 Output.error("snapstack: backup of \(name): " + outcome.export.summary
                              + (outcome.resticSnapshot.map { "; restic snapshot \($0)" } ?? ""))
             }
-            Output.print(outcome.export.record.id)
+            Output.print(outcome.export.export.id)
         }
     }
 }

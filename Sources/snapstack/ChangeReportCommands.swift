@@ -3,7 +3,6 @@ import BlockIO
 import Foundation
 import Reports
 import Snapstack
-import StateDatabase
 
 enum ChangeReport {
     static let fields = [
@@ -43,15 +42,14 @@ struct ChangesCommand: ParsableCommand {
         try running {
             let list = try global.orchestrator(.shared).changes(of: name, since: since)
             let block = UInt64(list.blockSize)
-            let size = UInt64(list.device.sizeBytes)
-            let path = "/dev/mapper/\(Layout.namePrefix)\(list.device.name)"
+            let size = list.device.size.rawValue
             try report.print(Report(
                 name: "change", fields: ChangeReport.fields,
                 defaultFields: ["name", "offset", "length", "first_block", "blocks"],
                 rows: list.ranges.map { range in
                     let offset = range.lowerBound * block
                     return [
-                        "name": .text(list.device.name), "path": .text(path),
+                        "name": .text(list.device.name), "path": .text(list.device.path),
                         "offset": .size(Bytes(offset)), "length": .size(Bytes(min(range.upperBound * block, size) - offset)),
                         "first_block": .integer(Int64(range.lowerBound)), "blocks": .integer(Int64(range.count)),
                         "since_era": .integer(list.sinceEra),
@@ -92,13 +90,13 @@ struct ExportsCommand: ParsableCommand {
 
     func run() throws {
         try running {
-            let rows = try global.orchestrator(.shared).exports().map { (e, device) -> [String: ReportValue] in [
-                "name": .text(e.id), "path": .text(e.imagePath ?? ""), "device": .text(device),
-                "snapshot": .text(e.snapshotName), "kind": .text(e.kind.rawValue), "base": .text(e.baseExportID ?? ""),
+            let rows = try global.orchestrator(.shared).exports().map { e -> [String: ReportValue] in [
+                "name": .text(e.id), "path": .text(e.imagePath ?? ""), "device": .text(e.device),
+                "snapshot": .text(e.snapshot), "kind": .text(e.kind.rawValue), "base": .text(e.base ?? ""),
                 "state": .text(e.state.rawValue), "format": .text(e.format),
                 "era": e.era.map { .integer($0) } ?? .none, "since_era": e.sinceEra.map { .integer($0) } ?? .none,
-                "read": .size(Bytes(UInt64(e.bytesRead))), "written": .size(Bytes(UInt64(e.bytesWritten))),
-                "block": .size(Bytes(UInt64(e.blockSizeBytes))), "created": .time(e.createdAt),
+                "read": .size(e.bytesRead), "written": .size(e.bytesWritten),
+                "block": .size(e.blockSize), "created": .time(e.createdAt),
                 "completed": e.completedAt.map { .time($0) } ?? .none,
             ] }
             try report.print(Report(name: "export", fields: ExportReport.fields,

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Snapstack
-import StateDatabase
 import SystemPackage
 
 /// Shell completion of the names snapstack's state records: protected devices, snapshots
@@ -10,41 +9,20 @@ import SystemPackage
 /// the state lock for more than a moment: on any problem it offers nothing.
 enum StateCompletion {
     /// Protected device names, for arguments that name one.
-    static let devices = CompletionKind.custom { words, _, _ in names(words) { database in try database.devices().map(\.name) } }
+    static let devices = CompletionKind.custom { words, _, _ in names(words).devices }
 
     /// Snapshot names as `drop`, `merge`, `extend` and `export` take them: `NAME-SNAP`.
-    static let snapshots = CompletionKind.custom { words, _, _ in
-        names(words) { database in
-            try database.devices().flatMap { device in
-                try database.snapshots(deviceID: device.id).map { "\(device.name)-\($0.name)" }
-            }
-        }
-    }
+    static let snapshots = CompletionKind.custom { words, _, _ in names(words).snapshots }
 
     /// Export ids, for `--since`.
-    static let exports = CompletionKind.custom { words, _, _ in names(words) { database in try database.exports().map(\.id) } }
+    static let exports = CompletionKind.custom { words, _, _ in names(words).exports }
 
     /// How long to wait for a command holding the state lock exclusively before reading anyway.
     static let lockWait = 0.2
 
-    /// Reads `body` from the state directory the command line names, or offers nothing.
-    static func names(_ words: [String], _ body: (StateDatabase) throws -> [String]) -> [String] {
-        let directory = StateDirectory.resolve(option: stateDirectoryOption(in: words))
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory.string, isDirectory: &isDirectory), isDirectory.boolValue,
-              FileManager.default.fileExists(atPath: StateDatabase.databasePath(in: directory.string))
-        else { return [] }
-        // The shared lock keeps a half-done change out of view when it is free at once; a
-        // command holding it for long (a merge, a protect) must not stall the shell, and SQLite
-        // gives a consistent read without it, so the names are read either way.
-        let lock = try? StateLock(directory: directory, mode: .shared, timeout: lockWait)
-        defer { withExtendedLifetime(lock) {} }
-        do {
-            guard let database = try StateDatabase.open(readOnly: directory.string, upgrading: false) else { return [] }
-            return try body(database).sorted()
-        } catch {
-            return []
-        }
+    /// The names on record in the state directory the command line names.
+    static func names(_ words: [String]) -> RecordedNames {
+        RecordedNames.read(stateDirectory: StateDirectory.resolve(option: stateDirectoryOption(in: words)), lockWait: lockWait)
     }
 
     /// The value of `--state-dir DIR` or `--state-dir=DIR` among the shell words, unquoted.

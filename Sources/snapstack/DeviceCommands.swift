@@ -46,8 +46,7 @@ struct ProtectCommand: ParsableCommand {
         try changingDevices { _ in
             let orchestrator = try global.orchestrator()
             let options = ProtectOptions(cbtBlock: noCBT ? nil : (cbtBlock?.bytes ?? ProtectOptions.defaultCBTBlock))
-            let record = try orchestrator.protect(devicePath: device, name: name, options: options)
-            Output.print(try Layout.topName(record.name).devicePath)
+            Output.print(try orchestrator.protect(devicePath: device, name: name, options: options).path)
         }
     }
 }

@@ -5,7 +5,6 @@ import Dispatch
 import Foundation
 import Reports
 import Snapstack
-import StateDatabase
 import SystemPackage
 
 /// `--max-rate`: bytes per second, written as sizes are (`50M` is 50 MiB/s).
@@ -119,10 +118,10 @@ struct ExportCommand: ParsableCommand {
                               maxRate: maxRate?.bytesPerSecond),
                 progress: { last = $0; reporter.report($0) }, cancel: interruption.flag)
             if let last { reporter.finish(last) }
-            let record = outcome.record
+            let export = outcome.export
             copy.emit(outcome.jsonObject)
             if copy.format != .json { Output.error("snapstack: " + outcome.summary) }
-            if to == "-" { Output.error(record.id) } else { Output.print(record.id) }
+            if to == "-" { Output.error(export.id) } else { Output.print(export.id) }
         }
     }
 }
@@ -131,9 +130,9 @@ extension ExportOutcome {
     /// The `{"event":"exported",...}` line of `--reportformat json`.
     var jsonObject: [String: Any] {
         let s = statistics
-        return ["event": "exported", "id": record.id, "kind": record.kind.rawValue, "base": record.baseExportID as Any,
-                "snapshot": record.snapshotName, "era": record.era as Any, "since_era": record.sinceEra as Any,
-                "block_size": record.blockSizeBytes, "blocks_planned": plannedBlocks, "bytes_read": s.bytesRead,
+        return ["event": "exported", "id": export.id, "kind": export.kind.rawValue, "base": export.base as Any,
+                "snapshot": export.snapshot, "era": export.era as Any, "since_era": export.sinceEra as Any,
+                "block_size": export.blockSize.rawValue, "blocks_planned": plannedBlocks, "bytes_read": s.bytesRead,
                 "bytes_written": s.bytesWritten, "zero_bytes": s.zeroBytes, "seconds": s.seconds,
                 "resumed": resumed, "read_everything": readEverything]
     }
@@ -142,7 +141,7 @@ extension ExportOutcome {
     var summary: String {
         let s = statistics
         return String(format: "%@ export %@%@: %@ read (%llu blocks planned), %@ written, %.1f s%@",
-                      record.kind.rawValue, record.id, record.baseExportID.map { " on top of \($0)" } ?? "",
+                      export.kind.rawValue, export.id, export.base.map { " on top of \($0)" } ?? "",
                       ProgressReporter.formatBytes(s.bytesRead), plannedBlocks,
                       ProgressReporter.formatBytes(s.bytesWritten), s.seconds,
                       resumed ? " (finished an interrupted run)" : "")

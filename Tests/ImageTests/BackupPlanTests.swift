@@ -1,5 +1,5 @@
 import Foundation
-import Snapstack
+@testable import Snapstack
 import StateDatabase
 import SystemPackage
 import Testing

@@ -1,7 +1,6 @@
 import BlockIO
 import Exposition
 import Foundation
-import StateDatabase
 import Testing
 @testable import Snapstack
 
@@ -20,12 +19,12 @@ private func snapshot(_ origin: String, _ name: String, set: Int64, freeze: Int6
                     state: "active", era: 3, setID: set, freezeMicroseconds: freeze, createdAt: t0.addingTimeInterval(offset))
 }
 
-private func export(_ id: String, _ device: String, _ kind: ExportKind, state: ExportState = .complete, at offset: Double,
-                    read: Int64, written: Int64) -> (record: ExportRecord, device: String) {
-    (ExportRecord(id: id, deviceID: "id-\(device)", snapshotID: "s", snapshotName: "s", kind: kind, state: state, era: 2,
-                  blockSizeBytes: 65536, deviceSizeBytes: 67_108_864, imagePath: "/backup/x.img", format: "image",
-                  bytesRead: read, bytesWritten: written, createdAt: t0.addingTimeInterval(offset),
-                  completedAt: state == .complete ? t0.addingTimeInterval(offset + 2.5) : nil), device)
+private func export(_ id: String, _ device: String, _ kind: ExportSummary.Kind, state: ExportSummary.State = .complete,
+                    at offset: Double, read: UInt64, written: UInt64) -> ExportSummary {
+    ExportSummary(id: id, device: device, snapshot: "s", kind: kind, state: state, era: 2,
+                  blockSize: .kibibytes(64), deviceSize: .mebibytes(64), imagePath: "/backup/x.img", format: "image",
+                  bytesRead: Bytes(read), bytesWritten: Bytes(written), createdAt: t0.addingTimeInterval(offset),
+                  completedAt: state == .complete ? t0.addingTimeInterval(offset + 2.5) : nil)
 }
 
 private func lines(_ text: String, _ family: String) -> [String] {

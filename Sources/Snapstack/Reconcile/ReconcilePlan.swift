@@ -1,6 +1,6 @@
 import BlockIO
 import DeviceMapper
-import StateDatabase
+internal import StateDatabase
 
 /// One repair `reconcile` made, or would make with `--dry-run`.
 public struct ReconcileAction: Sendable, Equatable {
