@@ -6,6 +6,16 @@ internal import StateDatabase
 /// A protected device as the reports show it: the database's record joined with what the
 /// kernel says now.
 public struct DeviceSummary: Sendable {
+    public enum State: String, Sendable, CaseIterable {
+        case protected
+        /// Recorded, with no live stack: `reconcile` builds it.
+        case unstacked
+        /// Its top device is suspended now.
+        case suspended
+        /// A protect or unprotect that a crash interrupted: `reconcile` finishes or undoes it.
+        case protecting, unprotecting
+    }
+
     public var id: String
     public var name: String
     public var path: String
@@ -15,15 +25,27 @@ public struct DeviceSummary: Sendable {
     /// The era the tracking layer is in now; nil without change tracking or without a stack.
     public var currentEra: UInt32?
     public var snapshotCount: Int
-    /// `protected`, `unstacked` (recorded, no live stack: run reconcile), `suspended`, or an
-    /// interrupted `protecting`/`unprotecting`.
-    public var state: String
+    public var state: State
     public var openCount: Int?
     public var createdAt: Date
 }
 
 /// A snapshot as the reports show it.
 public struct SnapshotSummary: Sendable {
+    public enum State: String, Sendable, CaseIterable {
+        case active
+        /// The kernel invalidated it (its store filled, or failed).
+        case invalid
+        /// A write to the snapshot itself did not fit in its store.
+        case overflow
+        case merging
+        case mergePending = "merge-pending"
+        /// Recorded, with no live device: `reconcile` loads it.
+        case inactive
+        /// A take or a drop that a crash interrupted: `reconcile` finishes or undoes it.
+        case creating, dropping
+    }
+
     public var id: String
     public var name: String
     public var path: String
@@ -35,9 +57,7 @@ public struct SnapshotSummary: Sendable {
     /// COW space in use (the kernel's allocated sectors, the store's own metadata included), read
     /// in the same status as `usedPercent`; nil where that is nil.
     public var storeUsed: Bytes?
-    /// `active`, `invalid`, `overflow`, `merging`, `merge-pending`, `inactive` (recorded, no
-    /// live device: run reconcile), or an interrupted `creating`/`dropping`.
-    public var state: String
+    public var state: State
     public var era: Int64?
     public var setID: Int64
     public var freezeMicroseconds: Int64?
@@ -135,11 +155,11 @@ extension Orchestrator {
         if device.cbtBlockSectors != nil, case .era(let status)? = try? dm.status(try Layout.realName(device.name)).first?.status {
             era = status.currentEra
         }
-        let state: String
+        let state: DeviceSummary.State
         switch device.state {
-        case .protected: state = info == nil ? "unstacked" : info!.suspended ? "suspended" : "protected"
-        case .protecting: state = "protecting"
-        case .unprotecting: state = "unprotecting"
+        case .protected: state = info == nil ? .unstacked : info!.suspended ? .suspended : .protected
+        case .protecting: state = .protecting
+        case .unprotecting: state = .unprotecting
         }
         return DeviceSummary(
             id: device.id, name: device.name, path: top.devicePath, sourcePath: device.sourcePath,
@@ -162,24 +182,28 @@ extension Orchestrator {
                     used = status.usedPercent
                     if used != nil, case .active(let allocated, _, _) = status { usedBytes = allocated.bytes }
                 }
-                var state = snapshot.state.rawValue
+                var state: SnapshotSummary.State
                 switch snapshot.state {
                 case .active:
+                    state = .active
                     if try dm.info(name) == nil {
-                        state = "inactive"
+                        state = .inactive
                     } else if case .snapshot(let status)? = try? dm.status(name).first?.status {
                         read(status)
-                        if status == .invalid { state = "invalid" }
-                        if status == .overflow { state = "overflow" }
+                        if status == .invalid { state = .invalid }
+                        if status == .overflow { state = .overflow }
                     }
                 case .merging:
+                    state = .merging
                     if case .snapshotMerge(let status)? = try? dm.status(try Layout.topName(device.name)).first?.status {
                         read(status)
                     }
                 case .mergePending:
-                    state = "merge-pending"
+                    state = .mergePending
                     if case .snapshot(let status)? = try? dm.status(name).first?.status { read(status) }
-                default: break
+                case .creating: state = .creating
+                case .dropping: state = .dropping
+                case .invalid: state = .invalid
                 }
                 result.append(SnapshotSummary(
                     id: snapshot.id, name: "\(device.name)-\(snapshot.name)", path: name.devicePath, origin: device.name,

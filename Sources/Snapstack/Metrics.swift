@@ -44,9 +44,9 @@ public struct MetricsInput: Sendable {
 public enum SnapstackMetrics {
     /// The states a device can be in, each a series of `snapstack_device_state` (1 for the one
     /// it is in), so that an alert can say `{state="protected"} != 1`.
-    public static let deviceStates = ["protected", "unstacked", "suspended", "protecting", "unprotecting"]
+    public static let deviceStates = DeviceSummary.State.allCases
     /// The states `snapstack snapshots` shows.
-    public static let snapshotStates = ["active", "invalid", "overflow", "merging", "merge-pending", "inactive", "creating", "dropping"]
+    public static let snapshotStates = SnapshotSummary.State.allCases
 
     /// The metric families of `input`. Every family is present, also without samples, so that
     /// its HELP says what will be there. (About 110 lines: one declarative list, family by
@@ -74,9 +74,7 @@ public enum SnapstackMetrics {
         family("snapstack_device_state", .gauge,
                "1 for the state a device is in (protected, unstacked, suspended, protecting, unprotecting), 0 for the others.",
                devices.flatMap { d in
-                   (deviceStates.contains(d.state) ? deviceStates : deviceStates + [d.state]).map {
-                       Sample([Label("name", d.name), Label("state", $0)], $0 == d.state ? 1 : 0)
-                   }
+                   deviceStates.map { Sample([Label("name", d.name), Label("state", $0.rawValue)], $0 == d.state ? 1 : 0) }
                })
         family("snapstack_device_size_bytes", .gauge, "Size of the protected device.",
                devices.map { Sample(named($0.name), Double($0.size.rawValue)) })
@@ -139,9 +137,7 @@ public enum SnapstackMetrics {
         family("snapstack_snapshot_state", .gauge,
                "1 for the state a snapshot is in (active, invalid, overflow, merging, merge-pending, inactive, creating, dropping), 0 for the others.",
                snapshots.flatMap { s in
-                   (snapshotStates.contains(s.state) ? snapshotStates : snapshotStates + [s.state]).map {
-                       Sample([Label("name", s.name), Label("state", $0)], $0 == s.state ? 1 : 0)
-                   }
+                   snapshotStates.map { Sample([Label("name", s.name), Label("state", $0.rawValue)], $0 == s.state ? 1 : 0) }
                })
         family("snapstack_snapshot_store_size_bytes", .gauge, "Size of the snapshot's copy-on-write store.",
                snapshots.map { Sample(named($0.name), Double($0.storeSize.rawValue)) })

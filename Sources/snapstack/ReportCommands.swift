@@ -27,7 +27,7 @@ enum DeviceReport {
                    "name": .text(d.name), "path": .text(d.path), "source": .text(d.sourcePath), "size": .size(d.size),
                    "cbt_block": d.cbtBlock.map { .size($0) } ?? .none,
                    "era": d.currentEra.map { .integer(Int64($0)) } ?? .none,
-                   "snapshots": .integer(Int64(d.snapshotCount)), "state": .text(d.state),
+                   "snapshots": .integer(Int64(d.snapshotCount)), "state": .text(d.state.rawValue),
                    "open": d.openCount.map { .integer(Int64($0)) } ?? .none, "id": .text(d.id), "created": .time(d.createdAt),
                ] })
     }
@@ -58,7 +58,7 @@ enum SnapshotReport {
                    "name": .text(s.name), "path": .text(s.path), "origin": .text(s.origin), "store": .text(s.store),
                    "size": .size(s.storeSize), "used_percent": s.usedPercent.map { .percent($0) } ?? .none,
                    "used": s.storeUsed.map { .size($0) } ?? .none,
-                   "state": .text(s.state), "freeze": s.freezeMicroseconds.map { .duration(microseconds: $0) } ?? .none,
+                   "state": .text(s.state.rawValue), "freeze": s.freezeMicroseconds.map { .duration(microseconds: $0) } ?? .none,
                    "era": s.era.map { .integer($0) } ?? .none, "set": .integer(s.setID), "chunk": .size(s.chunk),
                    "id": .text(s.id), "created": .time(s.createdAt),
                ] })

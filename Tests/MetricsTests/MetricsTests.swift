@@ -6,7 +6,7 @@ import Testing
 
 private let t0 = Date(timeIntervalSince1970: 1_764_686_400)
 
-private func device(_ name: String, cbt: Bytes?, era: UInt32?, state: String = "protected") -> DeviceSummary {
+private func device(_ name: String, cbt: Bytes?, era: UInt32?, state: DeviceSummary.State = .protected) -> DeviceSummary {
     DeviceSummary(id: "id-\(name)", name: name, path: "/dev/mapper/snapstack-\(name)", sourcePath: "/dev/loop\(name.count)",
                   size: .mebibytes(64), cbtBlock: cbt, currentEra: era, snapshotCount: 1, state: state, openCount: 0,
                   createdAt: t0)
@@ -16,7 +16,7 @@ private func snapshot(_ origin: String, _ name: String, set: Int64, freeze: Int6
     SnapshotSummary(id: "sid-\(name)", name: "\(origin)-\(name)", path: "/dev/mapper/snapstack-\(origin)-\(name)", origin: origin,
                     store: "/var/lib/snapstack/stores/\(origin)-\(name).cow", storeSize: .mebibytes(16), chunk: .kibibytes(4),
                     usedPercent: used.map { Double($0.rawValue) * 100 / Double(Bytes.mebibytes(16).rawValue) }, storeUsed: used,
-                    state: "active", era: 3, setID: set, freezeMicroseconds: freeze, createdAt: t0.addingTimeInterval(offset))
+                    state: .active, era: 3, setID: set, freezeMicroseconds: freeze, createdAt: t0.addingTimeInterval(offset))
 }
 
 private func export(_ id: String, _ device: String, _ kind: ExportSummary.Kind, state: ExportSummary.State = .complete,
@@ -33,7 +33,7 @@ private func lines(_ text: String, _ family: String) -> [String] {
 
 @Suite struct SnapstackMetricsTests {
     let input = MetricsInput(
-        devices: [device("db:1", cbt: .kibibytes(64), era: 7), device("w+v@x", cbt: nil, era: nil, state: "unstacked")],
+        devices: [device("db:1", cbt: .kibibytes(64), era: 7), device("w+v@x", cbt: nil, era: nil, state: .unstacked)],
         snapshots: [
             snapshot("db:1", "old", set: 1, freeze: 41_250, used: .kibibytes(8), at: 10),
             snapshot("db:1", "new", set: 2, freeze: 12_000, used: .mebibytes(2), at: 20),

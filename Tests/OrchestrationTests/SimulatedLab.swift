@@ -118,7 +118,7 @@ extension SimulatedLab {
         }
         var expected = Set<String>()
         for device in devices { expected.formUnion(["snapstack-\(device.name)", "snapstack-\(device.name)-real"]) }
-        for snapshot in snapshots where snapshot.state != "merging" { expected.insert("snapstack-\(snapshot.name)") }
+        for snapshot in snapshots where snapshot.state != .merging { expected.insert("snapstack-\(snapshot.name)") }
         if Set(state.devices.keys) != expected {
             violations.append("dm devices \(state.devices.keys.sorted()) but the database records \(expected.sorted())")
         }
@@ -134,7 +134,7 @@ extension SimulatedLab {
         }
         for device in devices {
             let live = state.devices["snapstack-\(device.name)"]?.live?.lines.first?.target.type
-            let wanted = snapshots.contains { $0.origin == device.name && $0.state == "active" } ? "snapshot-origin" : "linear"
+            let wanted = snapshots.contains { $0.origin == device.name && $0.state == .active } ? "snapshot-origin" : "linear"
             if live != wanted { violations.append("\(device.name)'s top is \(live ?? "absent"), not \(wanted)") }
         }
         return violations
