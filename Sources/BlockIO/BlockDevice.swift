@@ -27,51 +27,27 @@ public struct BlockDeviceFacts: Hashable, Sendable {
     }
 }
 
-/// A failure to read a block device's facts, with the system's reason.
-public struct BlockDeviceError: Error, Equatable, CustomStringConvertible {
-    public enum Reason: Equatable, Sendable {
-        case system(operation: String, Errno)
-        case notABlockDevice
-    }
-    public var path: FilePath
-    public var reason: Reason
-
-    public init(path: FilePath, reason: Reason) {
-        self.path = path
-        self.reason = reason
-    }
-
-    public var description: String {
-        switch reason {
-        case .system(let operation, let errno):
-            return "\(path): \(operation) failed: \(errno)"
-        case .notABlockDevice:
-            return "\(path) is not a block device"
-        }
-    }
-}
-
 extension BlockDeviceFacts {
     /// Opens `path` read-only and asks the kernel for its number, size and block sizes.
     /// Opening read-only never changes the device; it does count as an opener while it lasts.
-    public static func read(_ path: FilePath) throws(BlockDeviceError) -> BlockDeviceFacts {
+    public static func read(_ path: FilePath) throws(BlockIOError) -> BlockDeviceFacts {
         let fd: FileDescriptor
         do {
             fd = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
         } catch {
-            throw BlockDeviceError(path: path, reason: .system(operation: "open", error as? Errno ?? .ioError))
+            throw BlockIOError(path: path, reason: .system(operation: "open", error as? Errno ?? .ioError))
         }
         defer { try? fd.close() }
 
-        func check(_ result: Int32, _ operation: String) throws(BlockDeviceError) {
+        func check(_ result: Int32, _ operation: String) throws(BlockIOError) {
             if result != 0 {
-                throw BlockDeviceError(path: path, reason: .system(operation: operation, Errno(rawValue: errno)))
+                throw BlockIOError(path: path, reason: .system(operation: operation, Errno(rawValue: errno)))
             }
         }
         var st = stat()
         try check(fstat(fd.rawValue, &st), "fstat")
         guard (st.st_mode & S_IFMT) == S_IFBLK else {
-            throw BlockDeviceError(path: path, reason: .notABlockDevice)
+            throw BlockIOError(path: path, reason: .notABlockDevice)
         }
         var size: UInt64 = 0
         try check(snapstack_blkgetsize64(fd.rawValue, &size), "BLKGETSIZE64")

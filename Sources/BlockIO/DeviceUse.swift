@@ -4,40 +4,6 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A failure to find out who uses a block device.
-public struct DeviceUseError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Reason: Hashable, Sendable {
-        /// A system call failed with this errno.
-        case system(operation: String, Errno)
-        case notABlockDevice
-    }
-
-    public var path: String
-    public var reason: Reason
-
-    public init(path: String, reason: Reason) {
-        self.path = path
-        self.reason = reason
-    }
-
-    init(_ path: String, _ operation: String, _ errno: Errno) {
-        self.init(path: path, reason: .system(operation: operation, errno))
-    }
-
-    /// The kernel's errno, when a system call failed.
-    public var errno: Errno? {
-        if case .system(_, let errno) = reason { return errno }
-        return nil
-    }
-
-    public var description: String {
-        switch reason {
-        case .system(let operation, let errno): return "\(path): \(operation) failed: \(errno)"
-        case .notABlockDevice: return "\(path) is not a block device"
-        }
-    }
-}
-
 /// Who uses a block device, and so why it must not be taken over.
 public struct DeviceUsage: Hashable, Sendable {
     /// Where file systems on the device are mounted (in this process's mount namespace).
@@ -81,12 +47,12 @@ public enum DeviceUse {
     /// device's number, and also those whose source is a /dev path of that device (btrfs
     /// reports an anonymous device number in field 3). A source path that no longer exists
     /// (such as `/dev/root`) is skipped. Bind mounts appear once per mount point.
-    public static func mountPoints(of device: DeviceNumber) throws(DeviceUseError) -> [String] {
+    public static func mountPoints(of device: DeviceNumber) throws(BlockIOError) -> [String] {
         let path = "/proc/self/mountinfo"
         let text: String
         switch readWholeFile(path) {
         case .success(let bytes): text = String(decoding: bytes, as: UTF8.self)
-        case .failure(let error): throw DeviceUseError(path, "read", error)
+        case .failure(let error): throw BlockIOError(path, "read", error)
         }
         var found: [String] = []
         for entry in parseMountInfo(text) {
@@ -96,7 +62,7 @@ public enum DeviceUse {
                 case .success(let status):
                     matches = isBlockDevice(status) && DeviceNumber(status.st_rdev) == device
                 case .failure(.noSuchFileOrDirectory), .failure(.notDirectory): break
-                case .failure(let error): throw DeviceUseError(entry.source, "stat", error)
+                case .failure(let error): throw BlockIOError(entry.source, "stat", error)
                 }
             }
             if matches && !found.contains(entry.mountPoint) { found.append(entry.mountPoint) }
@@ -107,25 +73,25 @@ public enum DeviceUse {
     /// The devices built on `device`: the names in `/sys/dev/block/MAJOR:MINOR/holders/`
     /// (dm-3, md0...), where the kernel links each device-mapper or md device that opened it
     /// as a component. Empty when the device does not exist.
-    public static func holders(of device: DeviceNumber) throws(DeviceUseError) -> [String] {
+    public static func holders(of device: DeviceNumber) throws(BlockIOError) -> [String] {
         let path = "/sys/dev/block/\(device)/holders"
         switch directoryEntries(path) {
         case .success(let names): return names.sorted()
         case .failure(.noSuchFileOrDirectory): return []
-        case .failure(let error): throw DeviceUseError(path, "opendir", error)
+        case .failure(let error): throw BlockIOError(path, "opendir", error)
         }
     }
 
     /// Whether `device` is an active swap area: a `partition` line of `/proc/swaps` whose path
     /// is that block device (compared by device number, so any name of the device matches).
     /// False when the kernel has no swap support (no /proc/swaps).
-    public static func isSwap(_ device: DeviceNumber) throws(DeviceUseError) -> Bool {
+    public static func isSwap(_ device: DeviceNumber) throws(BlockIOError) -> Bool {
         let path = "/proc/swaps"
         let text: String
         switch readWholeFile(path) {
         case .success(let bytes): text = String(decoding: bytes, as: UTF8.self)
         case .failure(.noSuchFileOrDirectory): return false
-        case .failure(let error): throw DeviceUseError(path, "read", error)
+        case .failure(let error): throw BlockIOError(path, "read", error)
         }
         for entry in parseSwaps(text) where entry.type == "partition" {
             switch statPath(entry.path) {
@@ -133,7 +99,7 @@ public enum DeviceUse {
                 if isBlockDevice(status) && DeviceNumber(status.st_rdev) == device { return true }
             // The node was renamed or removed since swapon; it is not the device asked about.
             case .failure(.noSuchFileOrDirectory): continue
-            case .failure(let error): throw DeviceUseError(entry.path, "stat", error)
+            case .failure(let error): throw BlockIOError(entry.path, "stat", error)
             }
         }
         return false
@@ -157,21 +123,21 @@ public enum DeviceUse {
 
     /// Everything that makes the block device at `path` unavailable: mounts, holders, swap, and
     /// an exclusive claim.
-    public static func usage(of path: FilePath) throws(DeviceUseError) -> DeviceUsage {
+    public static func usage(of path: FilePath) throws(BlockIOError) -> DeviceUsage {
         let device: DeviceNumber
         switch statPath(path.string) {
         case .success(let status):
-            guard isBlockDevice(status) else { throw DeviceUseError(path: path.string, reason: .notABlockDevice) }
+            guard isBlockDevice(status) else { throw BlockIOError(path: path.string, reason: .notABlockDevice) }
             device = DeviceNumber(status.st_rdev)
         case .failure(let error):
-            throw DeviceUseError(path.string, "stat", error)
+            throw BlockIOError(path.string, "stat", error)
         }
         var usage = DeviceUsage(mountPoints: try mountPoints(of: device), holders: try holders(of: device),
                                 swap: try isSwap(device))
         switch exclusiveOpenError(path) {
         case nil: break
         case .resourceBusy?: usage.exclusivelyHeld = true
-        case let error?: throw DeviceUseError(path.string, "open O_EXCL", error)
+        case let error?: throw BlockIOError(path.string, "open O_EXCL", error)
         }
         return usage
     }

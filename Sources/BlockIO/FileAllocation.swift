@@ -5,54 +5,6 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A backing file that could not be made or grown.
-public struct FileAllocationError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Reason: Hashable, Sendable {
-        /// A system call failed with this errno (EEXIST from a create: the file was already there
-        /// and was not touched; EOPNOTSUPP from fallocate: the file system cannot reserve blocks).
-        case system(operation: String, Errno)
-        /// `grow` was asked for a size below the file's current size.
-        case wouldShrink(current: Bytes, requested: Bytes)
-        /// The size does not fit in `off_t`.
-        case sizeOutOfRange(Bytes)
-    }
-
-    public var path: FilePath
-    public var reason: Reason
-    /// What undoing the half-done work could not undo (a half-made file left behind), if anything.
-    public var leftOver: String?
-
-    public init(path: FilePath, reason: Reason, leftOver: String? = nil) {
-        self.path = path
-        self.reason = reason
-        self.leftOver = leftOver
-    }
-
-    init(_ path: FilePath, _ operation: String, _ errno: Errno) {
-        self.init(path: path, reason: .system(operation: operation, errno))
-    }
-
-    /// The kernel's errno, when a system call failed.
-    public var errno: Errno? {
-        if case .system(_, let errno) = reason { return errno }
-        return nil
-    }
-
-    public var description: String {
-        var text: String
-        switch reason {
-        case .system(let operation, let errno):
-            text = "\(path): \(operation) failed: \(errno)"
-        case .wouldShrink(let current, let requested):
-            text = "\(path): cannot grow to \(requested): the file already has \(current)"
-        case .sizeOutOfRange(let size):
-            text = "\(path): size \(size) is too large for a file"
-        }
-        if let leftOver { text += "; undoing it failed too: \(leftOver)" }
-        return text
-    }
-}
-
 /// Backing files for loop devices and snapshot stores: made exclusively, sized, optionally with
 /// every block reserved up front, and flushed to disk before the call returns.
 public enum FileAllocation {
@@ -74,30 +26,30 @@ public enum FileAllocation {
     /// and its name survive a crash. Any failure after the file was created removes it again.
     /// `permissions` are subject to the process's umask, as for any `open(2)` that creates.
     public static func create(_ path: FilePath, size: Bytes, preallocate: Bool, zeroFill: Bytes = .zero,
-                              permissions: FilePermissions = [.ownerReadWrite]) throws(FileAllocationError) {
+                              permissions: FilePermissions = [.ownerReadWrite]) throws(BlockIOError) {
         guard let length = Int64(exactly: size.rawValue) else {
-            throw FileAllocationError(path: path, reason: .sizeOutOfRange(size))
+            throw BlockIOError(path: path, reason: .sizeOutOfRange(size))
         }
         let file: FileDescriptor
         switch openDescriptor(path.string, O_RDWR | O_CREAT | O_EXCL, permissions: mode_t(permissions.rawValue)) {
         case .success(let opened): file = opened
-        case .failure(let error): throw FileAllocationError(path, "open (create exclusively)", error)
+        case .failure(let error): throw BlockIOError(path, "open (create exclusively)", error)
         }
 
-        var failure: FileAllocationError?
+        var failure: BlockIOError?
         if case .failure(let error) = retryingInterrupts({ ftruncate(file.rawValue, off_t(length)) }) {
-            failure = FileAllocationError(path, "ftruncate", error)
+            failure = BlockIOError(path, "ftruncate", error)
         } else if preallocate && length > 0,
                   case .failure(let error) = retryingInterrupts({ snapstack_fallocate(file.rawValue, 0, 0, length) }) {
-            failure = FileAllocationError(path, "fallocate", error)
+            failure = BlockIOError(path, "fallocate", error)
         } else if let error = writeZeros(path, from: 0, to: min(length, Int64(clamping: zeroFill.rawValue))) {
             failure = error
         } else if case .failure(let error) = retryingInterrupts({ fsync(file.rawValue) }) {
-            failure = FileAllocationError(path, "fsync", error)
+            failure = BlockIOError(path, "fsync", error)
         }
         if let error = closeDescriptor(file), failure == nil {
             // Delayed write errors of some file systems surface at close; fsync has run.
-            failure = FileAllocationError(path, "close", error)
+            failure = BlockIOError(path, "close", error)
         }
         if failure == nil, let error = syncDirectory(of: path) {
             failure = error
@@ -119,34 +71,34 @@ public enum FileAllocation {
     /// The file is flushed with `fsync`. A bound loop device sees the new size only after
     /// `Loop.refreshCapacity`.
     public static func grow(_ path: FilePath, to size: Bytes, preallocate: Bool,
-                            zeroFill: Bytes = .zero) throws(FileAllocationError) {
+                            zeroFill: Bytes = .zero) throws(BlockIOError) {
         guard let length = Int64(exactly: size.rawValue) else {
-            throw FileAllocationError(path: path, reason: .sizeOutOfRange(size))
+            throw BlockIOError(path: path, reason: .sizeOutOfRange(size))
         }
         let file: FileDescriptor
         switch openDescriptor(path.string, O_RDWR) {
         case .success(let opened): file = opened
-        case .failure(let error): throw FileAllocationError(path, "open", error)
+        case .failure(let error): throw BlockIOError(path, "open", error)
         }
 
-        var failure: FileAllocationError?
+        var failure: BlockIOError?
         var current: Int64 = 0
         switch statDescriptor(file) {
         case .success(let status):
             current = Int64(status.st_size)
             if length < current {
-                failure = FileAllocationError(path: path, reason: .wouldShrink(current: Bytes(UInt64(current)), requested: size))
+                failure = BlockIOError(path: path, reason: .wouldShrink(current: Bytes(UInt64(current)), requested: size))
             }
         case .failure(let error):
-            failure = FileAllocationError(path, "fstat", error)
+            failure = BlockIOError(path, "fstat", error)
         }
         if failure == nil, length > current,
            case .failure(let error) = retryingInterrupts({ ftruncate(file.rawValue, off_t(length)) }) {
-            failure = FileAllocationError(path, "ftruncate", error)
+            failure = BlockIOError(path, "ftruncate", error)
         }
         if failure == nil, preallocate, length > 0,
            case .failure(let error) = retryingInterrupts({ snapstack_fallocate(file.rawValue, 0, 0, length) }) {
-            failure = FileAllocationError(path, "fallocate", error)
+            failure = BlockIOError(path, "fallocate", error)
             if length > current,
                case .failure(let undo) = retryingInterrupts({ ftruncate(file.rawValue, off_t(current)) }) {
                 failure?.leftOver = "ftruncate back to \(current) bytes failed: \(undo)"
@@ -157,10 +109,10 @@ public enum FileAllocation {
             failure = error
         }
         if failure == nil, case .failure(let error) = retryingInterrupts({ fsync(file.rawValue) }) {
-            failure = FileAllocationError(path, "fsync", error)
+            failure = BlockIOError(path, "fsync", error)
         }
         if let error = closeDescriptor(file), failure == nil {
-            failure = FileAllocationError(path, "close", error)
+            failure = BlockIOError(path, "close", error)
         }
         if let failure { throw failure }
     }
@@ -176,14 +128,14 @@ public enum FileAllocation {
     /// 4 KiB-chunk copy-on-write ran at less than half the speed into reserved blocks as into
     /// written ones. Written blocks are overwritten in place. Direct I/O keeps the zeros out of
     /// the page cache. The caller's `fsync` makes the extents durable.
-    private static func writeZeros(_ path: FilePath, from start: Int64, to end: Int64) -> FileAllocationError? {
+    private static func writeZeros(_ path: FilePath, from start: Int64, to end: Int64) -> BlockIOError? {
         let block: Int64 = 4096
         let first = (start + block - 1) / block * block, last = end / block * block
         guard last > first else { return nil }
         let file: FileDescriptor
         switch openDescriptor(path.string, O_WRONLY | snapstack_O_DIRECT) {
         case .success(let opened): file = opened
-        case .failure(let error): return FileAllocationError(path, "open (direct I/O, to write zeros)", error)
+        case .failure(let error): return BlockIOError(path, "open (direct I/O, to write zeros)", error)
         }
         defer { _ = closeDescriptor(file) }  // the caller's fsync of its own descriptor is what counts
         let bufferSize = 1 << 20
@@ -195,26 +147,26 @@ public enum FileAllocation {
             let count = Int(min(Int64(bufferSize), last - offset))
             switch retryingInterrupts({ pwrite(file.rawValue, zeros, count, off_t(offset)) }) {
             case .success(let written) where written > 0: offset += Int64(written)
-            case .success: return FileAllocationError(path, "pwrite of zeros", .noSpace)
-            case .failure(let error): return FileAllocationError(path, "pwrite of zeros", error)
+            case .success: return BlockIOError(path, "pwrite of zeros", .noSpace)
+            case .failure(let error): return BlockIOError(path, "pwrite of zeros", error)
             }
         }
         return nil
     }
 
     /// fsync of the directory holding `path`: a new name is durable only once its directory is.
-    private static func syncDirectory(of path: FilePath) -> FileAllocationError? {
+    private static func syncDirectory(of path: FilePath) -> BlockIOError? {
         var directory = path
         directory.removeLastComponent()
         if directory.isEmpty { directory = "." }
         let descriptor: FileDescriptor
         switch openDescriptor(directory.string, O_RDONLY | O_DIRECTORY) {
         case .success(let opened): descriptor = opened
-        case .failure(let error): return FileAllocationError(directory, "open", error)
+        case .failure(let error): return BlockIOError(directory, "open", error)
         }
         defer { _ = closeDescriptor(descriptor) }  // read-only: the fsync result is what counts
         if case .failure(let error) = retryingInterrupts({ fsync(descriptor.rawValue) }) {
-            return FileAllocationError(directory, "fsync", error)
+            return BlockIOError(directory, "fsync", error)
         }
         return nil
     }

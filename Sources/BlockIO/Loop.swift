@@ -24,60 +24,6 @@ public struct LoopDevice: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(path) (\(number)) on \(backingFile ?? "nothing")" }
 }
 
-/// A loop-device operation that failed: the path it was working on, the system call or ioctl,
-/// and the kernel's errno.
-public struct LoopError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Reason: Hashable, Sendable {
-        /// A system call or ioctl failed with this errno.
-        case system(operation: String, Errno)
-        /// `LOOP_CONFIGURE` (or `LOOP_SET_FD`) answered EBUSY for each of the `attempts` free
-        /// devices `LOOP_CTL_GET_FREE` named: other programs bound them first, or one holds the
-        /// free device open with O_EXCL.
-        case noFreeDevice(attempts: Int)
-        /// The path is not a loop block device (major 7).
-        case notALoopDevice
-        /// A sysfs attribute did not hold what the kernel writes there.
-        case unexpectedSysfs(String)
-    }
-
-    public var path: String
-    public var reason: Reason
-    /// What undoing a half-done attach could not undo (a device left bound), if anything.
-    public var leftOver: String?
-
-    public init(path: String, reason: Reason, leftOver: String? = nil) {
-        self.path = path
-        self.reason = reason
-        self.leftOver = leftOver
-    }
-
-    init(_ path: String, _ operation: String, _ errno: Errno) {
-        self.init(path: path, reason: .system(operation: operation, errno))
-    }
-
-    /// The kernel's errno, when a system call failed.
-    public var errno: Errno? {
-        if case .system(_, let errno) = reason { return errno }
-        return nil
-    }
-
-    public var description: String {
-        var text: String
-        switch reason {
-        case .system(let operation, let errno):
-            text = "\(path): \(operation) failed: \(errno)"
-        case .noFreeDevice(let attempts):
-            text = "\(path): no free loop device: each of the \(attempts) free devices offered was busy (bound or claimed by another program first)"
-        case .notALoopDevice:
-            text = "\(path) is not a loop device"
-        case .unexpectedSysfs(let content):
-            text = "\(path): unexpected content \(content.debugDescription)"
-        }
-        if let leftOver { text += "; undoing it failed too: \(leftOver)" }
-        return text
-    }
-}
-
 /// Loop devices: binding regular files as block devices through /dev/loop-control and the
 /// loop ioctls, and listing them from sysfs.
 public enum Loop {
@@ -120,7 +66,7 @@ public enum Loop {
     /// building a device-mapper table on it.
     @discardableResult
     public static func attach(file: FilePath, readOnly: Bool = false, autoclear: Bool = false,
-                              directIO: Bool = false) throws(LoopError) -> LoopDevice {
+                              directIO: Bool = false) throws(BlockIOError) -> LoopDevice {
         let (device, descriptor) = try attachAndOpen(file: file, readOnly: readOnly, autoclear: autoclear,
                                                      directIO: directIO)
         // The binding outlives the descriptor it was made through, except with autoclear (above).
@@ -132,12 +78,12 @@ public enum Loop {
     /// `readOnly`). The caller closes the descriptor; with `autoclear` that close (if it is the
     /// last opener) unbinds the device.
     public static func attachAndOpen(file: FilePath, readOnly: Bool = false, autoclear: Bool = false,
-                                     directIO: Bool = false) throws(LoopError) -> (device: LoopDevice, descriptor: FileDescriptor) {
+                                     directIO: Bool = false) throws(BlockIOError) -> (device: LoopDevice, descriptor: FileDescriptor) {
         let filePath = file.string
         let backing: FileDescriptor
         switch openDescriptor(filePath, readOnly ? O_RDONLY : O_RDWR) {
         case .success(let opened): backing = opened
-        case .failure(let error): throw LoopError(filePath, "open", error)
+        case .failure(let error): throw BlockIOError(filePath, "open", error)
         }
         // The loop driver takes its own reference to the open file; ours can go once bound.
         defer { _ = closeDescriptor(backing) }
@@ -146,7 +92,7 @@ public enum Loop {
         let control: FileDescriptor
         switch openDescriptor("/dev/loop-control", O_RDWR) {
         case .success(let opened): control = opened
-        case .failure(let error): throw LoopError("/dev/loop-control", "open", error)
+        case .failure(let error): throw BlockIOError("/dev/loop-control", "open", error)
         }
         defer { _ = closeDescriptor(control) }
 
@@ -159,7 +105,7 @@ public enum Loop {
             let index: Int32
             switch retryingInterrupts({ snapstack_loop_ctl_get_free(control.rawValue) }) {
             case .success(let free): index = free
-            case .failure(let error): throw LoopError("/dev/loop-control", "LOOP_CTL_GET_FREE", error)
+            case .failure(let error): throw BlockIOError("/dev/loop-control", "LOOP_CTL_GET_FREE", error)
             }
             let path = "/dev/loop\(index)"
             // A loop device opened read-only is bound read-only whatever lo_flags says, so the
@@ -169,10 +115,10 @@ public enum Loop {
             case .success(let opened): device = opened
             // Another process removed the free device (LOOP_CTL_REMOVE) before we opened it.
             case .failure(.noSuchAddressOrDevice): continue
-            case .failure(let error): throw LoopError(path, "open", error)
+            case .failure(let error): throw BlockIOError(path, "open", error)
             }
             let bound: Bool
-            do throws(LoopError) {
+            do throws(BlockIOError) {
                 bound = try bind(device, at: path, to: backing, flags: flags, name: name)
             } catch {
                 _ = closeDescriptor(device)
@@ -189,17 +135,17 @@ public enum Loop {
                 // fstat of an open descriptor does not fail in practice; if it does, the caller
                 // must still learn that the device is bound.
                 _ = closeDescriptor(device)
-                throw LoopError(path: path, reason: .system(operation: "fstat", error),
+                throw BlockIOError(path: path, reason: .system(operation: "fstat", error),
                                 leftOver: "\(path) is bound to \(name)")
             }
         }
-        throw LoopError(path: "/dev/loop-control", reason: .noFreeDevice(attempts: attachAttempts))
+        throw BlockIOError(path: "/dev/loop-control", reason: .noFreeLoopDevice(attempts: attachAttempts))
     }
 
     /// Binds the open loop device to `backing`. Returns false when another process bound the
     /// device first (EBUSY), so that the caller asks for another index.
     private static func bind(_ device: FileDescriptor, at path: String, to backing: FileDescriptor,
-                             flags: UInt32, name: String) throws(LoopError) -> Bool {
+                             flags: UInt32, name: String) throws(BlockIOError) -> Bool {
         let configured = retryingInterrupts {
             snapstack_loop_configure(device.rawValue, backing.rawValue, flags, name)
         }
@@ -209,27 +155,27 @@ public enum Loop {
         // Kernels before 5.8 do not know the ioctl: the loop driver answers EINVAL, the block
         // layer ENOTTY. A backing file the kernel cannot use fails LOOP_SET_FD below the same way.
         case .failure(.invalidArgument), .failure(.inappropriateIOCTLForDevice): break
-        case .failure(let error): throw LoopError(path, "LOOP_CONFIGURE", error)
+        case .failure(let error): throw BlockIOError(path, "LOOP_CONFIGURE", error)
         }
 
         switch retryingInterrupts({ snapstack_loop_set_fd(device.rawValue, backing.rawValue) }) {
         case .success: break
         case .failure(.resourceBusy): return false
-        case .failure(let error): throw LoopError(path, "LOOP_SET_FD", error)
+        case .failure(let error): throw BlockIOError(path, "LOOP_SET_FD", error)
         }
         // LOOP_SET_FD took read-only from the descriptors' modes; autoclear is set by status.
         let statusFlags = flags & snapstack_LO_FLAGS_AUTOCLEAR
-        var failure: LoopError?
+        var failure: BlockIOError?
         if case .failure(let error) = retryingInterrupts({
             snapstack_loop_set_status64(device.rawValue, statusFlags, name)
         }) {
-            failure = LoopError(path, "LOOP_SET_STATUS64", error)
+            failure = BlockIOError(path, "LOOP_SET_STATUS64", error)
         } else if flags & snapstack_LO_FLAGS_DIRECT_IO != 0 {
             switch retryingInterrupts({ snapstack_loop_set_direct_io(device.rawValue, 1) }) {
             // EINVAL: the backing file system cannot do direct I/O here; LOOP_CONFIGURE keeps
             // buffered I/O silently in that case, and so does this path.
             case .success, .failure(.invalidArgument): break
-            case .failure(let error): failure = LoopError(path, "LOOP_SET_DIRECT_IO", error)
+            case .failure(let error): failure = BlockIOError(path, "LOOP_SET_DIRECT_IO", error)
             }
         }
         guard var failure else { return true }
@@ -242,12 +188,12 @@ public enum Loop {
     /// The name the kernel will show for the backing file: the target of /proc/self/fd/N is the
     /// same d_path() text that sysfs's backing_file prints. Without /proc, the given path made
     /// absolute.
-    private static func backingName(_ backing: FileDescriptor, given file: FilePath) throws(LoopError) -> String {
+    private static func backingName(_ backing: FileDescriptor, given file: FilePath) throws(BlockIOError) -> String {
         if case .success(let name) = readSymbolicLink("/proc/self/fd/\(backing.rawValue)"), name.hasPrefix("/") {
             return name
         }
         if file.isAbsolute { return file.lexicallyNormalized().string }
-        guard let cwd = getcwd(nil, 0) else { throw LoopError(file.string, "getcwd", Errno(rawValue: Glibc.errno)) }
+        guard let cwd = getcwd(nil, 0) else { throw BlockIOError(file.string, "getcwd", Errno(rawValue: Glibc.errno)) }
         defer { free(cwd) }
         return FilePath(String(cString: cwd)).pushing(file).lexicallyNormalized().string
     }
@@ -262,13 +208,13 @@ public enum Loop {
     /// straight after `attach` is often deferred for a moment; after `udevadm settle` it is
     /// immediate. Kernels that answer EBUSY instead make this throw.
     @discardableResult
-    public static func detach(_ path: String) throws(LoopError) -> DetachOutcome {
+    public static func detach(_ path: String) throws(BlockIOError) -> DetachOutcome {
         let device: FileDescriptor
         switch openDescriptor(path, O_RDONLY) {
         case .success(let opened): device = opened
         // The loop device is being deleted (LOOP_CTL_REMOVE): nothing is bound to it.
         case .failure(.noSuchAddressOrDevice): return .wasNotAttached
-        case .failure(let error): throw LoopError(path, "open", error)
+        case .failure(let error): throw BlockIOError(path, "open", error)
         }
         defer { _ = closeDescriptor(device) }
         try requireLoopDevice(device, path)
@@ -276,7 +222,7 @@ public enum Loop {
         switch retryingInterrupts({ snapstack_loop_clr_fd(device.rawValue) }) {
         case .success: break
         case .failure(.noSuchAddressOrDevice): return .wasNotAttached
-        case .failure(let error): throw LoopError(path, "LOOP_CLR_FD", error)
+        case .failure(let error): throw BlockIOError(path, "LOOP_CLR_FD", error)
         }
         // An immediate detach leaves the device unbound before the ioctl returns; a deferred
         // one leaves it bound with autoclear set.
@@ -284,33 +230,33 @@ public enum Loop {
         switch retryingInterrupts({ snapstack_loop_get_flags(device.rawValue, &flags) }) {
         case .success: return .deferredUntilClosed
         case .failure(.noSuchAddressOrDevice): return .detached
-        case .failure(let error): throw LoopError(path, "LOOP_GET_STATUS64", error)
+        case .failure(let error): throw BlockIOError(path, "LOOP_GET_STATUS64", error)
         }
     }
 
     /// Makes the loop device at `path` take the backing file's current size (`LOOP_SET_CAPACITY`),
     /// after the file was grown (see `FileAllocation.grow`). Fails with ENXIO when the device is
     /// not bound.
-    public static func refreshCapacity(_ path: String) throws(LoopError) {
+    public static func refreshCapacity(_ path: String) throws(BlockIOError) {
         let device: FileDescriptor
         switch openDescriptor(path, O_RDONLY) {
         case .success(let opened): device = opened
-        case .failure(let error): throw LoopError(path, "open", error)
+        case .failure(let error): throw BlockIOError(path, "open", error)
         }
         defer { _ = closeDescriptor(device) }
         try requireLoopDevice(device, path)
         if case .failure(let error) = retryingInterrupts({ snapstack_loop_set_capacity(device.rawValue) }) {
-            throw LoopError(path, "LOOP_SET_CAPACITY", error)
+            throw BlockIOError(path, "LOOP_SET_CAPACITY", error)
         }
     }
 
-    private static func requireLoopDevice(_ device: FileDescriptor, _ path: String) throws(LoopError) {
+    private static func requireLoopDevice(_ device: FileDescriptor, _ path: String) throws(BlockIOError) {
         switch statDescriptor(device) {
         case .success(let status):
             guard isBlockDevice(status), DeviceNumber(status.st_rdev).major == major else {
-                throw LoopError(path: path, reason: .notALoopDevice)
+                throw BlockIOError(path: path, reason: .notALoopDevice)
             }
-        case .failure(let error): throw LoopError(path, "fstat", error)
+        case .failure(let error): throw BlockIOError(path, "fstat", error)
         }
     }
 
@@ -318,12 +264,12 @@ public enum Loop {
     /// `loop/backing_file` exists (the kernel creates the `loop` directory at bind time and
     /// removes it at unbind), with the number from `/sys/block/loopN/dev`. `sysfs` is where
     /// sysfs is mounted (a test gives a tree of its own).
-    public static func all(sysfs: String = "/sys") throws(LoopError) -> [LoopDevice] {
+    public static func all(sysfs: String = "/sys") throws(BlockIOError) -> [LoopDevice] {
         let names: [String]
         let block = sysfs + "/block"
         switch directoryEntries(block) {
         case .success(let entries): names = entries.filter { loopIndex(ofName: $0) != nil }
-        case .failure(let error): throw LoopError(block, "opendir", error)
+        case .failure(let error): throw BlockIOError(block, "opendir", error)
         }
         var devices: [LoopDevice] = []
         for name in names {
@@ -333,7 +279,7 @@ public enum Loop {
             case .success(let bytes): backing = sysfsValue(bytes)
             // Unbound, or unbound (or removed) since the directory was listed.
             case .failure(.noSuchFileOrDirectory), .failure(.noSuchAddressOrDevice): continue
-            case .failure(let error): throw LoopError(backingPath, "read", error)
+            case .failure(let error): throw BlockIOError(backingPath, "read", error)
             }
             let devPath = "\(block)/\(name)/dev"
             let number: DeviceNumber
@@ -341,11 +287,11 @@ public enum Loop {
             case .success(let bytes):
                 let text = sysfsValue(bytes)
                 guard let parsed = DeviceNumber(parsing: text) else {
-                    throw LoopError(path: devPath, reason: .unexpectedSysfs(text))
+                    throw BlockIOError(path: devPath, reason: .unexpectedSysfs(text))
                 }
                 number = parsed
             case .failure(.noSuchFileOrDirectory), .failure(.noSuchAddressOrDevice): continue
-            case .failure(let error): throw LoopError(devPath, "read", error)
+            case .failure(let error): throw BlockIOError(devPath, "read", error)
             }
             devices.append(LoopDevice(path: "/dev/\(name)", number: number, backingFile: backing))
         }
@@ -354,7 +300,7 @@ public enum Loop {
 
     /// The bound loop devices whose backing file is `backingFile`, compared with sysfs's text
     /// both as given and with symbolic links resolved (sysfs shows the resolved path).
-    public static func find(backingFile: String) throws(LoopError) -> [LoopDevice] {
+    public static func find(backingFile: String) throws(BlockIOError) -> [LoopDevice] {
         var wanted: Set<String> = [backingFile]
         // A file that no longer resolves (deleted, renamed) is still matched by its text.
         if let resolved = realpath(backingFile, nil) {

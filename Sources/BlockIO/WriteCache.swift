@@ -54,21 +54,21 @@ extension FileAllocation {
     /// written (no hole, no reserved-but-unwritten extent), as `FS_IOC_FIEMAP` reports after a
     /// sync. A direct-I/O overwrite of such a file on ext4 or xfs changes no file-system
     /// metadata but its times. Throws when the file system cannot tell (EOPNOTSUPP).
-    public static func isFullyWritten(_ path: FilePath) throws(FileAllocationError) -> Bool {
+    public static func isFullyWritten(_ path: FilePath) throws(BlockIOError) -> Bool {
         let file: FileDescriptor
         switch openDescriptor(path.string, O_RDONLY) {
         case .success(let opened): file = opened
-        case .failure(let error): throw FileAllocationError(path, "open", error)
+        case .failure(let error): throw BlockIOError(path, "open", error)
         }
         defer { _ = closeDescriptor(file) }
         let size: UInt64
         switch statDescriptor(file) {
         case .success(let status): size = UInt64(status.st_size)
-        case .failure(let error): throw FileAllocationError(path, "fstat", error)
+        case .failure(let error): throw BlockIOError(path, "fstat", error)
         }
         switch retryingInterrupts({ snapstack_fully_written(file.rawValue, size) }) {
         case .success(let answer): return answer == 1
-        case .failure(let error): throw FileAllocationError(path, "FS_IOC_FIEMAP", error)
+        case .failure(let error): throw BlockIOError(path, "FS_IOC_FIEMAP", error)
         }
     }
 }
@@ -76,7 +76,7 @@ extension FileAllocation {
 extension Loop {
     /// Whether the bound loop device `device` does direct I/O to its backing file
     /// (`/sys/block/loopN/loop/dio`): the kernel may keep buffered I/O when asked for direct.
-    public static func usesDirectIO(_ device: LoopDevice) throws(LoopError) -> Bool {
+    public static func usesDirectIO(_ device: LoopDevice) throws(BlockIOError) -> Bool {
         let name = String(device.path.split(separator: "/").last ?? "")
         let path = "/sys/block/\(name)/loop/dio"
         switch readWholeFile(path) {
@@ -84,9 +84,9 @@ extension Loop {
             switch sysfsValue(bytes) {
             case "1": return true
             case "0": return false
-            case let other: throw LoopError(path: path, reason: .unexpectedSysfs(other))
+            case let other: throw BlockIOError(path: path, reason: .unexpectedSysfs(other))
             }
-        case .failure(let error): throw LoopError(path, "read", error)
+        case .failure(let error): throw BlockIOError(path, "read", error)
         }
     }
 }

@@ -7,7 +7,7 @@ extension SimulatedKernel: HostDevices {
     public func facts(of path: FilePath) throws -> BlockDeviceFacts {
         try state.withLock { state in
             guard let number = state.number(ofPath: path.string), let size = state.size(of: number) else {
-                throw BlockDeviceError(path: path, reason: .system(operation: "open", .noSuchFileOrDirectory))
+                throw BlockIOError(path: path, reason: .system(operation: "open", .noSuchFileOrDirectory))
             }
             return BlockDeviceFacts(path: path, number: number, size: size,
                                     logicalBlockSize: .init(512), physicalBlockSize: .init(4096))

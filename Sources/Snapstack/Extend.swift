@@ -233,7 +233,7 @@ extension Orchestrator {
         } catch {
             // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
             _ = try? database.abandonStoreGrowth(snapshotID: snapshot.id)
-            let full = (error as? FileAllocationError)?.errno == .noSpace
+            let full = (error as? BlockIOError)?.errno == .noSpace
             throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
                                  remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
         }

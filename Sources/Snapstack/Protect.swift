@@ -65,7 +65,7 @@ extension Orchestrator {
         }
         let facts: BlockDeviceFacts
         do { facts = try host.facts(of: FilePath(devicePath)) } catch {
-            if case .system(_, let errno)? = (error as? BlockDeviceError)?.reason, errno == .noSuchFileOrDirectory {
+            if case .system(_, let errno)? = (error as? BlockIOError)?.reason, errno == .noSuchFileOrDirectory {
                 throw SnapstackError(.notFound, "no device \(devicePath.replacingNewlines)", remedy: "check the path (lsblk lists block devices)")
             }
             throw SnapstackError(.invalidArgument, "cannot protect \(devicePath.replacingNewlines)", why: "\(error)")

@@ -54,14 +54,14 @@ struct DeviceUseHostTests {
 
     @Test("usage of something that is not a block device is refused", arguments: ["/dev/null", "/proc/self/mountinfo"])
     func notABlockDevice(path: String) {
-        #expect(throws: DeviceUseError(path: path, reason: .notABlockDevice)) {
+        #expect(throws: BlockIOError(path: path, reason: .notABlockDevice)) {
             try DeviceUse.usage(of: FilePath(path))
         }
     }
 
     @Test("usage of a missing path names the path and stat")
     func missingPath() {
-        #expect(throws: DeviceUseError(path: "/dev/snapstack-no-such-disk",
+        #expect(throws: BlockIOError(path: "/dev/snapstack-no-such-disk",
                                        reason: .system(operation: "stat", .noSuchFileOrDirectory))) {
             try DeviceUse.usage(of: "/dev/snapstack-no-such-disk")
         }

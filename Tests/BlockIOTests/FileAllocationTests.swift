@@ -69,7 +69,7 @@ struct FileAllocationTests {
             try descriptor.closeAfter { _ = try descriptor.writeAll("first".utf8) }
             let before = try fileStatus(path)
 
-            #expect(throws: FileAllocationError(path: path, reason: .system(operation: "open (create exclusively)", .fileExists))) {
+            #expect(throws: BlockIOError(path: path, reason: .system(operation: "open (create exclusively)", .fileExists))) {
                 try FileAllocation.create(path, size: .mebibytes(8), preallocate: true)
             }
             let after = try fileStatus(path)
@@ -86,7 +86,7 @@ struct FileAllocationTests {
             let target = directory.appending("target")
             let link = directory.appending("link")
             try #require(symlink(target.string, link.string) == 0)
-            #expect(throws: FileAllocationError(path: link, reason: .system(operation: "open (create exclusively)", .fileExists))) {
+            #expect(throws: BlockIOError(path: link, reason: .system(operation: "open (create exclusively)", .fileExists))) {
                 try FileAllocation.create(link, size: .kibibytes(4), preallocate: false)
             }
             var status = stat()
@@ -98,7 +98,7 @@ struct FileAllocationTests {
     func missingDirectory() throws {
         try withTemporaryDirectory { directory in
             let path = directory.appending("no/such/dir/disk.img")
-            #expect(throws: FileAllocationError(path: path, reason: .system(operation: "open (create exclusively)", .noSuchFileOrDirectory))) {
+            #expect(throws: BlockIOError(path: path, reason: .system(operation: "open (create exclusively)", .noSuchFileOrDirectory))) {
                 try FileAllocation.create(path, size: .kibibytes(4), preallocate: false)
             }
         }
@@ -254,7 +254,7 @@ struct FileAllocationTests {
             let path = directory.appending("disk.img")
             try FileAllocation.create(path, size: .mebibytes(2), preallocate: false)
             try FileAllocation.grow(path, to: .mebibytes(2), preallocate: false)
-            #expect(throws: FileAllocationError(path: path, reason: .wouldShrink(current: .mebibytes(2), requested: .mebibytes(1)))) {
+            #expect(throws: BlockIOError(path: path, reason: .wouldShrink(current: .mebibytes(2), requested: .mebibytes(1)))) {
                 try FileAllocation.grow(path, to: .mebibytes(1), preallocate: true)
             }
             let status = try fileStatus(path)
@@ -267,7 +267,7 @@ struct FileAllocationTests {
     func growMissing() throws {
         try withTemporaryDirectory { directory in
             let path = directory.appending("missing.img")
-            #expect(throws: FileAllocationError(path: path, reason: .system(operation: "open", .noSuchFileOrDirectory))) {
+            #expect(throws: BlockIOError(path: path, reason: .system(operation: "open", .noSuchFileOrDirectory))) {
                 try FileAllocation.grow(path, to: .mebibytes(1), preallocate: false)
             }
             var status = stat()
@@ -282,10 +282,10 @@ struct FileAllocationTests {
     func failedCreateRemovesTheFile() throws {
         try withTemporaryDirectory { directory in
             let path = directory.appending("too-big.img")
-            let error = try #require(throws: FileAllocationError.self) {
+            let error = try #require(throws: BlockIOError.self) {
                 try FileAllocation.create(path, size: Bytes(1 << 62), preallocate: true)
             }
-            let expected: [FileAllocationError.Reason] = [
+            let expected: [BlockIOError.Reason] = [
                 .system(operation: "ftruncate", .fileTooLarge),
                 .system(operation: "fallocate", .noSpace),
                 .system(operation: "fallocate", .fileTooLarge),
@@ -302,7 +302,7 @@ struct FileAllocationTests {
         try withTemporaryDirectory { directory in
             let path = directory.appending("huge.img")
             let size = Bytes(UInt64(Int64.max) + 1)
-            #expect(throws: FileAllocationError(path: path, reason: .sizeOutOfRange(size))) {
+            #expect(throws: BlockIOError(path: path, reason: .sizeOutOfRange(size))) {
                 try FileAllocation.create(path, size: size, preallocate: false)
             }
             var status = stat()
@@ -312,7 +312,7 @@ struct FileAllocationTests {
 
     @Test("errors say which file and which call failed")
     func descriptions() {
-        let error = FileAllocationError(path: "/srv/a.img", reason: .system(operation: "fallocate", .noSpace),
+        let error = BlockIOError(path: "/srv/a.img", reason: .system(operation: "fallocate", .noSpace),
                                         leftOver: "unlink of the half-made file failed: Permission denied")
         #expect(error.errno == .noSpace)
         #expect("\(error)".hasPrefix("/srv/a.img: fallocate failed: "))

@@ -21,20 +21,20 @@ struct LoopTests {
 
     @Test("attach of a missing file fails at its open, naming the file")
     func attachMissingFile() {
-        #expect(throws: LoopError(path: "/nonexistent/snapstack.img", reason: .system(operation: "open", .noSuchFileOrDirectory))) {
+        #expect(throws: BlockIOError(path: "/nonexistent/snapstack.img", reason: .system(operation: "open", .noSuchFileOrDirectory))) {
             try Loop.attach(file: "/nonexistent/snapstack.img")
         }
     }
 
     @Test("detach and refreshCapacity refuse what is not a loop device", arguments: ["/dev/null", "/dev/zero"])
     func notALoopDevice(path: String) {
-        #expect(throws: LoopError(path: path, reason: .notALoopDevice)) { try Loop.detach(path) }
-        #expect(throws: LoopError(path: path, reason: .notALoopDevice)) { try Loop.refreshCapacity(path) }
+        #expect(throws: BlockIOError(path: path, reason: .notALoopDevice)) { try Loop.detach(path) }
+        #expect(throws: BlockIOError(path: path, reason: .notALoopDevice)) { try Loop.refreshCapacity(path) }
     }
 
     @Test("detach of a missing node is an error, not a no-op")
     func detachMissingNode() {
-        #expect(throws: LoopError(path: "/dev/snapstack-no-loop", reason: .system(operation: "open", .noSuchFileOrDirectory))) {
+        #expect(throws: BlockIOError(path: "/dev/snapstack-no-loop", reason: .system(operation: "open", .noSuchFileOrDirectory))) {
             try Loop.detach("/dev/snapstack-no-loop")
         }
     }
@@ -61,7 +61,7 @@ struct LoopTests {
 
             // A dev attribute that is not MAJOR:MINOR is reported, not skipped.
             try device("loop4", dev: "garbage", backing: "/x.img")
-            #expect(throws: LoopError(path: root.string + "/block/loop4/dev", reason: .unexpectedSysfs("garbage"))) {
+            #expect(throws: BlockIOError(path: root.string + "/block/loop4/dev", reason: .unexpectedSysfs("garbage"))) {
                 try Loop.all(sysfs: root.string)
             }
         }
@@ -69,19 +69,19 @@ struct LoopTests {
 
     @Test("all() of a tree without a block directory names the directory")
     func allWithoutBlock() throws {
-        #expect(throws: LoopError(path: "/nonexistent-sysfs/block", reason: .system(operation: "opendir", .noSuchFileOrDirectory))) {
+        #expect(throws: BlockIOError(path: "/nonexistent-sysfs/block", reason: .system(operation: "opendir", .noSuchFileOrDirectory))) {
             try Loop.all(sysfs: "/nonexistent-sysfs")
         }
     }
 
     @Test("errors say which device and which call failed")
     func descriptions() {
-        let busy = LoopError(path: "/dev/loop3", reason: .system(operation: "LOOP_CLR_FD", .resourceBusy))
+        let busy = BlockIOError(path: "/dev/loop3", reason: .system(operation: "LOOP_CLR_FD", .resourceBusy))
         #expect(busy.errno == .resourceBusy)
         #expect("\(busy)".hasPrefix("/dev/loop3: LOOP_CLR_FD failed: "))
-        let leftOver = LoopError(path: "/dev/loop4", reason: .system(operation: "LOOP_SET_STATUS64", .invalidArgument),
+        let leftOver = BlockIOError(path: "/dev/loop4", reason: .system(operation: "LOOP_SET_STATUS64", .invalidArgument),
                                  leftOver: "LOOP_CLR_FD of /dev/loop4 failed: Device or resource busy")
         #expect("\(leftOver)".contains("undoing it failed too: LOOP_CLR_FD of /dev/loop4"))
-        #expect(LoopError(path: "/dev/loop-control", reason: .noFreeDevice(attempts: 8)).errno == nil)
+        #expect(BlockIOError(path: "/dev/loop-control", reason: .noFreeLoopDevice(attempts: 8)).errno == nil)
     }
 }

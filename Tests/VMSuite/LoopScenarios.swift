@@ -109,7 +109,7 @@ enum LoopScenarios {
             try expectEqual(try Loop.find(backingFile: file), [], "Loop.find after detach")
             // Growing nothing: LOOP_SET_CAPACITY on an unbound device is the kernel's ENXIO.
             let error = try expectThrows("refreshCapacity of an unbound device") { try Loop.refreshCapacity(device.path) }
-            try expectEqual((error as? LoopError)?.reason, .system(operation: "LOOP_SET_CAPACITY", .noSuchAddressOrDevice),
+            try expectEqual((error as? BlockIOError)?.reason, .system(operation: "LOOP_SET_CAPACITY", .noSuchAddressOrDevice),
                             "refreshCapacity's error")
         }
     }
