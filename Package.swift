@@ -73,10 +73,19 @@ let package = Package(
             dependencies: ["BlockIO", .product(name: "Yams", package: "Yams")]),
         // Prometheus' text exposition format (0.0.4), rendered from a model; pure.
         .target(name: "Exposition"),
+        // SnapstackError: what failed, why, what to do, and the kind that picks the exit status.
+        .target(name: "SnapstackErrors"),
+        // Backup images: manifest, checksum file, verify, restore, applying a delta stream. They
+        // need no orchestrator, no state and no device-mapper.
+        .target(
+            name: "Images",
+            dependencies: ["BlockIO", "CopyEngine", "SnapstackErrors",
+                           .product(name: "SystemPackage", package: "swift-system")]),
         // The library that backup software embeds.
         .target(
             name: "Snapstack",
             dependencies: ["DeviceMapper", "Udev", "BlockIO", "StateDatabase", "ChangeTracking", "CopyEngine", "Exposition",
+                           "Images", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // A kernel in memory behind the same seam (device-mapper, loop devices, disks), for
         // running and crashing every verb without root.
@@ -92,7 +101,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "snapstack",
-            dependencies: ["Snapstack", "SnapstackDaemon", "Reports", "CopyEngine",
+            dependencies: ["Snapstack", "SnapstackDaemon", "Images", "SnapstackErrors", "Reports", "CopyEngine",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // Unit tier: no root, no kernel device-mapper.
@@ -118,7 +127,7 @@ let package = Package(
             dependencies: ["CopyEngine", "BlockIO"]),
         .testTarget(
             name: "ImageTests",
-            dependencies: ["Snapstack", "CopyEngine", "StateDatabase", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["Images", "Snapstack", "SnapstackErrors", "CopyEngine", "StateDatabase", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(
             name: "ExpositionTests",
             dependencies: ["Exposition"]),

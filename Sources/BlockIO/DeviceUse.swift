@@ -82,6 +82,27 @@ public enum DeviceUse {
         }
     }
 
+    /// The processes that hold `device` open, as `PID (COMMAND)`: every `/proc/PID/fd` entry
+    /// that is that block device, this process excepted. Processes that vanish or that this
+    /// process may not read are skipped: the answer is what could be seen.
+    public static func openers(of device: DeviceNumber) -> [String] {
+        guard case .success(let entries) = directoryEntries("/proc") else { return [] }
+        let me = getpid()
+        var result: [String] = []
+        for entry in entries {
+            guard let pid = Int32(entry), pid != me,
+                  case .success(let descriptors) = directoryEntries("/proc/\(entry)/fd") else { continue }
+            for descriptor in descriptors {
+                guard case .success(let status) = statPath("/proc/\(entry)/fd/\(descriptor)"), isBlockDevice(status),
+                      DeviceNumber(status.st_rdev) == device else { continue }
+                let command = (try? readWholeFile("/proc/\(entry)/comm").get()).map(sysfsValue) ?? "?"
+                result.append("\(pid) (\(command))")
+                break
+            }
+        }
+        return result
+    }
+
     /// Whether `device` is an active swap area: a `partition` line of `/proc/swaps` whose path
     /// is that block device (compared by device number, so any name of the device matches).
     /// False when the kernel has no swap support (no /proc/swaps).

@@ -51,8 +51,8 @@ public enum FileAllocation {
             // Delayed write errors of some file systems surface at close; fsync has run.
             failure = BlockIOError(path, "close", error)
         }
-        if failure == nil, let error = syncDirectory(of: path) {
-            failure = error
+        if failure == nil {
+            do { try AtomicFile.syncDirectory(of: path) } catch { failure = error }
         }
         guard var failure else { return }
         if unlink(path.string) != 0 {
@@ -150,23 +150,6 @@ public enum FileAllocation {
             case .success: return BlockIOError(path, "pwrite of zeros", .noSpace)
             case .failure(let error): return BlockIOError(path, "pwrite of zeros", error)
             }
-        }
-        return nil
-    }
-
-    /// fsync of the directory holding `path`: a new name is durable only once its directory is.
-    private static func syncDirectory(of path: FilePath) -> BlockIOError? {
-        var directory = path
-        directory.removeLastComponent()
-        if directory.isEmpty { directory = "." }
-        let descriptor: FileDescriptor
-        switch openDescriptor(directory.string, O_RDONLY | O_DIRECTORY) {
-        case .success(let opened): descriptor = opened
-        case .failure(let error): return BlockIOError(directory, "open", error)
-        }
-        defer { _ = closeDescriptor(descriptor) }  // read-only: the fsync result is what counts
-        if case .failure(let error) = retryingInterrupts({ fsync(descriptor.rawValue) }) {
-            return BlockIOError(directory, "fsync", error)
         }
         return nil
     }

@@ -1,5 +1,7 @@
 import CopyEngine
 import Foundation
+import Images
+import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
 

@@ -3,6 +3,7 @@ import ChangeTracking
 import CopyEngine
 import DeviceMapper
 import Foundation
+import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
 

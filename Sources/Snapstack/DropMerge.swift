@@ -1,6 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
+import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
 

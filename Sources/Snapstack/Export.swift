@@ -3,6 +3,8 @@ import ChangeTracking
 import CopyEngine
 import DeviceMapper
 import Foundation
+import Images
+import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
 

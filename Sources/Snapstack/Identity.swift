@@ -1,4 +1,6 @@
 import BlockIO
+import Images
+internal import StateDatabase
 import Udev
 
 /// What finds a protected disk again after a reboot or a rename: the stable names udev reads
@@ -43,5 +45,18 @@ public struct DeviceIdentity: Equatable, Sendable {
         if let a = serial, let b = candidate.serial { return a == b && partitionNumber == candidate.partitionNumber }
         if let a = fsUUID, let b = candidate.fsUUID { return a == b }
         return false
+    }
+}
+
+extension ImageManifest.Device {
+    /// True when this image was taken of `device`'s disk: the same protection, or the same name
+    /// with at least one stable identifier (WWN, serial, PARTUUID, filesystem UUID) in common and
+    /// none that differs — as after the disk was unprotected and protected again.
+    func isSameDisk(as device: DeviceRecord) -> Bool {
+        if id == device.id { return true }
+        guard name == device.name else { return false }
+        let pairs = [(wwn, device.wwn), (serial, device.serial), (partUUID, device.partUUID), (fsUUID, device.fsUUID)]
+            .compactMap { mine, theirs in mine.flatMap { a in theirs.map { (a, $0) } } }
+        return !pairs.isEmpty && pairs.allSatisfy { $0 == $1 }
     }
 }

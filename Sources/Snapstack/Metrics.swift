@@ -1,6 +1,7 @@
 import BlockIO
 import Exposition
 import Foundation
+import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
 
@@ -171,29 +172,15 @@ public enum SnapstackMetrics {
     /// Replaces `path` with `text` so that a reader sees the old file or the new one, whole,
     /// never a part: a temporary file in the same directory (hidden, and not named `*.prom`,
     /// so that node_exporter never reads it), written, fsynced, made 0644 (node_exporter runs
-    /// as another user), renamed over `path`, and the directory fsynced.
+    /// as another user), renamed over `path`, and the directory fsynced (`AtomicFile`).
     public static func write(_ text: String, to path: FilePath) throws {
         guard let name = path.lastComponent?.string, !name.isEmpty, name != ".", name != ".." else {
             throw SnapstackError(.invalidArgument, "cannot write the metrics to \(path)", why: "it names no file",
                                  remedy: "name a file, e.g. /var/lib/prometheus/node-exporter/snapstack.prom")
         }
-        let directory = path.removingLastComponent()
-        let temporary = (directory.isEmpty ? FilePath(".") : directory).appending(".\(name).\(getpid()).tmp")
         do {
-            // Left behind by a process that died with this pid.
-            _ = unlink(temporary.string)
-            let fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .exclusiveCreate],
-                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            try fd.closeAfter {
-                _ = try fd.writeAll(Array(text.utf8))
-                // The umask may have taken the read bits away.
-                guard fchmod(fd.rawValue, 0o644) == 0 else { throw Errno(rawValue: errno) }
-                try fsyncing(fd)
-            }
-            guard rename(temporary.string, path.string) == 0 else { throw Errno(rawValue: errno) }
-            try syncDirectory(of: path)
+            try AtomicFile.replace(path, with: Array(text.utf8), permissions: 0o644)
         } catch {
-            _ = unlink(temporary.string)
             throw SnapstackError(.failed, "cannot write the metrics file \(path)", why: "\(error)",
                                  remedy: "check that its directory exists and is writable (node_exporter's textfile directory, /var/lib/prometheus/node-exporter on Debian)",
                                  cause: error)

@@ -1,4 +1,5 @@
 import Foundation
+import SnapstackErrors
 import SystemPackage
 
 #if canImport(Glibc)

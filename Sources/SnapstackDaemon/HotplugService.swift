@@ -4,6 +4,7 @@ import Logging
 import Policy
 import ServiceLifecycle
 import Snapstack
+import SnapstackErrors
 import Synchronization
 import SystemPackage
 import Udev

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Snapstack
+import SnapstackErrors
 import Synchronization
 import SystemPackage
 

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Snapstack
+import SnapstackErrors
 import SystemPackage
 
 /// How the store watch keeps snapshot stores from filling up.

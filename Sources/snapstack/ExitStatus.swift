@@ -1,5 +1,6 @@
 import ArgumentParser
 import Snapstack
+import SnapstackErrors
 
 /// snapstack's exit codes. They are part of the interface: scripts rely on them, so a code's
 /// meaning never changes and new meanings get new numbers. Documented in README.md.

@@ -3,8 +3,10 @@ import BlockIO
 import CopyEngine
 import Dispatch
 import Foundation
+import Images
 import Reports
 import Snapstack
+import SnapstackErrors
 import SystemPackage
 
 /// `--max-rate`: bytes per second, written as sizes are (`50M` is 50 MiB/s).
@@ -171,7 +173,7 @@ struct VerifyCommand: ParsableCommand {
             let interruption = Interruption()
             let reporter = copy.reporter("verify")
             var last: CopyProgress?
-            let report = try Images.verify(FilePath(image), progress: { last = $0; reporter.report($0) }, cancel: interruption.flag)
+            let report = try Image.verify(FilePath(image), progress: { last = $0; reporter.report($0) }, cancel: interruption.flag)
             if let last { reporter.finish(last) }
             let m = report.manifest
             copy.emit(["event": "verified", "image": image, "sound": report.isSound, "blocks": report.blocksChecked,
@@ -215,7 +217,7 @@ struct RestoreCommand: ParsableCommand {
             let interruption = Interruption()
             let reporter = copy.reporter("restore")
             var last: CopyProgress?
-            let report = try Images.restore(FilePath(image), to: FilePath(to),
+            let report = try Image.restore(FilePath(image), to: FilePath(to),
                                             progress: { last = $0; reporter.report($0) }, cancel: interruption.flag)
             if let last { reporter.finish(last) }
             copy.emit(["event": "restored", "image": image, "device": to, "bytes_written": report.written.bytesWritten,
@@ -262,7 +264,7 @@ struct ApplyCommand: ParsableCommand {
                 input = .standardInput
             }
             let reporter = copy.reporter("apply")
-            let outcome = try Images.apply(from: input, to: FilePath(to), progress: { reporter.report($0) })
+            let outcome = try Image.apply(from: input, to: FilePath(to), progress: { reporter.report($0) })
             copy.emit(["event": "applied", "image": to, "export": outcome.manifest.export.id,
                        "records": outcome.records, "bytes": outcome.dataBytes])
             Output.print(outcome.manifest.export.id)

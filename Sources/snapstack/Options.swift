@@ -3,6 +3,7 @@ import BlockIO
 import Foundation
 import Reports
 import Snapstack
+import SnapstackErrors
 import SystemPackage
 
 /// Options every subcommand takes.

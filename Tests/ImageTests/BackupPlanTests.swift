@@ -1,5 +1,7 @@
 import Foundation
+import Images
 @testable import Snapstack
+import SnapstackErrors
 import StateDatabase
 import SystemPackage
 import Testing

@@ -1,6 +1,8 @@
 import CopyEngine
 import Foundation
+import Images
 import Snapstack
+import SnapstackErrors
 import SystemPackage
 import Testing
 
@@ -60,7 +62,7 @@ private func writeStream(_ stream: FilePath, source: FilePath, extents: [Extent]
 private func apply(_ stream: FilePath, to image: FilePath) throws -> ApplyOutcome {
     let fd = try FileDescriptor.open(stream, .readOnly)
     defer { try? fd.close() }
-    return try Images.apply(from: fd, to: image)
+    return try Image.apply(from: fd, to: image)
 }
 
 private func contents(_ path: FilePath) throws -> [UInt8] {
@@ -87,7 +89,7 @@ private func allocatedBytes(_ path: FilePath) throws -> Int {
     #expect(outcome.manifest.blockCount == 41)
     // Zero blocks stayed holes (4 zero blocks, one of them the short last block).
     #expect(try allocatedBytes(image) <= Int(deviceSize) - 3 * blockSize)
-    let report = try Images.verify(image)
+    let report = try Image.verify(image)
     #expect(report.isSound)
     #expect(report.blocksChecked == 41)
     // The checksum file holds each block's XXH3-128 in order.
@@ -112,7 +114,7 @@ private func allocatedBytes(_ path: FilePath) throws -> Int {
         try handle.write(contentsOf: [byte ^ 0x40])
     }
     try handle.close()
-    let report = try Images.verify(image)
+    let report = try Image.verify(image)
     #expect(report.firstBadBlock == 9)
     #expect(report.badBlocks == 2)
 }
@@ -154,7 +156,7 @@ private func allocatedBytes(_ path: FilePath) throws -> Int {
     #expect(try contents(image) == bytes)
     #expect(outcome.manifest.export.chain == ["e0000001", "e0000002"])
     #expect(outcome.manifest.export.base == "e0000001")
-    #expect(try Images.verify(image).isSound)
+    #expect(try Image.verify(image).isSound)
     // The same stream again is refused: the image now holds e0000002.
     #expect(throws: SnapstackError.self) { try apply(scratch.path("incr.delta"), to: image) }
 }
@@ -171,13 +173,13 @@ private func allocatedBytes(_ path: FilePath) throws -> Int {
 
     #expect(throws: SnapstackError.self) { try apply(cut, to: image) }
     #expect(try ImageManifest.read(forImage: image)?.state == .incomplete)
-    let error = #expect(throws: SnapstackError.self) { try Images.verify(image) }
+    let error = #expect(throws: SnapstackError.self) { try Image.verify(image) }
     #expect(error?.kind == .verificationFailed)
     #expect("\(error.map { "\($0)" } ?? "")".contains("incomplete"))
 
     _ = try apply(stream, to: image)
     #expect(try contents(image) == bytes)
-    #expect(try Images.verify(image).isSound)
+    #expect(try Image.verify(image).isSound)
 }
 
 @Test func aDamagedChecksumFileIsToldFromADamagedImage() throws {
@@ -191,7 +193,7 @@ private func allocatedBytes(_ path: FilePath) throws -> Int {
     var bytes = try Data(contentsOf: sums)
     bytes[100] ^= 0xff
     try bytes.write(to: sums)
-    let error = #expect(throws: SnapstackError.self) { try Images.verify(image) }
+    let error = #expect(throws: SnapstackError.self) { try Image.verify(image) }
     #expect("\(error.map { "\($0)" } ?? "")".contains("checksum file"))
 }
 

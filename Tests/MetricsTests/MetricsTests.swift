@@ -1,6 +1,7 @@
 import BlockIO
 import Exposition
 import Foundation
+import SnapstackErrors
 import Testing
 @testable import Snapstack
 

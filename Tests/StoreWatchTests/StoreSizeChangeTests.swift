@@ -1,5 +1,6 @@
 import BlockIO
 import Snapstack
+import SnapstackErrors
 import Testing
 
 /// `extend --size`: what each form asks for, including sizes past any disk, which must end at

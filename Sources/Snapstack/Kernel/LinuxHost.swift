@@ -17,23 +17,7 @@ public struct LinuxHost: HostDevices {
     /// Found through /proc/PID/fd: an ordinary open is invisible to the O_EXCL probe, and a
     /// table load would not notice it either, yet the opener would keep reading and writing
     /// the disk beside the stack.
-    public func openers(of number: DeviceNumber) -> [String] {
-        var result: [String] = []
-        let me = getpid()
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry), pid != me else { continue }
-            let directory = "/proc/\(entry)/fd"
-            for fd in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
-                var st = stat()
-                guard stat("\(directory)/\(fd)", &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK,
-                      DeviceNumber(st.st_rdev) == number else { continue }
-                let command = Sysfs.read("/proc/\(entry)/comm") ?? "?"
-                result.append("\(pid) (\(command))")
-                break
-            }
-        }
-        return result
-    }
+    public func openers(of number: DeviceNumber) -> [String] { DeviceUse.openers(of: number) }
 
     public func identity(of number: DeviceNumber, size: Bytes) -> DeviceIdentity? {
         (try? UdevContext())?.blockDevice(number).map { DeviceIdentity(udev: $0, size: size) }

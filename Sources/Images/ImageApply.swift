@@ -1,5 +1,6 @@
 import CopyEngine
 import Foundation
+import SnapstackErrors
 import SystemPackage
 
 /// What `apply` did.
@@ -10,7 +11,7 @@ public struct ApplyOutcome: Sendable {
     public var dataBytes: UInt64
 }
 
-extension Images {
+extension Image {
     /// Applies a delta stream (`export --to - --format delta`) to an image: a full stream makes a
     /// new image, an incremental one updates the image that holds its base export. The image is
     /// marked incomplete until the stream's end record has been read and checked, so a truncated

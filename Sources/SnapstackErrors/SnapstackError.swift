@@ -51,7 +51,7 @@ public struct SnapstackError: Error, CustomStringConvertible {
 
 extension String {
     /// Error text is one line: a newline inside a name or a kernel message is shown, not obeyed.
-    var replacingNewlines: String {
+    public var replacingNewlines: String {
         var out = ""
         for c in self { out += c == "\n" ? "\\n" : String(c) }
         return out

@@ -1,6 +1,7 @@
+import BlockIO
 import CopyEngine
-internal import StateDatabase
 import Foundation
+import SnapstackErrors
 import SystemPackage
 
 /// The manifest beside an exported image (`IMAGE.manifest`, JSON): which device and snapshot the
@@ -172,18 +173,9 @@ public struct ImageManifest: Codable, Sendable, Equatable {
     /// Replaces the manifest of `image` atomically and durably.
     public func write(forImage image: FilePath) throws {
         let path = Self.path(forImage: image)
-        let temporary = FilePath(path.string + ".tmp")
         do {
-            let data = try encoded() + Data("\n".utf8)
-            let fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            try fd.closeAfter {
-                _ = try fd.writeAll(data)
-                try fsyncing(fd)
-            }
-            guard rename(temporary.string, path.string) == 0 else { throw Errno(rawValue: errno) }
-            try syncDirectory(of: path)
+            try AtomicFile.replace(path, with: Array(try encoded() + Data("\n".utf8)))
         } catch {
-            try? FileManager.default.removeItem(atPath: temporary.string)
             throw SnapstackError(.failed, "cannot write the manifest \(path)", why: "\(error)", cause: error)
         }
     }
@@ -200,31 +192,4 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         decoder.dateDecodingStrategy = .iso8601
         return decoder
     }()
-}
-
-/// fsync of the directory holding `path`, so that a rename or a new file survives a power cut.
-func syncDirectory(of path: FilePath) throws {
-    let directory = path.removingLastComponent()
-    let fd = try FileDescriptor.open(directory.isEmpty ? "." : directory, .readOnly, options: [.directory])
-    try fd.closeAfter { try fsyncing(fd) }
-}
-
-/// `fsync(2)`, retried on EINTR.
-func fsyncing(_ fd: FileDescriptor) throws {
-    while fsync(fd.rawValue) != 0 {
-        guard errno == EINTR else { throw Errno(rawValue: errno) }
-    }
-}
-
-extension ImageManifest.Device {
-    /// True when this image was taken of `device`'s disk: the same protection, or the same name
-    /// with at least one stable identifier (WWN, serial, PARTUUID, filesystem UUID) in common and
-    /// none that differs — as after the disk was unprotected and protected again.
-    func isSameDisk(as device: DeviceRecord) -> Bool {
-        if id == device.id { return true }
-        guard name == device.name else { return false }
-        let pairs = [(wwn, device.wwn), (serial, device.serial), (partUUID, device.partUUID), (fsUUID, device.fsUUID)]
-            .compactMap { mine, theirs in mine.flatMap { a in theirs.map { (a, $0) } } }
-        return !pairs.isEmpty && pairs.allSatisfy { $0 == $1 }
-    }
 }

@@ -1,6 +1,7 @@
 import BlockIO
 import CopyEngine
 import Foundation
+import SnapstackErrors
 import SystemPackage
 
 /// What `verify` found.
@@ -28,7 +29,7 @@ public struct RestoreReport: Sendable {
 
 /// Operations on exported images that need neither the state nor device-mapper: they run on
 /// the machine that keeps the backups as well as on the one that made them.
-public enum Images {
+public enum Image {
     /// Reads a manifest and checks what can be checked without reading the image: it exists,
     /// it is complete, and the checksum file is the one the manifest names.
     public static func openComplete(_ image: FilePath) throws -> (ImageManifest, ChecksumFile) {
@@ -87,7 +88,7 @@ public enum Images {
             throw SnapstackError(.refused, "cannot restore to \(device)", why: reason,
                                  remedy: "unmount it and stop what uses it; to restore a protected disk, restore to /dev/mapper/snapstack-NAME")
         }
-        if let opener = LinuxHost().openers(of: facts.number).first {
+        if let opener = DeviceUse.openers(of: facts.number).first {
             throw SnapstackError(.refused, "cannot restore to \(device)", why: "it is open by process \(opener)",
                                  remedy: "stop what uses it first")
         }

@@ -1,5 +1,7 @@
+import BlockIO
 import CopyEngine
 import Foundation
+import SnapstackErrors
 import SystemPackage
 
 /// The per-block checksums of an image (`IMAGE.sums`): block `i`'s XXH3-128 digest in canonical
@@ -73,7 +75,7 @@ public final class ChecksumFile {
     /// Flushes and fsyncs.
     public func sync() throws {
         try flush()
-        do { try fsyncing(fd) } catch {
+        do { try syncDescriptor(fd.rawValue).get() } catch {
             throw SnapstackError(.failed, "cannot sync the checksum file \(path)", why: "\(error)", cause: error)
         }
     }
