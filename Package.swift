@@ -65,7 +65,7 @@ let package = Package(
         // writes, XXH3 block digests, rate limit, progress, delta streams.
         .target(
             name: "CopyEngine",
-            dependencies: ["BlockIO", "CShims", "CXXHash",
+            dependencies: ["BlockIO", "CShims", "CXXHash", "Reports",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // The auto-protect policy file and its rules over udev properties.
         .target(

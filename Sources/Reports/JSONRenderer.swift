@@ -40,7 +40,7 @@ private func jsonValue(_ value: ReportValue) -> String {
 /// A JSON string literal. Quotes, backslashes and control characters are escaped as RFC 8259
 /// requires; U+2028 and U+2029 too, since JavaScript before ES2019 takes them for line ends.
 /// Other characters are written as UTF-8.
-func jsonString(_ text: String) -> String {
+public func jsonString(_ text: String) -> String {
     var quoted = "\""
     for scalar in text.unicodeScalars {
         switch scalar {
