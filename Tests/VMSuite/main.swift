@@ -105,6 +105,9 @@ watchdog.activate()
 
 let order = queue == nil ? selected : selected.enumerated().sorted { ($0.element.seconds, -$0.offset) > ($1.element.seconds, -$1.offset) }.map(\.element)
 nonisolated(unsafe) var passed = 0, failed = 0
+// The binary and its libraries go into the guest's RAM (and LD_LIBRARY_PATH) before any
+// scenario starts a thread.
+_ = CommandScenarios.snapstack
 for scenario in order where claim(scenario) {
     let started = Date()
     current = scenario.name
