@@ -43,15 +43,7 @@ extension Orchestrator {
 
     /// The steps of a drop after its intent is recorded; idempotent, used by reconcile too.
     func finishDrop(_ snapshot: SnapshotRecord, of device: DeviceRecord) throws {
-        try failing("cannot remove \(device.name)-\(snapshot.name)") {
-            try dm.remove(try Layout.snapshotName(device.name, snapshot.name))
-        }
-        try reached(.dropSnapshotRemoved)
-        try database.deleteSnapshot(id: snapshot.id)
-        // The origin pays copy-on-write only while a snapshot needs it.
-        try failing("cannot restore the table of \(device.name)") { try restoreTopTable(device) }
-        try reached(.dropOriginReloaded)
-        try removeSnapshotArtifacts(snapshot, of: device)
+        try run(try Teardown.drop(snapshot, of: device))
     }
 
     /// Rolls the origin back to the snapshot's content with `snapshot-merge`, then drops the
@@ -100,14 +92,7 @@ extension Orchestrator {
 
     /// Removes the snapshot device and loads snapshot-merge on the top; idempotent.
     func startMerge(_ snapshot: SnapshotRecord, of device: DeviceRecord) throws {
-        // A merge must not run beside a live snapshot of the same store: its persistent
-        // exceptions are on the COW device and the merge reads them from there.
-        try failing("cannot remove \(device.name)-\(snapshot.name) before the merge") {
-            try dm.remove(try Layout.snapshotName(device.name, snapshot.name))
-        }
-        try reached(.mergeSnapshotRemoved)
-        try failing("cannot start merging \(device.name)-\(snapshot.name)") { try restoreTopTable(device) }
-        try reached(.mergeStarted)
+        try run(try Teardown.startMerge(snapshot, of: device))
     }
 
     /// Polls the merge until the kernel reports it done, then finishes it and returns true; or
@@ -138,9 +123,7 @@ extension Orchestrator {
 
     /// After the kernel finished merging: the top goes back to linear and the store is removed.
     func finishMerge(_ snapshot: SnapshotRecord, of device: DeviceRecord) throws {
-        try database.deleteSnapshot(id: snapshot.id)
-        try failing("cannot end the merge of \(device.name)-\(snapshot.name)") { try restoreTopTable(device) }
-        try removeSnapshotArtifacts(snapshot, of: device)
+        try run(Teardown.finishMerge(snapshot, of: device))
         event("merge", "\(device.name)-\(snapshot.name)", "finished")
     }
 }

@@ -201,17 +201,7 @@ extension Orchestrator {
     /// Removes the stack of `device` top-down and detaches its metadata; idempotent. The disk
     /// keeps every byte: no layer stores data of its own.
     func removeStack(_ device: DeviceRecord, deleteMetadata: Bool = true) throws {
-        try failing("cannot remove the stack of \(device.name)") {
-            try dm.remove(try Layout.topName(device.name))
-            try reached(.unprotectTopRemoved)
-            try dm.remove(try Layout.realName(device.name))
-            try reached(.unprotectRealRemoved)
-            if let path = device.eraMetadataPath {
-                try detach(FilePath(path))
-                if deleteMetadata { try? FileManager.default.removeItem(atPath: path) }
-            }
-        }
-        withdrawMember(device)
+        try run(try Teardown.removeStack(device, deleteMetadata: deleteMetadata))
     }
 
     /// Tears the stack of `name` down, leaving the disk as it was. Refuses while the top device
@@ -234,8 +224,7 @@ extension Orchestrator {
         device.state = .unprotecting
         try database.update(device)
         try reached(.unprotectRecorded)
-        try removeStack(device)
-        try database.deleteDevice(id: device.id)
+        try run(try Teardown.unprotect(device))
         event("unprotect", name, "stack removed from \(device.sourcePath)")
     }
 

@@ -70,12 +70,9 @@ extension Orchestrator {
             if try dm.info(name)?.hasInactiveTable == true { try dm.clearInactive(name) }
             try dm.resume(name)
         case .undoProtect(let device):
-            try removeStack(device)
-            try database.deleteDevice(id: device.id)
+            try run(try Teardown.unprotect(device))
         case .finishUnprotect(let device, let snapshots):
-            for snapshot in snapshots { try removeSnapshotArtifacts(snapshot, of: device) }
-            try removeStack(device)
-            try database.deleteDevice(id: device.id)
+            try run(snapshots.map { .removeSnapshotArtifacts($0, of: device) } + (try Teardown.unprotect(device)))
         case .waitForDisk, .mergeInProgress, .leaveOpenOrphan:
             break
         case .rebuildStack(let device, let path, let number):
