@@ -7,17 +7,20 @@ enum CommandScenarios {
         Scenario("snapstack doctor reports the kernel's versions and exits 0", doctor),
     ]
 
-    /// The `snapstack` executable built beside this one, copied once into the guest's RAM with
-    /// its shared libraries: the VM reads the host's files over 9p without a page cache, where
-    /// each start of the 50 MB debug binary costs about 3 s against 0.6 s from tmpfs, and its 80
-    /// MB of libraries (the Swift runtime, Foundation's ICU) are read again at every start; the
-    /// suite starts snapstack hundreds of times. The libraries are found through
-    /// LD_LIBRARY_PATH, which every child of the suite inherits: they are the very files the
-    /// loader would map from the host, so nothing else changes. Set up before the first
-    /// scenario runs, while the suite has one thread.
+    /// The `snapstack` executable under test — `SNAPSTACK_VM_BINARY` if set (test-all.sh names
+    /// the release build with the Swift runtime linked in, the binary that ships), else the one
+    /// built beside this suite — copied once into the guest's RAM with its shared libraries.
+    /// The VM reads the host's files over 9p without a page cache: each start of the 50 MB debug
+    /// binary cost about 3 s against 0.6 s from tmpfs, its 80 MB of libraries (the Swift
+    /// runtime, Foundation's ICU) were read again at every start, and the suite starts snapstack
+    /// hundreds of times. The libraries are found through LD_LIBRARY_PATH, which every child of
+    /// the suite inherits: they are the very files the loader would map from the host, so
+    /// nothing else changes. Set up before the first scenario runs, while the suite has one
+    /// thread.
     static let snapstack: String = {
-        let built = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-            .deletingLastPathComponent().appendingPathComponent("snapstack").path
+        let built = ProcessInfo.processInfo.environment["SNAPSTACK_VM_BINARY"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+                .deletingLastPathComponent().appendingPathComponent("snapstack").path
         let directory = "/run/snapstack-vmsuite"
         let copy = directory + "/snapstack"
         do {

@@ -308,7 +308,7 @@ enum OrchestratorScenarios {
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         try lab.sh("mount", top, mountPoint)
         defer { _ = try? lab.sh("umount", mountPoint) }
-        // The suite's own copy lives on tmpfs, its libraries on the lab's network root: nothing
+        // The suite's own copy and its libraries live on tmpfs (CommandScenarios.snapstack): nothing
         // it could page in waits for vol.
         print("      paging devices of the suite's own process: \(BlockTopology.pagingDevices())")
         let calls = try lockCalls(lab, binary: CommandScenarios.snapstack, ["snapshot", "vol", "--as", "a", "--size", "8M"], state: cli.state)
