@@ -85,8 +85,7 @@ extension Orchestrator {
         updated.sourceMajor = Int(facts.number.major)
         updated.sourceMinor = Int(facts.number.minor)
         if updated != device { try database.update(updated) }
-        try buildStack(updated, source: facts.number, createMetadata: false,
-                       beforeTop: { try self.activateSnapshots(of: updated) })
+        try buildStack(updated, source: facts.number, newMetadata: false)
         try restoreTopTable(updated)
         event("restack", device.name, "stack rebuilt over \(node) (\(facts.number))")
         return .rebuilt(name: device.name)

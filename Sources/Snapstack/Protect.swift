@@ -129,7 +129,7 @@ extension Orchestrator {
         try reached(.protectRecorded)
 
         do {
-            try buildStack(record, source: facts.number, createMetadata: true)
+            try buildStack(record, source: facts.number, newMetadata: true)
         } catch {
             throw rollingBack(error, [("remove the stack", { try self.removeStack(record) }),
                                       ("forget the device", { try self.database.deleteDevice(id: id) })])
@@ -148,54 +148,11 @@ extension Orchestrator {
         return Bytes((bytes + 0xFFFFF) & ~0xFFFFF)
     }
 
-    /// Builds (or completes) the stack of `device` over the disk at `source`: idempotent, so
-    /// that reconcile can use it after a crash or a reboot. With `createMetadata`, a new zeroed
-    /// era metadata file is made (dm-era formats a zeroed superblock); without, the existing
-    /// one is attached so that change tracking continues.
-    func buildStack(_ device: DeviceRecord, source: DeviceNumber, createMetadata: Bool,
-                    beforeTop: () throws -> Void = {}) throws {
-        let real = try Layout.realName(device.name)
-        let top = try Layout.topName(device.name)
-        let size = Sectors(UInt64(device.sizeBytes) / Sectors.size)
-        let realTable: Table
-        if let blockSectors = device.cbtBlockSectors, let path = device.eraMetadataPath {
-            let block = Sectors(UInt64(blockSectors))
-            if createMetadata {
-                try failing("cannot create the change-tracking metadata \(path)") {
-                    try FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
-                    // Written whole (a few MiB): every era commit, which a cold write waits
-                    // for, then overwrites blocks in place instead of allocating them.
-                    let metadataSize = Self.metadataSize(blocks: size.rawValue / block.rawValue + 1)
-                    try host.createFile(FilePath(path), size: metadataSize, preallocate: false,
-                                              zeroFill: zeroFill(metadataSize, for: FilePath(path)))
-                }
-            }
-            let loop = try attach(FilePath(path))
-            try reached(.protectMetadataAttached)
-            realTable = try Table(length: size, .era(Era(metadata: .number(loop.number), origin: .number(source), blockSize: block)))
-        } else {
-            realTable = try Table(length: size, .linear(Linear(device: .number(source))))
-        }
-        if try dm.info(real) == nil {
-            try failing("cannot create \(real.devicePath)") {
-                try dm.create(real, uuid: try Layout.uuid(deviceID: device.id, .real), table: realTable, udevFlags: .hiddenLayer)
-            }
-        }
-        try reached(.protectRealCreated)
-        try beforeTop()
-        if try dm.info(top) == nil {
-            let realNumber = try number(of: real)
-            let snapshots = try database.snapshots(deviceID: device.id).filter { $0.state == .active }
-            // After a reboot the snapshots come back before the top opens to I/O (reconcile).
-            let table = snapshots.isEmpty
-                ? try Table(length: size, .linear(Linear(device: .number(realNumber))))
-                : try Table(length: size, .snapshotOrigin(SnapshotOrigin(origin: .number(realNumber))))
-            try failing("cannot create \(top.devicePath)") {
-                try dm.create(top, uuid: try Layout.uuid(deviceID: device.id, .top), table: table)
-            }
-        }
-        publishMember(device, source: source)
-        try reached(.protectTopCreated)
+    /// Builds (or completes) the stack of `device` over the disk at `source` (`StackBuild`).
+    /// With `newMetadata`, new era metadata is made; without, the recorded one is attached so
+    /// that change tracking continues, and the recorded snapshots come back before the top.
+    func buildStack(_ device: DeviceRecord, source: DeviceNumber, newMetadata: Bool) throws {
+        try run(try StackBuild.plan(device, newMetadata: newMetadata, withSnapshots: !newMetadata), for: device, source: source)
     }
 
     /// Removes the stack of `device` top-down and detaches its metadata; idempotent. The disk

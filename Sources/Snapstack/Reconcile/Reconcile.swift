@@ -81,7 +81,7 @@ extension Orchestrator {
             updated.sourceMajor = Int(number.major)
             updated.sourceMinor = Int(number.minor)
             if updated != device { try database.update(updated) }
-            try buildStack(updated, source: number, createMetadata: false, beforeTop: { try self.activateSnapshots(of: updated) })
+            try buildStack(updated, source: number, newMetadata: false)
         case .undoSnapshot(let snapshot, let device):
             try removeSnapshotArtifacts(snapshot, of: device)
             try database.deleteSnapshot(id: snapshot.id)
