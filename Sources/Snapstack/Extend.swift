@@ -224,24 +224,12 @@ extension Orchestrator {
                                  remedy: "give a larger size, or +SIZE to add to it")
         }
 
-        // Intent, then the file, then the kernel, then the outcome.
+        // Intent, then the file, then the kernel, then the outcome (`Growth`).
         let growth = StoreGrowthRecord(snapshotID: snapshot.id, fromBytes: snapshot.storeSizeBytes, toBytes: Int64(target.rawValue))
-        try database.begin(growth)
-        try reached(.extendRecorded)
-        do {
-            let path = FilePath(snapshot.storePath)
-            try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
-        } catch {
-            // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
-            _ = try? database.abandonStoreGrowth(snapshotID: snapshot.id)
-            let full = (error as? BlockIOError)?.errno == .noSpace
-            throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
-                                 remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
-        }
-        try reached(.extendFileGrown)
+        try run(Growth.begin, growth, of: snapshot, device: device)
         let kernelSize: Bytes?
         do {
-            kernelSize = try finishGrowth(growth, of: snapshot, device: device)
+            kernelSize = try run(Growth.finish, growth, of: snapshot, device: device)
         } catch var error as SnapstackError {
             error.remedy = "run `snapstack reconcile` to finish growing it"
             throw error
@@ -261,39 +249,11 @@ extension Orchestrator {
         try extend(snapshot: argument, .by(size))
     }
 
-    /// The steps of a growth after the file may have been grown; idempotent, used by
-    /// reconcile too. Returns the COW size the kernel reports, nil when the snapshot is not live.
+    /// The steps of a growth after the file may have been grown (`Growth.finish`); idempotent,
+    /// used by reconcile too. Returns the COW size the kernel reports, nil when the snapshot is
+    /// not live.
     @discardableResult
     func finishGrowth(_ growth: StoreGrowthRecord, of snapshot: SnapshotRecord, device: DeviceRecord) throws -> Bytes? {
-        let label = "\(device.name)-\(snapshot.name)"
-        let target = Bytes(UInt64(growth.toBytes))
-        var size = target
-        try failing("cannot grow the store of \(label)") {
-            let path = FilePath(snapshot.storePath)
-            let existing = (try? FileManager.default.attributesOfItem(atPath: snapshot.storePath)[.size] as? NSNumber)?.uint64Value
-            if let existing, existing >= target.rawValue {
-                size = Bytes(existing)
-            } else {
-                try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
-            }
-            for loop in try host.loops(backing: snapshot.storePath) {
-                // Before the kernel can reach the new part: it may hold blocks not written
-                // yet, whose first writes need the flushes again.
-                try settleWriteCache(loop, of: path)
-                try host.refreshLoopCapacity(loop.path)
-            }
-        }
-        var kernelSize: Bytes?
-        let name = try Layout.snapshotName(device.name, snapshot.name)
-        if try dm.info(name) != nil, case .snapshot(.active(_, let total, _))? = try dm.status(name).first?.status {
-            kernelSize = total.bytes
-            guard total.bytes >= target else {
-                throw SnapstackError(.failed, "the kernel does not use the grown store of \(label)",
-                                     why: "\(name.devicePath) still reports \(Self.describe(total.bytes)) of COW space, not \(Self.describe(target))")
-            }
-        }
-        try reached(.extendCapacityRefreshed)
-        try database.finishStoreGrowth(snapshotID: snapshot.id, sizeBytes: Int64(size.rawValue))
-        return kernelSize
+        try run(Growth.finish, growth, of: snapshot, device: device)
     }
 }
