@@ -5,8 +5,8 @@ import SystemPackage
 /// What the orchestrator asks of the host besides device-mapper: block-device facts, who holds
 /// a device, its identity in udev, loop devices of snapstack's files, and the files themselves.
 /// `LinuxHost` is the real one; a simulated kernel in memory is the other (see
-/// `DeviceMapperControl`). Errors are the real implementation's own (`BlockIOError`,
-/// `BlockIOError`, `BlockIOError`, …), so messages are the same through either.
+/// `DeviceMapperControl`). Errors are the real implementation's own (`BlockIOError`), so
+/// messages are the same through either.
 public protocol HostDevices: Sendable {
     // MARK: Block devices
     func facts(of path: FilePath) throws -> BlockDeviceFacts
