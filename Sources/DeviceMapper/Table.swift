@@ -3,6 +3,7 @@ import BlockIO
 /// The target of one table line.
 public enum Target: Hashable, Sendable {
     case linear(Linear)
+    case striped(Striped)
     case era(Era)
     case snapshotOrigin(SnapshotOrigin)
     case snapshot(Snapshot)
@@ -17,6 +18,7 @@ public enum Target: Hashable, Sendable {
     public init(type: String, parameters: String) throws(TableError) {
         switch type {
         case Linear.targetType: self = .linear(try Linear(parameters: parameters))
+        case Striped.targetType: self = .striped(try Striped(parameters: parameters))
         case Era.targetType: self = .era(try Era(parameters: parameters))
         case SnapshotOrigin.targetType: self = .snapshotOrigin(try SnapshotOrigin(parameters: parameters))
         case Snapshot.targetType: self = .snapshot(try Snapshot(parameters: parameters))
@@ -30,6 +32,7 @@ public enum Target: Hashable, Sendable {
     public var type: String {
         switch self {
         case .linear: Linear.targetType
+        case .striped: Striped.targetType
         case .era: Era.targetType
         case .snapshotOrigin: SnapshotOrigin.targetType
         case .snapshot: Snapshot.targetType
@@ -43,6 +46,7 @@ public enum Target: Hashable, Sendable {
     public var parameters: String {
         switch self {
         case .linear(let t): t.parameters
+        case .striped(let t): t.parameters
         case .era(let t): t.parameters
         case .snapshotOrigin(let t): t.parameters
         case .snapshot(let t): t.parameters
@@ -56,6 +60,7 @@ public enum Target: Hashable, Sendable {
     func validate() throws(TableError) {
         switch self {
         case .linear(let t): try t.validateAll()
+        case .striped(let t): try t.validateAll()
         case .era(let t): try t.validateAll()
         case .snapshotOrigin(let t): try t.validateAll()
         case .snapshot(let t): try t.validateAll()
@@ -137,6 +142,7 @@ public struct Table: Hashable, Sendable, CustomStringConvertible {
         lines.flatMap { line -> [DeviceReference] in
             switch line.target {
             case .linear(let t): [t.device]
+            case .striped(let t): t.devices
             case .era(let t): [t.metadata, t.origin]
             case .snapshotOrigin(let t): [t.origin]
             case .snapshot(let t): [t.origin, t.cow]

@@ -67,6 +67,54 @@ public struct Linear: TargetParameters {
     }
 }
 
+/// `striped <#stripes> <chunk size> (<device> <offset>){#stripes}`: spreads the range over
+/// `stripes` devices in chunks of `chunkSize` (a striped LVM volume's table).
+public struct Striped: TargetParameters {
+    public static let targetType = "striped"
+    public struct Stripe: Hashable, Sendable {
+        public var device: DeviceReference
+        public var offset: Sectors
+        public init(device: DeviceReference, offset: Sectors) {
+            self.device = device
+            self.offset = offset
+        }
+    }
+    public var chunkSize: Sectors
+    public var stripes: [Stripe]
+
+    public init(chunkSize: Sectors, stripes: [Stripe]) {
+        self.chunkSize = chunkSize
+        self.stripes = stripes
+    }
+
+    public var devices: [DeviceReference] { stripes.map(\.device) }
+    public var parameters: String {
+        (["\(stripes.count)", "\(chunkSize.rawValue)"] + stripes.map { "\($0.device) \($0.offset.rawValue)" }).joined(separator: " ")
+    }
+
+    public init(parameters: String) throws(TableError) {
+        let args = parameters.split(separator: " ", omittingEmptySubsequences: true)
+        // Counted before anything is allocated from it: a hostile count must not size an array.
+        guard args.count >= 4, let stripeCount = UInt64(decimal: args[0]), stripeCount >= 1,
+              stripeCount == UInt64(args.count - 2) / 2, args.count % 2 == 0 else {
+            throw TableError.malformed(parameters, reason: "striped takes <#stripes> <chunk size> and a device and offset per stripe")
+        }
+        var stripes: [Stripe] = []
+        for index in 0..<Int(stripeCount) {
+            stripes.append(Stripe(device: try DeviceReference(parsing: args[2 + 2 * index]),
+                                  offset: try sectors(args[3 + 2 * index], "offset")))
+        }
+        self.init(chunkSize: try sectors(args[1], "chunk size"), stripes: stripes)
+    }
+
+    public func validate() throws(TableError) {
+        // dm-stripe refuses a chunk that is not a power of two of at least one page.
+        guard chunkSize.rawValue >= 8, chunkSize.rawValue & (chunkSize.rawValue - 1) == 0 else {
+            throw TableError.invalidParameter(target: Self.targetType, reason: "chunk size \(chunkSize.rawValue) is not a power of two of at least 8 sectors")
+        }
+    }
+}
+
 /// `era <metadata dev> <origin dev> <block size>`: passes I/O to the origin and records, per
 /// block, the era in which it was last written (Documentation/admin-guide/device-mapper/era.rst).
 public struct Era: TargetParameters {

@@ -141,6 +141,34 @@ struct TableTextTests {
         #expect(error.isMalformed, "got \(error)")
     }
 
+    @Test("a striped LV's table (lvcreate -i2, two segments after an lvextend) parses and renders back")
+    func stripedLV() throws {
+        let text = "0 524288 striped 2 128 7:0 2048 7:1 2048\n524288 131072 striped 2 128 7:0 264192 7:1 264192"
+        let table = try Table(parsing: text)
+        #expect(table.lines[0].target == .striped(Striped(chunkSize: Sectors(128), stripes: [
+            .init(device: .dev(7, 0), offset: Sectors(2048)), .init(device: .dev(7, 1), offset: Sectors(2048))])))
+        #expect(table.referencedDevices == [.init(major: 7, minor: 0), .init(major: 7, minor: 1),
+                                            .init(major: 7, minor: 0), .init(major: 7, minor: 1)])
+        #expect(table.description == text)
+        try table.validate()
+    }
+
+    @Test("a striped line whose count disagrees with its devices is malformed", arguments: [
+        "0 100 striped 2 128 7:0 0", "0 100 striped 0 128", "0 100 striped 1 128 7:0",
+        "0 100 striped 18446744073709551615 128 7:0 0", "0 100 striped 99999999999999999999 128 7:0 0",
+        "0 100 striped 1 128 7:0 0 7:1 0", "0 100 striped -1 128 7:0 0",
+    ])
+    func malformedStriped(text: String) throws {
+        let error = try #require(throws: TableError.self) { try TableLine(parsing: text) }
+        #expect(error.isMalformed, "got \(error)")
+    }
+
+    @Test("a striped chunk that is not a power of two of a page or more is refused before a load", arguments: [0, 4, 12] as [UInt64])
+    func stripedChunk(chunk: UInt64) throws {
+        let table = try Table(parsing: "0 1024 striped 1 \(chunk) 7:0 0")
+        #expect(throws: TableError.self) { try table.validate() }
+    }
+
     @Test("a bad line inside a table fails the table")
     func malformedInTable() throws {
         let error = try #require(throws: TableError.self) {

@@ -20,6 +20,8 @@ let everyTarget: [Target] = referencePairs.flatMap { a, b -> [Target] in
         .linear(Linear(device: a)),
         .linear(Linear(device: b, offset: Sectors(2048))),
         .linear(Linear(device: a, offset: Sectors(UInt64.max))),
+        .striped(Striped(chunkSize: Sectors(128), stripes: [.init(device: a, offset: Sectors(2048)), .init(device: b, offset: .zero)])),
+        .striped(Striped(chunkSize: Sectors(8), stripes: [.init(device: b, offset: Sectors(UInt64.max))])),
         .era(Era(metadata: b, origin: a, blockSize: Sectors(128))),
         .snapshotOrigin(SnapshotOrigin(origin: a)),
         .zero,
@@ -48,6 +50,7 @@ struct TargetRoundTripTests {
     func parametersRoundTrip(target: Target) throws {
         switch target {
         case .linear(let t): try expectRoundTrip(t)
+        case .striped(let t): try expectRoundTrip(t)
         case .era(let t): try expectRoundTrip(t)
         case .snapshotOrigin(let t): try expectRoundTrip(t)
         case .snapshot(let t): try expectRoundTrip(t)
