@@ -100,6 +100,19 @@ public struct DeviceRecord: Codable, Sendable, Equatable, Hashable, Identifiable
     public var eraMetadataPath: String?
     /// Kept to the millisecond, as the database stores it.
     public var createdAt: Date
+    /// For a live device-mapper device adopted online (an LVM volume): its dm name, which keeps
+    /// playing the top's role, and its dm UUID; nil for a disk wrapped in a stack of our own.
+    public var adoptedName: String?
+    public var adoptedUUID: String?
+    /// The table the adopted device had before it mapped through the stack, as `dmsetup table`
+    /// prints it: what its clone layer carries, and what `unprotect` loads back.
+    public var adoptedTable: String?
+    /// Set when change tracking could not be kept continuous (a foreign reload of an adopted
+    /// device, a stack rebuilt after a reboot): writes may have gone unrecorded before era
+    /// `trackingInterruptedEra`, so no incremental may start from an earlier era.
+    public var trackingInterruptedEra: Int64?
+    public var trackingInterruptedAt: Date?
+    public var trackingInterruptedReason: String?
 
     /// Makes a record; `createdAt` is rounded to what the database keeps.
     public init(
@@ -116,7 +129,10 @@ public struct DeviceRecord: Codable, Sendable, Equatable, Hashable, Identifiable
         fsUUID: String? = nil,
         cbtBlockSectors: Int? = nil,
         eraMetadataPath: String? = nil,
-        createdAt: Date = Date()
+        createdAt: Date = Date(),
+        adoptedName: String? = nil,
+        adoptedUUID: String? = nil,
+        adoptedTable: String? = nil
     ) {
         self.id = id
         self.name = name
@@ -132,6 +148,9 @@ public struct DeviceRecord: Codable, Sendable, Equatable, Hashable, Identifiable
         self.cbtBlockSectors = cbtBlockSectors
         self.eraMetadataPath = eraMetadataPath
         self.createdAt = createdAt.storedPrecision
+        self.adoptedName = adoptedName
+        self.adoptedUUID = adoptedUUID
+        self.adoptedTable = adoptedTable
     }
 
     /// A fresh random id of 8 lowercase hexadecimal digits.

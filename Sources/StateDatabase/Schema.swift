@@ -106,6 +106,18 @@ enum Schema {
         // Growths of snapshot stores in progress (StoreGrowth.swift).
         StoreGrowthSchema.register(in: &migrator)
 
+        // Live dm devices adopted online, and change tracking that could not be kept continuous.
+        migrator.registerMigration("v3-adoption") { db in
+            try db.alter(table: "device") { t in
+                t.add(column: "adoptedName", .text)
+                t.add(column: "adoptedUUID", .text)
+                t.add(column: "adoptedTable", .text)
+                t.add(column: "trackingInterruptedEra", .integer)
+                t.add(column: "trackingInterruptedAt", .datetime)
+                t.add(column: "trackingInterruptedReason", .text)
+            }
+        }
+
         return migrator
     }()
 
