@@ -146,7 +146,7 @@ let package = Package(
         // The orchestrator on a simulated kernel: every verb, crash and rollback, no root.
         .testTarget(
             name: "OrchestrationTests",
-            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO",
+            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO", "StateDatabase", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(

@@ -74,7 +74,7 @@ extension Orchestrator {
                                  why: "\(snapshotDevice.devicePath) is open", remedy: "unmount it or stop the reader")
         }
         var record = snapshot
-        if let info = try dm.info(try Layout.topName(device.name)), info.openCount > 0 {
+        if let info = try dm.info(try device.topName()), info.openCount > 0 {
             // Rolling back under a mounted filesystem would change its blocks behind its back.
             record.state = .mergePending
             try database.update(record)
@@ -99,7 +99,7 @@ extension Orchestrator {
     /// returns false as soon as `stopWaiting` says so, leaving the merge running.
     func waitForMerge(_ snapshot: SnapshotRecord, of device: DeviceRecord, stopWaiting: () -> Bool,
                       progress: (Double) -> Void) throws -> Bool {
-        let top = try Layout.topName(device.name)
+        let top = try device.topName()
         var initial: UInt64?
         while true {
             guard case .snapshotMerge(let status)? = try dm.status(top).first?.status else {

@@ -180,9 +180,10 @@ extension Orchestrator {
         let blockCount = (UInt64(device.sizeBytes) + UInt64(blockSize) - 1) / UInt64(blockSize)
         guard let base else { return ([0..<blockCount], false) }
         do {
+            try checkTrackingContinuous(device, since: base)
             return (try changedBlocks(of: device, since: base.era ?? 0), false)
         } catch let error where allowFull {
-            notice("cannot read the change tracking of \(device.name) (\(error)); reading every block as --allow-full asks")
+            notice("cannot use the change tracking of \(device.name) (\(error)); reading every block as --allow-full asks")
             return ([0..<blockCount], true)
         }
     }

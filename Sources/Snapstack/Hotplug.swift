@@ -48,7 +48,7 @@ extension Orchestrator {
     /// The protected device whose disk `candidate` is, if any.
     public func protectedName(of candidate: UdevDevice) throws -> String? {
         guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)) else { return nil }
-        return try database.devices().first { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) }?.name
+        return try database.devices().first { $0.state == .protected && !$0.isAdopted && Self.isDisk(of: $0, candidate, size: facts.size) }?.name
     }
 
     /// For a block device that appeared (udev `add`): when it is the disk of a protected device
@@ -59,9 +59,9 @@ extension Orchestrator {
     public func restack(_ candidate: UdevDevice) throws -> AppearedOutcome {
         guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)),
               host.dmUUID(of: candidate.number)?.hasPrefix(Layout.uuidPrefix) != true else { return .notProtected }
-        guard let device = try database.devices().first(where: { $0.state == .protected && Self.isDisk(of: $0, candidate, size: facts.size) })
+        guard let device = try database.devices().first(where: { $0.state == .protected && !$0.isAdopted && Self.isDisk(of: $0, candidate, size: facts.size) })
         else { return .notProtected }
-        let real = try Layout.realName(device.name), top = try Layout.topName(device.name)
+        let real = try Layout.realName(device.name), top = try device.topName()
         let under = try dm.info(real) != nil ? try underlyingDisk(of: real) : nil
         if under == facts.number {
             // A stack over this very disk: complete, or its top is missing (buildStack adds it).
@@ -100,7 +100,7 @@ extension Orchestrator {
     /// once instead of waiting, and then a deferred remove, which the kernel carries out when
     /// the last opener closes it (`dmsetup remove --force --deferred`).
     public func tearDownVanished(_ number: DeviceNumber) throws -> VanishedOutcome? {
-        for device in try database.devices() where device.state == .protected {
+        for device in try database.devices() where device.state == .protected && !device.isAdopted {
             let real = try Layout.realName(device.name)
             let recorded = DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor))
             let live = try dm.info(real) != nil ? try underlyingDisk(of: real) : nil
@@ -124,6 +124,8 @@ extension Orchestrator {
         for snapshot in try database.snapshots(deviceID: device.id) {
             names.append(try Layout.snapshotName(device.name, snapshot.name))
         }
+        // Only a disk of ours vanishes this way: an adopted device's node is not ours to remove.
+        guard !device.isAdopted else { return [] }
         names += [try Layout.topName(device.name), try Layout.realName(device.name)]
         try failing("cannot remove the stack of \(device.name), whose disk went away") {
             for name in names where try forceRemove(name) { deferred.append(name.rawValue) }

@@ -28,6 +28,24 @@ public struct DeviceSummary: Sendable {
     public var state: State
     public var openCount: Int?
     public var createdAt: Date
+    /// An adopted live device as its users name it (`vg/lv` for an LVM volume); nil for a disk
+    /// in a stack of our own.
+    public var adopted: String? = nil
+    public var tracking: Tracking = .continuous
+    /// When and why the tracking was last interrupted, while that still matters (no complete
+    /// export since).
+    public var trackingInterruptedAt: Date? = nil
+    public var trackingInterruptedReason: String? = nil
+
+    public enum Tracking: String, Sendable, CaseIterable {
+        /// Every write since the last complete export is recorded: an incremental is exact.
+        case continuous
+        /// Writes may have gone unrecorded: the next incremental is refused (exit 10) until a
+        /// full export, or `--allow-full`.
+        case interrupted
+        /// Protected without change tracking.
+        case off
+    }
 }
 
 /// A snapshot as the reports show it.
@@ -149,7 +167,7 @@ extension Orchestrator {
     }
 
     func summary(of device: DeviceRecord) throws -> DeviceSummary {
-        let top = try Layout.topName(device.name)
+        let top = try device.topName()
         let info = try dm.info(top)
         var era: UInt32?
         if device.cbtBlockSectors != nil, case .era(let status)? = try? dm.status(try Layout.realName(device.name)).first?.status {
@@ -161,12 +179,28 @@ extension Orchestrator {
         case .protecting: state = .protecting
         case .unprotecting: state = .unprotecting
         }
+        var tracking = DeviceSummary.Tracking.off
+        var interruptedAt: Date?, interruptedReason: String?
+        if device.cbtBlockSectors != nil {
+            tracking = .continuous
+            if case .bypassed(_, let why) = try trackingCheck(device) {
+                tracking = .interrupted
+                interruptedReason = why
+            } else if let first = device.trackingInterruptedEra,
+                      !(try database.exports(deviceID: device.id)).contains(where: { $0.state == .complete && ($0.era ?? 0) >= first }) {
+                tracking = .interrupted
+                interruptedAt = device.trackingInterruptedAt
+                interruptedReason = device.trackingInterruptedReason
+            }
+        }
         return DeviceSummary(
             id: device.id, name: device.name, path: top.devicePath, sourcePath: device.sourcePath,
             size: Bytes(UInt64(device.sizeBytes)),
             cbtBlock: device.cbtBlockSectors.map { Sectors(UInt64($0)).bytes }, currentEra: era,
             snapshotCount: try database.snapshots(deviceID: device.id).count, state: state,
-            openCount: info?.openCount, createdAt: device.createdAt)
+            openCount: info?.openCount, createdAt: device.createdAt,
+            adopted: device.adoptedName.map { Adoption.displayName($0, uuid: device.adoptedUUID) },
+            tracking: tracking, trackingInterruptedAt: interruptedAt, trackingInterruptedReason: interruptedReason)
     }
 
     public func snapshotSummaries() throws -> [SnapshotSummary] {
@@ -195,7 +229,7 @@ extension Orchestrator {
                     }
                 case .merging:
                     state = .merging
-                    if case .snapshotMerge(let status)? = try? dm.status(try Layout.topName(device.name)).first?.status {
+                    if case .snapshotMerge(let status)? = try? dm.status(try device.topName()).first?.status {
                         read(status)
                     }
                 case .mergePending:

@@ -12,19 +12,22 @@ public enum Layout {
     public static let maxDeviceName = 64
     public static let maxSnapshotName = 48
     /// Snapshot names that would collide with a layer's name.
-    public static let reservedSnapshotNames: Set<String> = ["real", "cbt", "top", "cow"]
+    public static let reservedSnapshotNames: Set<String> = ["real", "cbt", "top", "cow", "clone"]
 
     public enum Layer: Equatable, Sendable {
         /// What the filesystem mounts: `linear` over `real`, or `snapshot-origin` while snapshots exist.
         case top
         /// The hidden layer over the disk: `era` with change tracking, `linear` without.
         case real
+        /// Under `real` of an adopted live device: the table that device had (`Adoption`).
+        case clone
         case snapshot(id: String)
 
         var uuidSuffix: String {
             switch self {
             case .top: "top"
             case .real: "real"
+            case .clone: "clone"
             case .snapshot(let id): "snap-\(id)"
             }
         }
@@ -32,6 +35,7 @@ public enum Layout {
 
     public static func topName(_ device: String) throws -> DMName { try DMName(namePrefix + device) }
     public static func realName(_ device: String) throws -> DMName { try DMName(namePrefix + device + "-real") }
+    public static func cloneName(_ device: String) throws -> DMName { try DMName(namePrefix + device + "-clone") }
     public static func snapshotName(_ device: String, _ snapshot: String) throws -> DMName {
         try DMName(namePrefix + device + "-" + snapshot)
     }
@@ -50,6 +54,7 @@ public enum Layout {
         switch layer {
         case "top": return (id, .top)
         case "real": return (id, .real)
+        case "clone": return (id, .clone)
         case _ where layer.hasPrefix("snap-") && layer.count > 5:
             return (id, .snapshot(id: String(layer.dropFirst(5))))
         default: return nil

@@ -87,7 +87,7 @@ extension Orchestrator {
     /// persistent markers were not readable at coldplug.
     public func republishMembers() throws -> Int {
         var count = 0
-        for device in try database.devices() where device.state == .protected {
+        for device in try database.devices() where device.state == .protected && !device.isAdopted {
             guard try dm.info(try Layout.realName(device.name)) != nil else { continue }
             publishMember(device, source: DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor)))
             count += 1

@@ -55,8 +55,10 @@ extension Orchestrator {
 
     /// Wraps `devicePath` in the stack of DESIGN §2 and records it: `era` (or `linear` without
     /// change tracking) as the hidden `-real` layer, `linear` over it as the top device that the
-    /// filesystem will use. Refuses, changing nothing, a device that is in use, ours, too small
-    /// or already protected. Returns the device as `devices` reports it.
+    /// filesystem will use. A live device-mapper device (an LVM volume), mounted or not, is
+    /// adopted online instead (`Adoption`). Refuses, changing nothing, a device that is in use
+    /// (and not dm), ours, too small or already protected. Returns the device as `devices`
+    /// reports it.
     @discardableResult
     public func protect(devicePath: String, name: String, options: ProtectOptions = ProtectOptions()) throws -> DeviceSummary {
         try Self.checkName(name, what: "device", maxLength: Layout.maxDeviceName)
@@ -76,24 +78,11 @@ extension Orchestrator {
         }
         if let other = try database.devices().first(where: { $0.sourceMajor == Int(facts.number.major) && $0.sourceMinor == Int(facts.number.minor) }) {
             throw SnapstackError(.refused, "\(devicePath) is already protected", why: "as \"\(other.name)\"",
-                                 remedy: "use /dev/mapper/snapstack-\(other.name)")
+                                 remedy: "use \(try other.topName().devicePath)")
         }
-        var usage = DeviceUsage()
-        try failing("cannot tell whether \(devicePath) is in use") { usage = try host.usage(of: FilePath(devicePath)) }
-        if let reason = usage.reason {
-            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: reason,
-                                 remedy: "protect a device before anything mounts or opens it (the daemon does so at boot and on hotplug)")
-        }
-        // udev's probe of a disk that just appeared holds it for a moment: only a holder that
-        // stays for a second counts.
-        var openers = host.openers(of: facts.number)
-        for _ in 0..<10 where !openers.isEmpty {
-            usleep(100_000)
-            openers = host.openers(of: facts.number)
-        }
-        if let opener = openers.first {
-            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is open by process \(opener)",
-                                 remedy: "stop what uses it first")
+        let live = try foreignDeviceMapperName(of: facts.number)
+        if live == nil {
+            try checkUnused(devicePath, facts.number)
         }
         var options = options
         if options.cbtBlock == ProtectOptions.automaticCBTBlock {
@@ -112,6 +101,9 @@ extension Orchestrator {
                                  why: "it has \(facts.size.rawValue) bytes, fewer than the \(minimum.rawValue) snapstack needs")
         }
 
+        if let live {
+            return try adopt(devicePath: devicePath, live: live, name: name, facts: facts, cbtBlock: cbtBlock)
+        }
         let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
         if identity.isAnonymous {
             notice("warning: \(devicePath) has no serial, WWN, PARTUUID or filesystem UUID; after a reboot it is found again only at \(facts.number)")
@@ -136,8 +128,30 @@ extension Orchestrator {
         }
         record.state = .protected
         try database.update(record)
-        event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try Layout.topName(name).devicePath)")
+        event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try record.topName().devicePath)")
         return try summary(of: record)
+    }
+
+    /// Refuses a device that is not a dm device and is mounted, open or held: it cannot be
+    /// stacked under whoever uses it.
+    private func checkUnused(_ devicePath: String, _ number: DeviceNumber) throws {
+        var usage = DeviceUsage()
+        try failing("cannot tell whether \(devicePath) is in use") { usage = try host.usage(of: FilePath(devicePath)) }
+        if let reason = usage.reason {
+            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: reason + "; device-mapper can slide under a device in use only when it is a device-mapper device itself (an LVM volume)",
+                                 remedy: "unmount it and stop what uses it first, or protect it before anything mounts or opens it (the daemon does so at boot and on hotplug)")
+        }
+        // udev's probe of a disk that just appeared holds it for a moment: only a holder that
+        // stays for a second counts.
+        var openers = host.openers(of: number)
+        for _ in 0..<10 where !openers.isEmpty {
+            usleep(100_000)
+            openers = host.openers(of: number)
+        }
+        if let opener = openers.first {
+            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is open by process \(opener)",
+                                 remedy: "stop what uses it first")
+        }
     }
 
     /// Era metadata size for `blocks` tracked blocks: the era array takes 4 bytes a block in a
@@ -165,8 +179,9 @@ extension Orchestrator {
     /// is open or snapshots exist, unless `force` drops the snapshots first.
     public func unprotect(name: String, force: Bool = false) throws {
         var device = try device(named: name)
-        let top = try Layout.topName(name)
-        if let info = try dm.info(top), info.openCount > 0 {
+        let top = try device.topName()
+        // An adopted device stays where it is, mounted or not: only the layers under it go.
+        if !device.isAdopted, let info = try dm.info(top), info.openCount > 0 {
             throw SnapstackError(.refused, "cannot unprotect \(name)", why: "\(top.devicePath) is open (\(info.openCount) opener(s): mounted or in use)",
                                  remedy: "unmount it and stop what uses it")
         }

@@ -119,12 +119,17 @@ extension Orchestrator {
     }
 
     private func planMember(_ name: String, snapshotName: String, options: SnapshotOptions) throws -> SnapshotSetPlan.Member {
-        let device = try device(named: name)
+        var device = try device(named: name)
         guard device.state == .protected else {
             throw SnapstackError(.refused, "\(name) is being \(device.state == .protecting ? "protected" : "unprotected")",
                                  remedy: "run `snapstack reconcile`")
         }
-        let top = try Layout.topName(name), real = try Layout.realName(name)
+        if device.isAdopted {
+            // A snapshot of a device whose writes bypass the stack would miss them.
+            try ensureAdopted(device)
+            device = try self.device(named: name)
+        }
+        let top = try device.topName(), real = try Layout.realName(name)
         guard let info = try dm.info(top), let realInfo = try dm.info(real) else {
             throw SnapstackError(.refused, "\(name) has no live stack", remedy: "run `snapstack reconcile` to rebuild it")
         }

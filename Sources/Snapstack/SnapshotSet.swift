@@ -281,8 +281,11 @@ extension Orchestrator {
     /// Puts the top table back to what the remaining snapshots need, clearing any inactive
     /// table left by a preload; idempotent.
     func restoreTopTable(_ device: DeviceRecord) throws {
-        let top = try Layout.topName(device.name)
+        let top = try device.topName()
         guard let info = try dm.info(top) else { return }
+        // A live device that bypasses its stack carries another program's table: not ours to
+        // touch; adopting it again (which records the interruption) puts ours back.
+        if case .bypassed = try trackingCheck(device) { return }
         if info.hasInactiveTable { try dm.clearInactive(top) }
         let snapshots = try database.snapshots(deviceID: device.id)
         let table = try desiredTopTable(device, real: try number(of: try Layout.realName(device.name)), snapshots: snapshots,

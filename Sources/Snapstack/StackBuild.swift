@@ -26,6 +26,12 @@ enum StackStep: Equatable, Sendable, CustomStringConvertible {
     case createTop(DMName)
     /// The udev markers that hide the disk (a member of a stack) from everything but us.
     case publishMember
+    /// An adopted device's clone layer, carrying the table the live device had: created, or
+    /// reloaded with a new one after a foreign reload (when the live device bypasses it).
+    case createClone(DMName)
+    /// An adopted live device reloaded to map through `-real`: the one suspend and resume
+    /// that switches it over, refused if its table changed since it was recorded.
+    case reloadLive(DMName)
     /// A failpoint: what a crash here leaves is what reconcile must repair.
     case reached(Failpoint)
 
@@ -37,6 +43,8 @@ enum StackStep: Equatable, Sendable, CustomStringConvertible {
         case .activateSnapshots: "activate-snapshots"
         case .createTop(let name): "create-top \(name)"
         case .publishMember: "publish-member"
+        case .createClone(let name): "create-clone \(name)"
+        case .reloadLive(let name): "reload-live \(name)"
         case .reached(let point): "failpoint \(point.rawValue)"
         }
     }
@@ -46,8 +54,11 @@ enum StackBuild {
     /// The stack of `device`, bottom up. `newMetadata`: a first protect, whose era metadata does
     /// not exist yet; otherwise the recorded metadata is attached as it is. `withSnapshots`:
     /// the recorded snapshots come back between `-real` and the top.
+    /// An adopted device's stack starts with its clone and ends with its live device, which
+    /// needs no markers: LVM and udev know it already.
     static func plan(_ device: DeviceRecord, newMetadata: Bool, withSnapshots: Bool) throws -> [StackStep] {
         var steps: [StackStep] = []
+        if device.isAdopted { steps.append(.createClone(try Layout.cloneName(device.name))) }
         if let blockSectors = device.cbtBlockSectors, let path = device.eraMetadataPath {
             if newMetadata {
                 let blocks = UInt64(device.sizeBytes) / Sectors.size / UInt64(blockSectors) + 1
@@ -57,7 +68,11 @@ enum StackBuild {
         }
         steps += [.createReal(try Layout.realName(device.name)), .reached(.protectRealCreated)]
         if withSnapshots { steps.append(.activateSnapshots) }
-        steps += [.createTop(try Layout.topName(device.name)), .publishMember, .reached(.protectTopCreated)]
+        if device.isAdopted {
+            steps += [.reloadLive(try device.topName()), .reached(.protectTopCreated)]
+        } else {
+            steps += [.createTop(try device.topName()), .publishMember, .reached(.protectTopCreated)]
+        }
         return steps
     }
 }
@@ -67,6 +82,8 @@ extension Orchestrator {
     func run(_ steps: [StackStep], for device: DeviceRecord, source: DeviceNumber) throws {
         let size = Sectors(UInt64(device.sizeBytes) / Sectors.size)
         var metadataLoop: DeviceNumber?
+        // An adopted device's layers stand on its clone.
+        var source = source
         for step in steps {
             switch step {
             case .createMetadata(let path, let metadataSize):
@@ -80,7 +97,7 @@ extension Orchestrator {
             case .attachMetadata(let path):
                 metadataLoop = try attach(FilePath(path)).number
             case .createReal(let real):
-                guard try dm.info(real) == nil else { break }
+                guard try dm.info(real) == nil || device.isAdopted else { break }
                 let table: Table
                 if let blockSectors = device.cbtBlockSectors, device.eraMetadataPath != nil {
                     guard let metadataLoop else {
@@ -92,7 +109,12 @@ extension Orchestrator {
                     table = try Table(length: size, .linear(Linear(device: .number(source))))
                 }
                 try failing("cannot create \(real.devicePath)") {
-                    try dm.create(real, uuid: try Layout.uuid(deviceID: device.id, .real), table: table, udevFlags: .hiddenLayer)
+                    if try dm.info(real) != nil {
+                        // Adopted again at a new size: dm-era resizes its metadata on resume.
+                        try ensureLiveTable(real, table)
+                    } else {
+                        try dm.create(real, uuid: try Layout.uuid(deviceID: device.id, .real), table: table, udevFlags: .hiddenLayer)
+                    }
                 }
             case .activateSnapshots:
                 try activateSnapshots(of: device)
@@ -108,9 +130,65 @@ extension Orchestrator {
                 }
             case .publishMember:
                 publishMember(device, source: source)
+            case .createClone(let clone):
+                source = try ensureClone(clone, of: device)
+            case .reloadLive(let live):
+                try reloadLive(live, of: device)
             case .reached(let point):
                 try reached(point)
             }
         }
+    }
+}
+
+extension Orchestrator {
+    /// Creates `clone` with the table `device` recorded for its live device, or reloads it
+    /// with that table; returns its number.
+    func ensureClone(_ clone: DMName, of device: DeviceRecord) throws -> DeviceNumber {
+        guard let text = device.adoptedTable else {
+            throw SnapstackError(.failed, "cannot build the stack of \(device.name)", why: "the table of its live device is not recorded")
+        }
+        let table = try Table(parsing: text)
+        try failing("cannot create \(clone.devicePath)") {
+            if try dm.info(clone) != nil {
+                // Reloading the clone under a live device that maps through it would change
+                // the data under its filesystem; a foreign reload is what lets it change.
+                if case .inPlace = try trackingCheck(device), try dm.table(clone) != table {
+                    throw SnapstackError(.failed, "\(clone.devicePath) does not carry the recorded table of \(device.name)",
+                                         remedy: "run `snapstack reconcile`")
+                }
+                try ensureLiveTable(clone, table)
+            } else {
+                try dm.create(clone, uuid: try Layout.uuid(deviceID: device.id, .clone), table: table, udevFlags: .hiddenLayer)
+            }
+        }
+        return try number(of: clone)
+    }
+
+    /// Switches the live device over to the stack: its table becomes what its snapshots need
+    /// over `-real`. Refused, changing nothing, if its table is not the one recorded (another
+    /// program reloaded it meanwhile).
+    func reloadLive(_ live: DMName, of device: DeviceRecord) throws {
+        let real = try number(of: try Layout.realName(device.name))
+        let current = try dm.table(live)
+        if Adoption.mapsThroughStack(current, real: real) { return }
+        guard current.description == device.adoptedTable else {
+            throw SnapstackError(.refused, "cannot adopt \(live.devicePath)", why: "its table changed while it was being adopted (an LVM command?)",
+                                 remedy: "try again")
+        }
+        let table = try desiredTopTable(device, real: real, snapshots: try database.snapshots(deviceID: device.id),
+                                        cow: { try self.attachStore($0) })
+        try failing("cannot switch \(live.devicePath) over to its change tracking") { try ensureLiveTable(live, table) }
+    }
+
+    /// Loads back the table an adopted device had, from its clone (the same table, and the
+    /// one that maps its data now), when it still maps through the stack; idempotent.
+    func restoreLive(_ device: DeviceRecord) throws {
+        let live = try device.topName()
+        guard try dm.info(live) != nil, let real = try dm.info(try Layout.realName(device.name)),
+              Adoption.mapsThroughStack(try dm.table(live), real: real.number) else { return }
+        let clone = try Layout.cloneName(device.name)
+        let table = try dm.info(clone) != nil ? try dm.table(clone) : try Table(parsing: device.adoptedTable ?? "")
+        try failing("cannot give \(live.devicePath) its own table back") { try ensureLiveTable(live, table) }
     }
 }

@@ -23,6 +23,8 @@ enum TeardownStep: Equatable, Sendable, CustomStringConvertible {
     /// The udev markers that hide the disk as a member; the disk is re-triggered.
     case withdrawMember(DeviceRecord)
     case forgetDevice(DeviceRecord)
+    /// An adopted live device given its own table back (byte for byte), if it maps through the stack.
+    case restoreLive(DeviceRecord)
     /// A failpoint: what a crash here leaves is what reconcile must repair.
     case reached(Failpoint)
 
@@ -35,6 +37,7 @@ enum TeardownStep: Equatable, Sendable, CustomStringConvertible {
         case .detachMetadata(let path, let delete): "detach-metadata \(path)\(delete ? " delete" : "")"
         case .withdrawMember(let device): "withdraw-member \(device.name)"
         case .forgetDevice(let device): "forget-device \(device.name)"
+        case .restoreLive(let device): "restore-live \(device.name)"
         case .reached(let point): "failpoint \(point.rawValue)"
         }
     }
@@ -76,12 +79,15 @@ enum Teardown {
     /// the metadata for a rebuild over the same disk.
     static func removeStack(_ device: DeviceRecord, deleteMetadata: Bool) throws -> [TeardownStep] {
         let failure = "cannot remove the stack of \(device.name)"
+        // An adopted device stays: it gets its table back, and the layers under it go.
         var steps: [TeardownStep] = [
-            .removeDevice(try Layout.topName(device.name), failure: failure), .reached(.unprotectTopRemoved),
+            device.isAdopted ? .restoreLive(device) : .removeDevice(try device.topName(), failure: failure),
+            .reached(.unprotectTopRemoved),
             .removeDevice(try Layout.realName(device.name), failure: failure), .reached(.unprotectRealRemoved),
         ]
+        if device.isAdopted { steps.append(.removeDevice(try Layout.cloneName(device.name), failure: failure)) }
         if let path = device.eraMetadataPath { steps.append(.detachMetadata(path: path, delete: deleteMetadata)) }
-        steps.append(.withdrawMember(device))
+        if !device.isAdopted { steps.append(.withdrawMember(device)) }
         return steps
     }
 
@@ -111,6 +117,8 @@ extension Orchestrator {
                 withdrawMember(device)
             case .forgetDevice(let device):
                 try database.deleteDevice(id: device.id)
+            case .restoreLive(let device):
+                try restoreLive(device)
             case .reached(let point):
                 try reached(point)
             }

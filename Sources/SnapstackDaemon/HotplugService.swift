@@ -182,8 +182,7 @@ struct HotplugService: Service {
             }
             do {
                 let top = try await locked("protect \(node)") { orchestrator in
-                    try orchestrator.protect(devicePath: node, name: name, options: ProtectOptions(cbtBlock: cbtBlock))
-                    return try Layout.topName(name).devicePath
+                    try orchestrator.protect(devicePath: node, name: name, options: ProtectOptions(cbtBlock: cbtBlock)).path
                 }
                 log.notice("protected as \(top) by \(rule)", metadata: ["name": "\(name)", "elapsed": "\(elapsed())"])
             } catch let error as SnapstackError where error.kind == .refused {

@@ -18,6 +18,8 @@ public struct SnapstackError: Error, CustomStringConvertible {
         case stateUnreadable
         /// An image is incomplete or does not match its checksums.
         case verificationFailed
+        /// Change tracking was interrupted since the base of an incremental: it would miss writes.
+        case trackingInterrupted
     }
 
     public var kind: Kind

@@ -25,6 +25,10 @@ enum ExitStatus: Int32, CaseIterable {
     /// An image is incomplete, or its bytes do not match its checksums (`verify`, `restore`,
     /// `apply`); the message names the first bad block.
     case verificationFailed = 9
+    /// An incremental export was refused: the device's change tracking was interrupted since
+    /// its base (a foreign reload of an adopted device, a stack rebuilt after a reboot), so it
+    /// would miss writes. `--allow-full` reads every block instead; the message says when and why.
+    case trackingInterrupted = 10
     /// Bad arguments or options (ArgumentParser's `validationFailure`, sysexits' EX_USAGE).
     case usage = 64
 
@@ -40,6 +44,7 @@ enum ExitStatus: Int32, CaseIterable {
         case .locked: self = .locked
         case .stateUnreadable: self = .stateUnreadable
         case .verificationFailed: self = .verificationFailed
+        case .trackingInterrupted: self = .trackingInterrupted
         }
     }
 }

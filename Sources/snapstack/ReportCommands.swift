@@ -18,17 +18,25 @@ enum DeviceReport {
         ReportField(name: "open", heading: "Open", help: "Openers of the top device (mounts, programs)", kind: .integer),
         ReportField(name: "id", heading: "ID", help: "Stable device id (in dm UUIDs)", kind: .text),
         ReportField(name: "created", heading: "Created", help: "When it was protected", kind: .time),
+        ReportField(name: "adopted", heading: "Adopted", help: "The live volume adopted online (vg/lv); empty for a disk in a stack of its own", kind: .text),
+        ReportField(name: "tracking", heading: "Tracking",
+                    help: "continuous; interrupted (the next incremental is refused until a full export); off", kind: .text),
+        ReportField(name: "interrupted", heading: "Interrupted", help: "When the change tracking was interrupted", kind: .time),
+        ReportField(name: "interrupted_reason", heading: "Why", help: "Why the change tracking was interrupted", kind: .text),
     ]
 
     static func report(_ devices: [DeviceSummary]) -> Report {
         Report(name: "device", fields: fields,
-               defaultFields: ["name", "path", "source", "size", "cbt_block", "era", "snapshots", "state"],
+               defaultFields: ["name", "path", "source", "size", "cbt_block", "era", "snapshots", "state", "tracking"],
                rows: devices.map { d in [
                    "name": .text(d.name), "path": .text(d.path), "source": .text(d.sourcePath), "size": .size(d.size),
                    "cbt_block": d.cbtBlock.map { .size($0) } ?? .none,
                    "era": d.currentEra.map { .integer(Int64($0)) } ?? .none,
                    "snapshots": .integer(Int64(d.snapshotCount)), "state": .text(d.state.rawValue),
                    "open": d.openCount.map { .integer(Int64($0)) } ?? .none, "id": .text(d.id), "created": .time(d.createdAt),
+                   "adopted": d.adopted.map { .text($0) } ?? .none, "tracking": .text(d.tracking.rawValue),
+                   "interrupted": d.trackingInterruptedAt.map { .time($0) } ?? .none,
+                   "interrupted_reason": d.trackingInterruptedReason.map { .text($0) } ?? .none,
                ] })
     }
 }

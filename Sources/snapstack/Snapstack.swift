@@ -16,7 +16,8 @@ struct SnapstackCommand: ParsableCommand {
             5 no such device or snapshot; 6 refused (mounted, open, busy, too small, already \
             protected, snapshots present); 7 another snapstack holds the lock; 8 the state \
             database is unreadable; 9 an image is incomplete or does not match its checksums; \
-            64 invalid arguments.
+            10 an incremental export refused because change tracking was interrupted since its \
+            base; 64 invalid arguments.
             """,
         subcommands: [
             ProtectCommand.self, UnprotectCommand.self, SnapshotCommand.self, DropCommand.self, MergeCommand.self,

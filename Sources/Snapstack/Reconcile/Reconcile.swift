@@ -39,7 +39,7 @@ extension Orchestrator {
         let growths = try database.storeGrowths()
         var devices: [ReconcileObservation.Device] = []
         for record in try database.devices() {
-            let top = try Layout.topName(record.name)
+            let top = try record.topName()
             let info = try dm.info(top)
             var mergeStatus: SnapshotStatus?
             if info != nil, case .snapshotMerge(let status)? = try? dm.status(top).first?.status { mergeStatus = status }
@@ -48,7 +48,8 @@ extension Orchestrator {
                 record: record, snapshots: snapshots,
                 growths: growths.filter { growth in snapshots.contains { $0.id == growth.snapshotID } },
                 source: record.state == .protected ? try locate(record) : nil,
-                topOpenCount: info?.openCount, topMergeStatus: mergeStatus))
+                topOpenCount: info?.openCount, topMergeStatus: mergeStatus,
+                tracking: try trackingCheck(record)))
         }
         let prefix = stateDirectory.string + "/"
         let loops = ((try? host.allLoops()) ?? []).filter { $0.backingFile?.hasPrefix(prefix) == true }
@@ -82,6 +83,8 @@ extension Orchestrator {
             updated.sourceMinor = Int(number.minor)
             if updated != device { try database.update(updated) }
             try buildStack(updated, source: number, newMetadata: false)
+        case .readopt(let device, let table, let why):
+            try readopt(device, table: table, why: why)
         case .undoSnapshot(let snapshot, let device):
             try removeSnapshotArtifacts(snapshot, of: device)
             try database.deleteSnapshot(id: snapshot.id)
@@ -127,9 +130,10 @@ extension Orchestrator {
         var layer: Layout.Layer
         /// The devices its live table holds open.
         var holds: [DeviceNumber] = []
-        /// Bottom-up order: real, snapshots, top.
+        /// Bottom-up order: clone, real, snapshots, top.
         var layerOrder: Int {
             switch layer {
+            case .clone: -1
             case .real: 0
             case .snapshot: 1
             case .top: 2
@@ -153,6 +157,11 @@ extension Orchestrator {
     /// Finds the disk of a protected device: at its recorded number if the identity there
     /// still matches, else by identity among udev's block devices.
     func locate(_ device: DeviceRecord) throws -> (path: String, number: DeviceNumber)? {
+        if device.isAdopted {
+            // An adopted device is its live dm device, found by name as LVM activates it.
+            let live = try device.topName()
+            return try dm.info(live).map { (live.devicePath, $0.number) }
+        }
         let recorded = DeviceIdentity(wwn: device.wwn, serial: device.serial, partUUID: device.partUUID,
                                       fsUUID: device.fsUUID, size: Bytes(UInt64(device.sizeBytes)))
         let number = DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor))
@@ -175,7 +184,7 @@ extension Orchestrator {
     /// no origin write slips past a snapshot that is coming back.
     func activateSnapshots(of device: DeviceRecord) throws {
         let real = try number(of: try Layout.realName(device.name))
-        let top = try Layout.topName(device.name)
+        let top = try device.topName()
         for snapshot in try database.snapshots(deviceID: device.id) where snapshot.state == .active || snapshot.state == .mergePending {
             let name = try Layout.snapshotName(device.name, snapshot.name)
             guard try dm.info(name) == nil else { continue }

@@ -24,6 +24,8 @@ struct ReconcileObservation {
         var topOpenCount: Int?
         /// The top's status when its table is snapshot-merge.
         var topMergeStatus: SnapshotStatus?
+        /// Whether an adopted device's live device maps through its stack.
+        var tracking: TrackingCheck = .inPlace
     }
 
     /// dm devices carrying snapstack's UUID prefix.
@@ -44,6 +46,9 @@ enum ReconcileStep: Equatable {
     case finishUnprotect(DeviceRecord, snapshots: [SnapshotRecord])
     case waitForDisk(DeviceRecord)
     case rebuildStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
+    /// An adopted device whose live device bypasses its stack (a foreign reload, a reboot):
+    /// adopted again over its current table, its change tracking marked interrupted.
+    case readopt(DeviceRecord, table: Table, why: String)
     case undoSnapshot(SnapshotRecord, of: DeviceRecord)
     case finishDrop(SnapshotRecord, of: DeviceRecord)
     case reactivateSnapshots(SnapshotRecord, of: DeviceRecord)
@@ -66,6 +71,7 @@ enum ReconcileStep: Equatable {
         case .finishUnprotect: "finish-unprotect"
         case .waitForDisk: "wait-for-disk"
         case .rebuildStack: "rebuild-stack"
+        case .readopt: "readopt"
         case .undoSnapshot: "undo-snapshot"
         case .finishDrop: "finish-drop"
         case .reactivateSnapshots: "reactivate-snapshot"
@@ -94,6 +100,8 @@ enum ReconcileStep: Equatable {
         case .waitForDisk(let d): (d.name, "wait: its disk is not present (identity \(d.sourcePath), \(d.sizeBytes) bytes)")
         case .rebuildStack(let d, let path, let number):
             (d.name, "rebuild the stack over \(path) (\(number)), keeping its change tracking")
+        case .readopt(let d, _, let why):
+            (d.name, "adopt again over its current table; change tracking interrupted: \(why)")
         case .undoSnapshot(let s, let d): (label(s, d), "undo the interrupted snapshot")
         case .finishDrop(let s, let d): (label(s, d), "finish the interrupted drop")
         case .reactivateSnapshots(let s, let d): (label(s, d), "re-activate the snapshot from its store")
@@ -132,6 +140,7 @@ enum ReconcileStep: Equatable {
             let record = device.record
             expected.insert(try Layout.uuid(deviceID: record.id, .top).rawValue)
             expected.insert(try Layout.uuid(deviceID: record.id, .real).rawValue)
+            if record.isAdopted { expected.insert(try Layout.uuid(deviceID: record.id, .clone).rawValue) }
             if let path = record.eraMetadataPath { expectedFiles.insert(path) }
             for snapshot in device.snapshots {
                 expected.insert(try Layout.uuid(deviceID: record.id, .snapshot(id: snapshot.id)).rawValue)
@@ -172,9 +181,20 @@ enum ReconcileStep: Equatable {
         }
         guard let source = observed.source else { return [.waitForDisk(device)] }
         var plan: [ReconcileStep] = []
-        let stackPresent = ours.contains { $0.deviceID == device.id && $0.layer == .real }
-            && ours.contains { $0.deviceID == device.id && $0.layer == .top }
-        if !stackPresent { plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number)) }
+        let stackPresent: Bool
+        if device.isAdopted {
+            // Its live device plays the top; the stack is present when that maps through it.
+            if case .bypassed(let table, let why) = observed.tracking {
+                plan.append(.readopt(device, table: table, why: why))
+                stackPresent = false
+            } else {
+                stackPresent = true
+            }
+        } else {
+            stackPresent = ours.contains { $0.deviceID == device.id && $0.layer == .real }
+                && ours.contains { $0.deviceID == device.id && $0.layer == .top }
+            if !stackPresent { plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number)) }
+        }
         for snapshot in observed.snapshots {
             let uuid = try Layout.uuid(deviceID: device.id, .snapshot(id: snapshot.id)).rawValue
             switch snapshot.state {

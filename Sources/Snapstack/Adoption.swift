@@ -1,0 +1,229 @@
+import BlockIO
+import DeviceMapper
+import Foundation
+import SnapstackErrors
+internal import StateDatabase
+
+/// Protecting a live device-mapper device (an LVM volume) that may be mounted: device-mapper
+/// cannot slide a layer under a mounted partition, but it can under a mounted dm device. Its
+/// table is cloned into `snapstack-NAME-clone`, `era` stacked on the clone as `-real`, and the
+/// live device reloaded to map through `-real` (linear, or snapshot-origin while snapshots
+/// live): one suspend and resume of the live device, which freezes and thaws its filesystem. The
+/// live node keeps its name, UUID, device number and openers, and plays the top's role.
+///
+/// Anyone may reload the live device later (LVM's lvextend, lvchange --refresh, pvmove): its
+/// table then no longer maps through `-real`, and writes bypass the tracking. That is found
+/// (`Orchestrator.trackingCheck`), recorded as an interruption of change tracking, and the
+/// device adopted again over its new table.
+enum Adoption {
+    /// Why `table` cannot be adopted, and what to do instead; nil when every line is `linear`
+    /// or `striped`: tables whose data lies on other devices, block for block, so that a clone
+    /// of the table reads and writes exactly what the device did.
+    static func refusal(of table: Table, device: String) -> (why: String, remedy: String?)? {
+        for line in table.lines {
+            switch line.target {
+            case .linear, .striped:
+                continue
+            case .snapshotOrigin, .snapshot, .snapshotMerge:
+                return ("it has device-mapper snapshots (its table is \(line.target.type))",
+                        "remove its snapshots first (lvremove of its snapshot volumes)")
+            case .era:
+                return ("it already tracks changes with dm-era", nil)
+            case .zero, .error:
+                return ("its table maps \(line.target.type), which holds no data", nil)
+            case .unmodelled(let type, _):
+                switch type {
+                case "thin":
+                    return ("it is a thin volume (table \(type)): its blocks live in a thin pool, and a pool's volumes cannot be cloned",
+                            "back it up from a thin snapshot (lvcreate -s of the thin volume); snapstack adopts linear and striped volumes")
+                case "crypt":
+                    return ("it is a dm-crypt device", "protect the device under it (`cryptsetup status \(device)` names it)")
+                default:
+                    return ("its table has a \(type) segment; snapstack adopts only linear and striped tables (plain and striped LVM volumes)", nil)
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Whether the live device's `table` maps through the stack's `-real` layer `real`.
+    static func mapsThroughStack(_ table: Table, real: DeviceNumber) -> Bool {
+        guard table.lines.count == 1 else { return false }
+        switch table.lines[0].target {
+        case .linear(let linear): return linear.device == .number(real) && linear.offset == .zero
+        case .snapshotOrigin(let origin): return origin.origin == .number(real)
+        case .snapshotMerge(let merge): return merge.origin == .number(real)
+        default: return false
+        }
+    }
+
+    /// An LVM volume's dm name as LVM users write it, `vg/lv` (LVM doubles a dash inside a
+    /// name and joins the two with a single one); other names as they are.
+    static func displayName(_ name: String, uuid: String?) -> String {
+        guard uuid?.hasPrefix("LVM-") == true else { return name }
+        let characters = Array(name)
+        var index = 0
+        while index < characters.count {
+            if characters[index] == "-" {
+                if index + 1 < characters.count, characters[index + 1] == "-" { index += 2; continue }
+                let vg = String(characters[..<index]).replacingOccurrences(of: "--", with: "-")
+                let lv = String(characters[(index + 1)...]).replacingOccurrences(of: "--", with: "-")
+                return vg.isEmpty || lv.isEmpty ? name : "\(vg)/\(lv)"
+            }
+            index += 1
+        }
+        return name
+    }
+}
+
+extension DeviceRecord {
+    var isAdopted: Bool { adoptedName != nil }
+
+    /// The device filesystems use: the adopted live device, or the top of our own stack.
+    func topName() throws -> DMName {
+        if let adoptedName { return try DMName(adoptedName) }
+        return try Layout.topName(name)
+    }
+}
+
+/// Whether the change tracking of an adopted device is in place now.
+enum TrackingCheck: Equatable {
+    /// Not adopted, or its live device maps through the stack.
+    case inPlace
+    /// The live device is gone (the volume deactivated): nothing writes to it.
+    case deviceAbsent
+    /// The live device maps elsewhere: someone reloaded it, or the stack is not built (after a
+    /// reboot). `table` is its table now.
+    case bypassed(table: Table, why: String)
+}
+
+extension Orchestrator {
+    /// The live dm device at `number` that is not one of ours, if any: what `protect` adopts.
+    func foreignDeviceMapperName(of number: DeviceNumber) throws -> DMName? {
+        guard let listed = try dm.list().first(where: { $0.number == number }) else { return nil }
+        guard let info = try dm.info(rawName: listed.name), !(info.uuid ?? "").hasPrefix(Layout.uuidPrefix) else { return nil }
+        do { return try DMName(listed.name) } catch {
+            throw SnapstackError(.refused, "cannot adopt \(listed.name.replacingNewlines)", why: "its device-mapper name is not one snapstack can handle: \(error)")
+        }
+    }
+
+    /// Adopts the live dm device `live` (at `facts`) online, as protected device `name`.
+    func adopt(devicePath: String, live: DMName, name: String, facts: BlockDeviceFacts, cbtBlock: Sectors?) throws -> DeviceSummary {
+        guard let info = try dm.info(live), info.hasLiveTable else {
+            throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: "\(live.devicePath) has no active table")
+        }
+        guard !info.suspended else {
+            throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: "\(live.devicePath) is suspended",
+                                 remedy: "find who suspended it (an LVM command still running?) and let it finish")
+        }
+        let table = try dm.table(live)
+        if let (why, remedy) = Adoption.refusal(of: table, device: live.rawValue) {
+            throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: why, remedy: remedy)
+        }
+        if let holder = try liveDevices().first(where: { $0.holds.contains(facts.number) }) {
+            throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: "snapstack's own \(holder.info.name) is built on it",
+                                 remedy: "protect a device that snapstack does not use for its own layers")
+        }
+        let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
+        let id = DeviceRecord.newID()
+        var record = DeviceRecord(
+            id: id, name: name, state: .protecting, sourcePath: devicePath,
+            sourceMajor: Int(facts.number.major), sourceMinor: Int(facts.number.minor),
+            sizeBytes: Int64(facts.size.rawValue), wwn: identity.wwn, serial: identity.serial,
+            partUUID: identity.partUUID, fsUUID: identity.fsUUID,
+            cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
+            eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date(),
+            adoptedName: live.rawValue, adoptedUUID: info.uuid, adoptedTable: table.description)
+        try database.insert(record)
+        try reached(.protectRecorded)
+        do {
+            try run(try StackBuild.plan(record, newMetadata: true, withSnapshots: false), for: record, source: facts.number)
+        } catch {
+            throw rollingBack(error, [("remove the stack", { try self.removeStack(record) }),
+                                      ("forget the device", { try self.database.deleteDevice(id: id) })])
+        }
+        record.state = .protected
+        try database.update(record)
+        event("protect", name, "adopted \(Adoption.displayName(live.rawValue, uuid: info.uuid)) (\(facts.number)) online")
+        return try summary(of: record)
+    }
+
+    /// Whether `device`'s live device maps through its stack now.
+    func trackingCheck(_ device: DeviceRecord) throws -> TrackingCheck {
+        guard device.isAdopted, device.state == .protected else { return .inPlace }
+        let live = try device.topName()
+        guard try dm.info(live) != nil else { return .deviceAbsent }
+        let table = try dm.table(live)
+        if let real = try dm.info(try Layout.realName(device.name)), Adoption.mapsThroughStack(table, real: real.number) {
+            return .inPlace
+        }
+        let why = table.description == device.adoptedTable
+            ? "\(live.devicePath) did not map through its change tracking (the stack was not built: a reboot?)"
+            : "\(live.devicePath) was reloaded by another program (lvextend, lvchange --refresh, pvmove?)"
+        return .bypassed(table: table, why: why)
+    }
+
+    /// Adopts `device` again over its live device's current table `table`, after writes
+    /// bypassed the tracking: records the interruption (an incremental from before it is
+    /// refused), marks its snapshots invalid (origin writes bypassed their copy-on-write too),
+    /// and rebuilds the stack under the live device at its new size. Idempotent: a crash part
+    /// way leaves the live device bypassing the stack, and the next check does it again.
+    func readopt(_ device: DeviceRecord, table: Table, why: String) throws {
+        let live = try device.topName()
+        if let (reason, remedy) = Adoption.refusal(of: table, device: live.rawValue) {
+            throw SnapstackError(.refused, "cannot adopt \(live.devicePath) again", why: "its table changed: \(reason)",
+                                 remedy: remedy ?? "unprotect \(device.name)")
+        }
+        var record = device
+        for var snapshot in try database.snapshots(deviceID: device.id) where snapshot.state == .active || snapshot.state == .mergePending {
+            snapshot.state = .invalid
+            try database.update(snapshot)
+            notice("warning: snapshot \(device.name)-\(snapshot.name) is invalid: \(why), past its copy-on-write")
+        }
+        record.adoptedTable = table.description
+        record.sizeBytes = Int64(table.size.rawValue * Sectors.size)
+        record.trackingInterruptedAt = Date()
+        record.trackingInterruptedReason = why
+        try database.update(record)
+        try run(try StackBuild.plan(record, newMetadata: false, withSnapshots: false), for: record,
+                source: DeviceNumber(major: UInt32(record.sourceMajor), minor: UInt32(record.sourceMinor)))
+        // A new era starts here; every write the bypass let through is in an earlier one.
+        if record.cbtBlockSectors != nil {
+            let real = try Layout.realName(record.name)
+            try dm.message(real, era: .checkpoint)
+            guard case .era(let status)? = try dm.status(real).first?.status else {
+                throw SnapstackError(.failed, "\(real.devicePath) is not tracking changes", remedy: "run `snapstack reconcile`")
+            }
+            record.trackingInterruptedEra = Int64(status.currentEra)
+            try database.update(record)
+        }
+        event("tracking", device.name, "change tracking interrupted: \(why); adopted again over its current table (\(record.sizeBytes) bytes)")
+    }
+
+    /// Adopts `device` again if its live device bypasses the stack: what every command that
+    /// takes a snapshot of it does first, and the daemon on every change of it.
+    func ensureAdopted(_ device: DeviceRecord) throws {
+        if case .bypassed(let table, let why) = try trackingCheck(device) {
+            try readopt(device, table: table, why: why)
+        }
+    }
+
+    /// Refuses an incremental of `device` from `base` when writes may have gone unrecorded since.
+    func checkTrackingContinuous(_ device: DeviceRecord, since base: ExportRecord) throws {
+        if case .bypassed(_, let why) = try trackingCheck(device) {
+            throw SnapstackError(.trackingInterrupted, "change tracking of \(device.name) is interrupted", why: why,
+                                 remedy: "an incremental would miss writes: take a full export, or add --allow-full to read every block")
+        }
+        if let first = device.trackingInterruptedEra, (base.era ?? 0) < first {
+            let when = device.trackingInterruptedAt.map { " at \(Self.timestamp($0))" } ?? ""
+            throw SnapstackError(.trackingInterrupted, "change tracking of \(device.name) was interrupted\(when), after export \(base.id)",
+                                 why: device.trackingInterruptedReason ?? "writes may have gone unrecorded",
+                                 remedy: "an incremental would miss writes: take a full export, or add --allow-full to read every block")
+        }
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        return formatter.string(from: date)
+    }
+}
