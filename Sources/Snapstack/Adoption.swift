@@ -227,3 +227,23 @@ extension Orchestrator {
         return formatter.string(from: date)
     }
 }
+
+/// An adopted device that was found bypassing its stack and adopted again.
+public struct Readoption: Sendable, Equatable {
+    public var name: String
+    public var why: String
+}
+
+extension Orchestrator {
+    /// For a change of the dm device at `number` (udev `change`, which every resume of it
+    /// sends): when it is an adopted device that no longer maps through its stack, adopts it
+    /// again, recording the interruption. nil when it is not adopted, or maps through its stack.
+    public func readoptIfBypassed(_ number: DeviceNumber) throws -> Readoption? {
+        guard let device = try database.devices().first(where: {
+            $0.isAdopted && $0.state == .protected && $0.sourceMajor == Int(number.major) && $0.sourceMinor == Int(number.minor)
+        }) else { return nil }
+        guard case .bypassed(let table, let why) = try trackingCheck(device) else { return nil }
+        try readopt(device, table: table, why: why)
+        return Readoption(name: device.name, why: why)
+    }
+}

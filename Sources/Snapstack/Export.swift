@@ -83,7 +83,7 @@ extension Orchestrator {
         let blockSize = Self.exportBlockSize(device)
         let size = UInt64(device.sizeBytes)
 
-        let base = try request.since.map { try baseExport($0, device: device, snapshot: snapshot, blockSize: blockSize) }
+        let base = try request.since.map { try baseExport($0, device: device, snapshot: snapshot, blockSize: blockSize, allowFull: request.allowFull) }
 
         // The image and its manifest decide whether this is a new export or the re-run of one
         // that stopped half-way.
@@ -270,7 +270,8 @@ extension Orchestrator {
         }
     }
 
-    private func baseExport(_ id: String, device: DeviceRecord, snapshot: SnapshotRecord, blockSize: Int) throws -> ExportRecord {
+    private func baseExport(_ id: String, device: DeviceRecord, snapshot: SnapshotRecord, blockSize: Int,
+                            allowFull: Bool) throws -> ExportRecord {
         guard let base = try database.export(id: id) else {
             throw SnapstackError(.notFound, "no export has the id \"\(id.replacingNewlines)\"",
                                  remedy: "`snapstack exports` lists them")
@@ -286,6 +287,8 @@ extension Orchestrator {
             throw SnapstackError(.refused, "\(device.name) has no change tracking to build on export \(id)",
                                  remedy: "take a full export")
         }
+        // An interruption is the first thing to say: it is why a grown volume's size differs.
+        if !allowFull { try checkTrackingContinuous(device, since: base) }
         guard base.blockSizeBytes == Int64(blockSize), base.deviceSizeBytes == device.sizeBytes else {
             throw SnapstackError(.refused, "export \(id) does not match \(device.name) any more",
                                  why: "its block size or device size differs", remedy: "take a full export")

@@ -62,6 +62,13 @@ extension Orchestrator {
     @discardableResult
     public func protect(devicePath: String, name: String, options: ProtectOptions = ProtectOptions()) throws -> DeviceSummary {
         try Self.checkName(name, what: "device", maxLength: Layout.maxDeviceName)
+        // `vg/lv`, as LVM names a volume, is /dev/vg/lv (unless it is a relative path here).
+        var devicePath = devicePath
+        if !devicePath.hasPrefix("/"), devicePath.split(separator: "/", omittingEmptySubsequences: false).count == 2,
+           !devicePath.hasPrefix("."), !FileManager.default.fileExists(atPath: devicePath),
+           FileManager.default.fileExists(atPath: "/dev/" + devicePath) {
+            devicePath = "/dev/" + devicePath
+        }
         if let existing = try database.device(named: name) {
             throw SnapstackError(.refused, "a device named \"\(name)\" is already protected",
                                  why: "it protects \(existing.sourcePath)", remedy: "choose another --name")

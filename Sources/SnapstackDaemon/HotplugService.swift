@@ -98,6 +98,7 @@ struct HotplugService: Service {
             switch event.action {
             case .add: await appeared(event.device, coldplug: false, received: received)
             case .remove: await vanished(event.device)
+            case .change: await changed(event.device)
             default: break
             }
             let handled = events.increment()
@@ -212,6 +213,24 @@ struct HotplugService: Service {
         } catch {
             log.error("cannot tear down the stack of the disk that went away: \(error)")
         }
+    }
+
+    /// A device-mapper device changed (a resume sends `change`): if it is an adopted device
+    /// that another program reloaded (lvextend, lvchange --refresh, pvmove), its tracking is
+    /// recorded as interrupted and it is adopted again over its new table, at once.
+    func changed(_ device: UdevDevice) async {
+        guard device.properties["DM_NAME"] != nil, !Self.isOurs(device, stateDirectory: options.stateDirectory) else { return }
+        var log = logger
+        log[metadataKey: "device"] = "\(device.deviceNode ?? device.sysName)"
+        log[metadataKey: "action"] = "change"
+        do {
+            guard let outcome = try await locked("check the tracking of \(device.sysName)", { try $0.readoptIfBypassed(device.number) }) else { return }
+            log.warning("change tracking of \(outcome.name) interrupted: \(outcome.why); adopted again over its new table; the next incremental needs a full export",
+                        metadata: ["name": "\(outcome.name)"])
+        } catch {
+            log.error("cannot adopt \(device.sysName) again after a foreign reload: \(error)")
+        }
+        onChange()
     }
 
     // MARK: Helpers

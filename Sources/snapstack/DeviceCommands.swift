@@ -19,10 +19,24 @@ struct ProtectCommand: ParsableCommand {
             identity (WWN, serial, PARTUUID, filesystem UUID, size) is recorded to find it \
             again after a reboot or a rename. The disk's content is untouched.
 
-            Example: snapstack protect /dev/sdb1 --name data && mount /dev/mapper/snapstack-data /srv
+            A live device-mapper device, mounted or not — an LVM volume, as /dev/vg/lv, \
+            /dev/mapper/vg-lv or vg/lv — is adopted online instead: its table is cloned into \
+            snapstack-NAME-clone, dm-era stacked on the clone, and the volume itself reloaded \
+            to map through them, with one suspend and resume (which freezes and thaws its \
+            filesystem). The volume keeps its name, UUID, device number and mounts, and is \
+            what you snapshot. Only linear and striped tables (plain and striped volumes) can \
+            be adopted; thin, cache, raid and crypt devices are refused with the reason. When \
+            another program reloads the volume (lvextend, lvchange --refresh, pvmove) its \
+            writes bypass the tracking: the daemon adopts it again at once, and `devices` \
+            shows the tracking as interrupted until the next full export (an incremental \
+            across it exits 10). `unprotect` gives the volume its table back.
+
+            Examples:
+              snapstack protect /dev/sdb1 --name data && mount /dev/mapper/snapstack-data /srv
+              snapstack protect vg0/home --name home     (mounted: adopted online)
             """)
 
-    @Argument(help: "The block device to protect, e.g. /dev/sdb1.", completion: .file())
+    @Argument(help: "The block device to protect, e.g. /dev/sdb1, or an LVM volume (/dev/vg/lv or vg/lv).", completion: .file())
     var device: String
 
     @Option(help: "The name of the protected device (letters, digits, # + - . : = @ _; at most 64).")
@@ -57,7 +71,9 @@ struct UnprotectCommand: ParsableCommand {
         abstract: "Remove snapstack's layers from a disk, leaving its content as the top device had it.",
         discussion: """
             Refuses while /dev/mapper/snapstack-NAME is open or while the device has snapshots \
-            (--force drops them first). Change tracking for the device ends.
+            (--force drops them first). Change tracking for the device ends. An adopted volume \
+            stays mounted: it is reloaded with the table it had (byte for byte, as `dmsetup \
+            table` prints it) and the layers under it are removed.
             """)
 
     @Argument(help: "The protected device's name.", completion: StateCompletion.devices)

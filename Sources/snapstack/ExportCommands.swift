@@ -51,6 +51,12 @@ struct ExportCommand: ParsableCommand {
             export's snapshot and updates the same image in place, after checking that the \
             image holds exactly that export of the same device.
 
+            An incremental is refused (exit 10) when the device's change tracking was \
+            interrupted after that export: an adopted volume that another program reloaded \
+            (lvextend, lvchange --refresh, pvmove), whose writes bypassed the tracking until \
+            it was adopted again. `snapstack devices -o +tracking,interrupted_reason` says \
+            when and why; take a full export, or add --allow-full to read every block.
+
             The image is marked incomplete before the first block is written and complete \
             after the last one is on disk. An export that is interrupted (Ctrl-C, a crash) \
             leaves it marked incomplete; running the same command again finishes it.
@@ -87,7 +93,9 @@ struct ExportCommand: ParsableCommand {
             completion: .list(StreamFormat.allCases.map(\.rawValue)))
     var format: String?
 
-    @Flag(name: .customLong("allow-full"), help: "If the change tracking cannot be read, read every block instead of failing.")
+    @Flag(name: .customLong("allow-full"), help: ArgumentHelp(
+        "If the change tracking cannot be read, or was interrupted since --since's export, read every block instead of failing.",
+        discussion: "Without it, an incremental across an interruption (an adopted volume reloaded by another program) exits 10."))
     var allowFull = false
 
     @Option(name: .customLong("max-rate"), help: ArgumentHelp("Read at most this many bytes a second (50M), to spare production I/O.", valueName: "rate"))
