@@ -48,6 +48,19 @@ extension SimulatedKernel: HostDevices {
 
     public func trigger(_ number: DeviceNumber) {}
 
+    /// A directory of the test's own: an lvm.conf written there is the host's LVM configuration.
+    public var lvmSystemDirectory: String { runtimeDirectory + "/lvm" }
+
+    public func names(of number: DeviceNumber) -> [String] {
+        state.withLock { state in
+            ["/dev/block/\(number)"] + state.disks.filter { $0.value.number == number }.flatMap { [$0.key] + $0.value.links }
+        }
+    }
+
+    public func hasLVMLabel(_ number: DeviceNumber) -> Bool {
+        state.withLock { state in state.disks.values.contains { $0.number == number && $0.lvmLabel } }
+    }
+
     // MARK: Loop devices
 
     func loopDevice(_ index: Int, _ loop: Loop) -> LoopDevice {

@@ -51,6 +51,10 @@ public final class SimulatedKernel: Sendable {
         public var identity: DeviceIdentity
         public var usage = DeviceUsage()
         public var openers: [String] = []
+        /// It holds an LVM physical volume label.
+        public var lvmLabel = false
+        /// udev's links to it (`/dev/disk/by-id/...`).
+        public var links: [String] = []
     }
 
     public struct State: Equatable, Sendable {
@@ -98,6 +102,14 @@ public final class SimulatedKernel: Sendable {
     }
 
     public func setDiskUsage(_ path: String, _ usage: DeviceUsage) { state.withLock { $0.disks[path]?.usage = usage } }
+
+    /// The disk at `path` becomes an LVM physical volume, with udev links `links`.
+    public func makePhysicalVolume(_ path: String, links: [String] = []) {
+        state.withLock {
+            $0.disks[path]?.lvmLabel = true
+            $0.disks[path]?.links = links
+        }
+    }
 
     /// The state as it is now: what a crash at this instant leaves.
     public func capture() -> State { state.withLock { $0 } }

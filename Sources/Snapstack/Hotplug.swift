@@ -88,6 +88,7 @@ extension Orchestrator {
         try buildStack(updated, source: facts.number, newMetadata: false)
         try restoreTopTable(updated)
         event("restack", device.name, "stack rebuilt over \(node) (\(facts.number))")
+        refreshLVMFilter()
         return .rebuilt(name: device.name)
     }
 

@@ -135,6 +135,7 @@ extension Orchestrator {
         }
         record.state = .protected
         try database.update(record)
+        refreshLVMFilter()
         event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try record.topName().devicePath)")
         return try summary(of: record)
     }
@@ -204,6 +205,7 @@ extension Orchestrator {
         try database.update(device)
         try reached(.unprotectRecorded)
         try run(try Teardown.unprotect(device))
+        refreshLVMFilter()
         event("unprotect", name, "stack removed from \(device.sourcePath)")
     }
 

@@ -24,8 +24,14 @@ public protocol HostDevices: Sendable {
     func blockDevices() -> [(node: String, number: DeviceNumber)]
     /// Asks udev to process `number` again (its rules read snapstack's member markers).
     func trigger(_ number: DeviceNumber)
+    /// Every name of `number` under /dev: its node, `/dev/block/MAJ:MIN` and udev's links.
+    func names(of number: DeviceNumber) -> [String]
+    /// Whether the device holds an LVM physical volume label (`LABELONE` in its first 4 sectors).
+    func hasLVMLabel(_ number: DeviceNumber) -> Bool
     /// The host's runtime directory for snapstack (`/run/snapstack`).
     var runtimeDirectory: String { get }
+    /// LVM's configuration directory (`/etc/lvm`, or `LVM_SYSTEM_DIR` as LVM itself reads it).
+    var lvmSystemDirectory: String { get }
 
     // MARK: Loop devices
     func loops(backing file: String) throws -> [LoopDevice]

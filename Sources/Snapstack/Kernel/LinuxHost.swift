@@ -8,6 +8,7 @@ public struct LinuxHost: HostDevices {
     public init() {}
 
     public var runtimeDirectory: String { "/run/snapstack" }
+    public var lvmSystemDirectory: String { ProcessInfo.processInfo.environment["LVM_SYSTEM_DIR"] ?? "/etc/lvm" }
 
     public func facts(of path: FilePath) throws -> BlockDeviceFacts { try BlockDeviceFacts.read(path) }
     public func dmUUID(of number: DeviceNumber) -> String? { Sysfs.dmUUID(number) }
@@ -29,6 +30,25 @@ public struct LinuxHost: HostDevices {
     }
 
     public func trigger(_ number: DeviceNumber) { UdevContext.trigger(number) }
+
+    public func names(of number: DeviceNumber) -> [String] {
+        var names = ["/dev/block/\(number)"]
+        if let device = (try? UdevContext())?.blockDevice(number) {
+            if let node = device.deviceNode { names.append(node) }
+            names += (device.properties["DEVLINKS"] ?? "").split(separator: " ").map(String.init)
+        }
+        return names
+    }
+
+    public func hasLVMLabel(_ number: DeviceNumber) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: "/dev/block/\(number)"),
+              let data = try? handle.read(upToCount: 4 * 512) else { return false }
+        try? handle.close()
+        let bytes = [UInt8](data), label = Array("LABELONE".utf8)
+        return (0..<4).contains { sector in
+            bytes.count >= sector * 512 + 8 && Array(bytes[(sector * 512)..<(sector * 512 + 8)]) == label
+        }
+    }
 
     public func loops(backing file: String) throws -> [LoopDevice] { try Loop.find(backingFile: file) }
     public func allLoops() throws -> [LoopDevice] { try Loop.all() }

@@ -27,6 +27,8 @@ extension Orchestrator {
             }
         }
         if !actions.isEmpty { event("reconcile", "", actions.map { "\($0.subject): \($0.action)" }.joined(separator: "; ")) }
+        // Disk names may have changed since the filter was written (a reboot, a re-plug).
+        refreshLVMFilter()
         guard failures.isEmpty else {
             throw SnapstackError(.failed, "reconcile could not repair everything", why: failures.joined(separator: "; "),
                                  remedy: "fix the cause and run `snapstack reconcile` again")
