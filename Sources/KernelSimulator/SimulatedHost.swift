@@ -50,6 +50,7 @@ extension SimulatedKernel: HostDevices {
 
     /// A directory of the test's own: an lvm.conf written there is the host's LVM configuration.
     public var lvmSystemDirectory: String { runtimeDirectory + "/lvm" }
+    public var lvmLockDirectory: String { runtimeDirectory + "/lock/lvm" }
 
     public func names(of number: DeviceNumber) -> [String] {
         state.withLock { state in

@@ -3,6 +3,7 @@ import DeviceMapper
 import Foundation
 import SnapstackErrors
 internal import StateDatabase
+import SystemPackage
 
 /// Protecting a live device-mapper device (an LVM volume) that may be mounted: device-mapper
 /// cannot slide a layer under a mounted partition, but it can under a mounted dm device. Its
@@ -57,6 +58,13 @@ enum Adoption {
         }
     }
 
+    /// The volume group of an LVM volume's dm name; nil for anything else.
+    static func volumeGroup(_ name: String, uuid: String?) -> String? {
+        let display = displayName(name, uuid: uuid)
+        guard display != name || uuid?.hasPrefix("LVM-") == true, let slash = display.firstIndex(of: "/") else { return nil }
+        return String(display[..<slash])
+    }
+
     /// An LVM volume's dm name as LVM users write it, `vg/lv` (LVM doubles a dash inside a
     /// name and joins the two with a single one); other names as they are.
     static func displayName(_ name: String, uuid: String?) -> String {
@@ -98,6 +106,21 @@ enum TrackingCheck: Equatable {
 }
 
 extension Orchestrator {
+    /// Runs `body` holding LVM's own lock on the volume group of an adopted LVM volume, as
+    /// every LVM command that changes the group takes it: no lvextend can reload the volume
+    /// between our reading its table and swapping ours in. Other devices need no lock.
+    func withVolumeGroupLock<T>(_ device: DeviceRecord, _ body: () throws -> T) throws -> T {
+        guard let name = device.adoptedName, let group = Adoption.volumeGroup(name, uuid: device.adoptedUUID) else { return try body() }
+        let directory = host.lvmLockDirectory
+        try failing("cannot take LVM's lock on volume group \(group)") {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        }
+        let lock = try StateLock(directory: FilePath(directory), name: "V_\(group)", mode: .exclusive, timeout: lockTimeout,
+                                 owner: "an LVM command", recordsHolder: false)
+        return try withExtendedLifetime(lock) { try body() }
+    }
+
     /// The live dm device at `number` that is not one of ours, if any: what `protect` adopts.
     func foreignDeviceMapperName(of number: DeviceNumber) throws -> DMName? {
         guard let listed = try dm.list().first(where: { $0.number == number }) else { return nil }

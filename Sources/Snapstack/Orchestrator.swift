@@ -19,6 +19,8 @@ public final class Orchestrator {
     let dm: any DeviceMapperControl
     let host: any HostDevices
     private let lock: StateLock
+    /// How long to wait for a lock: the state's, and LVM's on an adopted volume's group.
+    let lockTimeout: Double
     /// Progress and notices for the person at the terminal (stderr in the CLI).
     public var notice: (String) -> Void = { _ in }
     /// Called at every failpoint. By default a failpoint kills the process when
@@ -31,6 +33,7 @@ public final class Orchestrator {
     public init(stateDirectory: FilePath, lockTimeout: Double = 30, mode: StateLock.Mode = .exclusive,
                 kernel: Kernel = .live) throws {
         self.stateDirectory = stateDirectory
+        self.lockTimeout = lockTimeout
         dm = kernel.deviceMapper
         host = kernel.host
         do {

@@ -169,6 +169,10 @@ extension Orchestrator {
     /// over `-real`. Refused, changing nothing, if its table is not the one recorded (another
     /// program reloaded it meanwhile).
     func reloadLive(_ live: DMName, of device: DeviceRecord) throws {
+        try withVolumeGroupLock(device) { try reloadLiveLocked(live, of: device) }
+    }
+
+    private func reloadLiveLocked(_ live: DMName, of device: DeviceRecord) throws {
         let real = try number(of: try Layout.realName(device.name))
         let current = try dm.table(live)
         if Adoption.mapsThroughStack(current, real: real) { return }
@@ -184,9 +188,21 @@ extension Orchestrator {
     /// Loads back the table an adopted device had, from its clone (the same table, and the
     /// one that maps its data now), when it still maps through the stack; idempotent.
     func restoreLive(_ device: DeviceRecord) throws {
+        // Only a live device that maps through the stack needs its table back, and LVM's lock
+        // for that: an undo after LVM's lock could not be had has nothing to give back.
+        guard try livesOnStack(device) else { return }
+        try withVolumeGroupLock(device) { try restoreLiveLocked(device) }
+    }
+
+    private func livesOnStack(_ device: DeviceRecord) throws -> Bool {
         let live = try device.topName()
-        guard try dm.info(live) != nil, let real = try dm.info(try Layout.realName(device.name)),
-              Adoption.mapsThroughStack(try dm.table(live), real: real.number) else { return }
+        guard try dm.info(live) != nil, let real = try dm.info(try Layout.realName(device.name)) else { return false }
+        return Adoption.mapsThroughStack(try dm.table(live), real: real.number)
+    }
+
+    private func restoreLiveLocked(_ device: DeviceRecord) throws {
+        let live = try device.topName()
+        guard try livesOnStack(device) else { return }
         let clone = try Layout.cloneName(device.name)
         let table = try dm.info(clone) != nil ? try dm.table(clone) : try Table(parsing: device.adoptedTable ?? "")
         try failing("cannot give \(live.devicePath) its own table back") { try ensureLiveTable(live, table) }

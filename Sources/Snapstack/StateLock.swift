@@ -16,8 +16,11 @@ public final class StateLock {
     private let fd: FileDescriptor
 
     /// Takes the lock, waiting up to `timeout` seconds for the holder to finish. `name` picks
-    /// another lock file in `directory`, for a lock narrower than the whole state.
-    public init(directory: FilePath, name: String = "lock", mode: Mode, timeout: Double) throws {
+    /// another lock file in `directory`, for a lock narrower than the whole state. `owner`
+    /// names who else takes it, for the message; a lock file of another program's is not
+    /// written into (`recordsHolder` false).
+    public init(directory: FilePath, name: String = "lock", mode: Mode, timeout: Double,
+                owner: String = "another snapstack process", recordsHolder: Bool = true) throws {
         let path = directory.appending(name)
         do {
             fd = try FileDescriptor.open(path, .readWrite, options: [.create, .closeOnExec],
@@ -38,13 +41,13 @@ public final class StateLock {
                 let holder = Self.holder(fd)
                 try? fd.close()
                 throw SnapstackError(
-                    .locked, "another snapstack process is working on \(directory)",
+                    .locked, "\(owner) is working on \(recordsHolder ? directory.string : path.string)",
                     why: holder.map { "held by \($0)" } ?? "the lock is held",
                     remedy: String(format: "waited %.0f s; wait for it to finish or raise --lock-timeout", timeout))
             }
             usleep(50_000)
         }
-        if mode == .exclusive {
+        if mode == .exclusive && recordsHolder {
             let me = "pid \(getpid()) (\(CommandLine.arguments.joined(separator: " ")))\n"
             _ = try? fd.resize(to: 0)
             _ = try? fd.writeAll(toAbsoluteOffset: 0, Array(me.utf8))

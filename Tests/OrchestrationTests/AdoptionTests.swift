@@ -5,6 +5,7 @@ import KernelSimulator
 @testable import Snapstack
 import SnapstackErrors
 import StateDatabase
+import SystemPackage
 import Testing
 
 /// Adopting a live dm device (an LVM volume) online, over the simulated kernel: the live node
@@ -154,12 +155,31 @@ import Testing
         #expect(try lab.picture() == before)
     }
 
+    @Test func theVolumeGroupsLVMLockIsHeldWhileTheVolumeIsSwitched() throws {
+        let lab = try lab()
+        let directory = lab.kernel.lvmLockDirectory
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // An LVM command holds the group's lock: protect waits for it, then gives up, changing nothing.
+        let held = try StateLock(directory: FilePath(directory), name: "V_vg", mode: .exclusive, timeout: 1, recordsHolder: false)
+        let before = try lab.picture()
+        let error = try #require(throws: SnapstackError.self) {
+            try lab.orchestrator().protect(devicePath: "/dev/mapper/vg-data", name: "data")
+        }
+        #expect(error.kind == .locked)
+        #expect(error.what.contains("an LVM command"))
+        let after = try lab.picture()
+        #expect(after == before, "\(after.devices) \(after.loops) \(after.files) \(after.records) vs \(before.devices) \(before.loops) \(before.files)")
+        withExtendedLifetime(held) {}
+    }
+
     @Test func lvmNamesReadAsVGSlashLV() {
         #expect(Adoption.displayName("vg-data", uuid: "LVM-x") == "vg/data")
         #expect(Adoption.displayName("my--vg-my--lv", uuid: "LVM-x") == "my-vg/my-lv")
         #expect(Adoption.displayName("vg-lv-x", uuid: "LVM-x") == "vg/lv-x")
         #expect(Adoption.displayName("plain", uuid: "LVM-x") == "plain")
         #expect(Adoption.displayName("vg-data", uuid: "CRYPT-x") == "vg-data")
+        #expect(Adoption.volumeGroup("my--vg-my--lv", uuid: "LVM-x") == "my-vg")
+        #expect(Adoption.volumeGroup("vg-data", uuid: "CRYPT-x") == nil)
     }
 
     private func fakeExport(of device: DeviceRecord, era: Int64) -> ExportRecord {

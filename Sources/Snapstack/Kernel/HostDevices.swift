@@ -32,6 +32,8 @@ public protocol HostDevices: Sendable {
     var runtimeDirectory: String { get }
     /// LVM's configuration directory (`/etc/lvm`, or `LVM_SYSTEM_DIR` as LVM itself reads it).
     var lvmSystemDirectory: String { get }
+    /// Where LVM's commands take their volume-group locks (`V_<vg>`, flock).
+    var lvmLockDirectory: String { get }
 
     // MARK: Loop devices
     func loops(backing file: String) throws -> [LoopDevice]

@@ -9,6 +9,7 @@ public struct LinuxHost: HostDevices {
 
     public var runtimeDirectory: String { "/run/snapstack" }
     public var lvmSystemDirectory: String { ProcessInfo.processInfo.environment["LVM_SYSTEM_DIR"] ?? "/etc/lvm" }
+    public var lvmLockDirectory: String { "/run/lock/lvm" }
 
     public func facts(of path: FilePath) throws -> BlockDeviceFacts { try BlockDeviceFacts.read(path) }
     public func dmUUID(of number: DeviceNumber) -> String? { Sysfs.dmUUID(number) }
