@@ -220,7 +220,7 @@ extension Orchestrator {
             record.trackingInterruptedEra = Int64(status.currentEra)
             try database.update(record)
         }
-        event("tracking", device.name, "change tracking interrupted: \(why); adopted again over its current table (\(record.sizeBytes) bytes)")
+        event(TrackingEvent.interrupted, device.name, "change tracking interrupted: \(why); adopted again over its current table (\(record.sizeBytes) bytes)")
     }
 
     /// Adopts `device` again if its live device bypasses the stack: what every command that

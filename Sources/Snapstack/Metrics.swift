@@ -9,13 +9,12 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Event kinds that the metrics count and that no code records yet.
+/// Event kinds of change tracking, which the metrics count.
 public enum TrackingEvent {
     /// Change tracking of a device stopped covering its writes (a foreign table reload that
     /// left the era layer unused, or a stack rebuilt after writes it cannot account for), so
-    /// its next export must be full. Nothing records this kind yet; the
-    /// `snapstack_tracking_interruptions_total` counter counts events of it, so that it follows
-    /// as soon as something does.
+    /// its next incremental is refused until a full export. Recorded when an adopted device is
+    /// adopted again (`Orchestrator.readopt`); `snapstack_tracking_interruptions_total` counts it.
     public static let interrupted = "tracking-interrupted"
 }
 
@@ -83,6 +82,11 @@ public enum SnapstackMetrics {
                devices.compactMap { d in d.cbtBlock.map { Sample(named(d.name), Double($0.rawValue)) } })
         family("snapstack_device_era", .gauge, "The change-tracking era the device is in now, where the kernel's era target reports it.",
                devices.compactMap { d in d.currentEra.map { Sample(named(d.name), Double($0)) } })
+        family("snapstack_device_tracking", .gauge,
+               "1 for the state of a device's change tracking (continuous; interrupted: the next incremental export is refused until a full one; off), 0 for the others.",
+               devices.flatMap { d in
+                   DeviceSummary.Tracking.allCases.map { Sample([Label("name", d.name), Label("tracking", $0.rawValue)], $0 == d.tracking ? 1 : 0) }
+               })
         family("snapstack_device_snapshots", .gauge, "Snapshots of the device.",
                devices.map { Sample(named($0.name), Double($0.snapshotCount)) })
         family("snapstack_device_openers", .gauge, "Openers of the device's top device (mounts, programs), where it exists.",

@@ -7,10 +7,11 @@ import Testing
 
 private let t0 = Date(timeIntervalSince1970: 1_764_686_400)
 
-private func device(_ name: String, cbt: Bytes?, era: UInt32?, state: DeviceSummary.State = .protected) -> DeviceSummary {
+private func device(_ name: String, cbt: Bytes?, era: UInt32?, state: DeviceSummary.State = .protected,
+                    tracking: DeviceSummary.Tracking = .continuous) -> DeviceSummary {
     DeviceSummary(id: "id-\(name)", name: name, path: "/dev/mapper/snapstack-\(name)", sourcePath: "/dev/loop\(name.count)",
                   size: .mebibytes(64), cbtBlock: cbt, currentEra: era, snapshotCount: 1, state: state, openCount: 0,
-                  createdAt: t0)
+                  createdAt: t0, tracking: tracking)
 }
 
 private func snapshot(_ origin: String, _ name: String, set: Int64, freeze: Int64?, used: Bytes?, at offset: Double) -> SnapshotSummary {
@@ -34,7 +35,8 @@ private func lines(_ text: String, _ family: String) -> [String] {
 
 @Suite struct SnapstackMetricsTests {
     let input = MetricsInput(
-        devices: [device("db:1", cbt: .kibibytes(64), era: 7), device("w+v@x", cbt: nil, era: nil, state: .unstacked)],
+        devices: [device("db:1", cbt: .kibibytes(64), era: 7, tracking: .interrupted),
+                  device("w+v@x", cbt: nil, era: nil, state: .unstacked, tracking: .off)],
         snapshots: [
             snapshot("db:1", "old", set: 1, freeze: 41_250, used: .kibibytes(8), at: 10),
             snapshot("db:1", "new", set: 2, freeze: 12_000, used: .mebibytes(2), at: 20),
@@ -60,6 +62,9 @@ private func lines(_ text: String, _ family: String) -> [String] {
             #"snapstack_device_state{name="db:1",state="protected"} 1"#, #"snapstack_device_state{name="w+v@x",state="unstacked"} 1"#,
         ])
         #expect(lines(text, "snapstack_device_state").count == 2 * SnapstackMetrics.deviceStates.count)
+        #expect(lines(text, "snapstack_device_tracking").filter { $0.hasSuffix(" 1") } == [
+            #"snapstack_device_tracking{name="db:1",tracking="interrupted"} 1"#, #"snapstack_device_tracking{name="w+v@x",tracking="off"} 1"#,
+        ])
         #expect(lines(text, "snapstack_device_cbt_block_bytes") == [#"snapstack_device_cbt_block_bytes{name="db:1"} 65536"#])
         #expect(lines(text, "snapstack_device_era") == [#"snapstack_device_era{name="db:1"} 7"#])
         #expect(lines(text, "snapstack_device_size_bytes").count == 2)

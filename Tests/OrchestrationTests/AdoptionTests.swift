@@ -86,8 +86,10 @@ import Testing
         }
         #expect(refused.kind == .trackingInterrupted)
 
+        #expect(try lab.orchestrator().metricsInput().trackingInterruptions == 0)
         let actions = try lab.orchestrator().reconcile()
         #expect(actions.map(\.step) == ["readopt"])
+        #expect(try lab.orchestrator().metricsInput().trackingInterruptions == 1)
         let real = try number(lab, "snapstack-data-real")
         #expect(try table(lab, Self.volume) == "0 81920 linear \(real) 0")
         #expect(try table(lab, "snapstack-data-clone") == grown)
