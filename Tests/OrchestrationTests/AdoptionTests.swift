@@ -174,6 +174,47 @@ import Testing
         withExtendedLifetime(held) {}
     }
 
+    static let crashPoints: [Failpoint] = [
+        .protectRecorded, .protectMetadataAttached, .protectRealCreated, .protectTopCreated,
+        .unprotectRecorded, .unprotectTopRemoved, .unprotectRealRemoved,
+    ]
+
+    /// A crash at every failpoint of adopting and releasing a mounted volume: reconcile leaves
+    /// it either adopted (mapping through its stack) or as LVM made it, never suspended or
+    /// half-switched, and unprotect then gives back exactly LVM's table.
+    @Test(arguments: crashPoints)
+    func aCrashWhileAdoptingOrReleasingIsRepaired(_ point: Failpoint) throws {
+        let lab = try lab()
+        if point.rawValue.hasPrefix("unprotect") {
+            try lab.orchestrator().protect(devicePath: "/dev/mapper/vg-data", name: "data")
+        }
+        let reached = try lab.crash(at: point) { orchestrator in
+            if point.rawValue.hasPrefix("unprotect") {
+                try orchestrator.unprotect(name: "data")
+            } else {
+                try orchestrator.protect(devicePath: "/dev/mapper/vg-data", name: "data")
+            }
+        }
+        #expect(reached)
+        _ = try lab.orchestrator().reconcile()
+        #expect(try lab.orchestrator().reconcile(dryRun: true).isEmpty)
+        let state = lab.kernel.capture()
+        #expect(state.devices.values.allSatisfy { !$0.suspended && $0.inactive == nil })
+        let protected = try lab.orchestrator().deviceSummaries()
+        if protected.isEmpty {
+            #expect(try table(lab, Self.volume) == Self.lvmTable)
+            #expect(state.devices.keys.sorted() == [Self.volume])
+        } else {
+            let real = try number(lab, "snapstack-data-real")
+            #expect(try table(lab, Self.volume) == "0 65536 linear \(real) 0")
+            #expect(try table(lab, "snapstack-data-clone") == Self.lvmTable)
+            try lab.orchestrator().unprotect(name: "data")
+            #expect(try table(lab, Self.volume) == Self.lvmTable)
+            #expect(lab.kernel.capture().devices.keys.sorted() == [Self.volume])
+        }
+        #expect(lab.files().isEmpty)
+    }
+
     @Test func lvmNamesReadAsVGSlashLV() {
         #expect(Adoption.displayName("vg-data", uuid: "LVM-x") == "vg/data")
         #expect(Adoption.displayName("my--vg-my--lv", uuid: "LVM-x") == "my-vg/my-lv")
