@@ -65,6 +65,7 @@ var allScenarios: [Scenario] {
         + MetricsScenarios.all
         + SignalScenarios.all
         + CrashCutScenarios.all
+        + AdoptionScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
