@@ -21,6 +21,8 @@ enum AdoptionScenarios {
                  stripedLV).lasting(90),
         Scenario("adopt: lvextend of an adopted LV interrupts tracking; export --since refused (10), --allow-full reads all; reconcile re-adopts at the new size; unprotect gives the grown table back",
                  foreignReload).lasting(120),
+        Scenario("adopt: the running daemon leaves its own reloads alone and re-adopts an LV that lvextend reloaded (udev change)",
+                 daemonReadopts).lasting(90),
         Scenario("adopt: a thin LV, a dm-crypt device, a zero-target device and a mounted loop device are refused (6), every table untouched",
                  refusals).lasting(80),
     ]
@@ -521,6 +523,66 @@ enum AdoptionScenarios {
                             "incremental image vs s2")
             try cli.ok("verify", image)
             try cli.ok("drop", "data-s2")
+
+            try cli.ok("unprotect", "data")
+            try expectReleased(lab, vg: vg, lv: lv, identity: before, lvmTable: grownTable, mountPoint: mountPoint)
+        }
+    }
+
+    static func daemonReadopts(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        try cli.ok("status")
+        try withVolumeGroup(lab, "vgdaemon", pvSizes: [.mebibytes(192)]) { vg in
+            vg.cli = cli
+            let lv = try vg.createLV("data", size: "64M")
+            let sectors: UInt64 = 64 << 11, grown: UInt64 = (64 + 32) << 11
+            let mountPoint = try vg.mountExt4(lv)
+            try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1M", "count=4", "conv=fsync", "status=none")
+            let lvmTable = try table(lab, lv.dmName)
+            let before = try identity(lab, lv.dmName)
+            let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: try DaemonScenarios.writeConfig(lab, "rules:\n"))
+            defer { _ = try? daemon.terminate() }
+            try daemon.waitReady()
+
+            // protect's own reload of the LV raises a change event the daemon must not take
+            // for a foreign one.
+            vg.adopted.append("data")
+            let protected = try cli.run(["protect", lv.path, "--name", "data", "--cbt-block", "64K"])
+            try expectEqual(protected.status, 0, "protect \(lv.path) while mounted (stderr: \(protected.stderr))")
+            try lab.sh("udevadm", "settle")
+            Thread.sleep(forTimeInterval: 2)
+            try expectAdopted(lab, lv: lv, name: "data", identity: before, lvmTable: lvmTable, sectors: sectors, cbtBlock: 128,
+                              "after protect with the daemon running")
+            try expectEqual(try deviceRow(cli, "data")["tracking"] as? String, "continuous", "tracking after protect with the daemon running")
+
+            let extended = try vg.lvmRun(["lvextend", "-q", "-L+32M", "\(vg.name)/data"])
+            try expectEqual(extended.status, 0, "lvextend of the adopted LV (stderr: \(extended.stderr))")
+            let deadline = Date().addingTimeInterval(90)
+            var grownTable = ""
+            while true {
+                try lab.sh("udevadm", "settle")
+                let top = try table(lab, lv.dmName)
+                if top.hasPrefix("0 \(grown) linear "), let real = try? number(lab, "snapstack-data-real"), top == "0 \(grown) linear \(real) 0" {
+                    grownTable = try table(lab, "snapstack-data-clone")
+                    break
+                }
+                guard Date() < deadline else {
+                    throw Failure(description: "the daemon did not re-adopt within 90 s: dmsetup table \(lv.dmName) is \(top); daemon log tail:\n\(daemon.logText.suffix(3000))")
+                }
+                usleep(250_000)
+            }
+            try expect(grownTable.split(separator: "\n").allSatisfy { $0.split(separator: " ")[2] == "linear" } && grownTable != lvmTable,
+                       "the clone's table after re-adoption: \(grownTable)")
+            try expectAdopted(lab, lv: lv, name: "data", identity: before, lvmTable: grownTable, sectors: grown, cbtBlock: 128,
+                              "after the daemon re-adopted")
+            try expectEqual(try sectorCount(lab, "/dev/mapper/snapstack-data-real"), grown, "size of snapstack-data-real")
+            try lab.sh("resize2fs", lv.path)
+            let path = try snapshot(lab, cli, lv: lv, name: "data", as: "s1", sectors: grown, fsck: true)
+            let image = lab.scratch.appendingPathComponent("daemon.img").path
+            _ = try ExportScenarios.export(cli, "data-s1", "--to", image)
+            try expectEqual(try ExportScenarios.fileSHA256(lab, image), try lab.sha256(path, length: Bytes(grown * 512)), "image vs s1")
+            try cli.ok("drop", "data-s1")
+            try expectEqual(try daemon.terminate(), 0, "the daemon's exit status")
 
             try cli.ok("unprotect", "data")
             try expectReleased(lab, vg: vg, lv: lv, identity: before, lvmTable: grownTable, mountPoint: mountPoint)
