@@ -148,15 +148,11 @@ extension Orchestrator {
                                  remedy: "protect a device that snapstack does not use for its own layers")
         }
         let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
-        let id = DeviceRecord.newID()
-        var record = DeviceRecord(
-            id: id, name: name, state: .protecting, sourcePath: devicePath,
-            sourceMajor: Int(facts.number.major), sourceMinor: Int(facts.number.minor),
-            sizeBytes: Int64(facts.size.rawValue), wwn: identity.wwn, serial: identity.serial,
-            partUUID: identity.partUUID, fsUUID: identity.fsUUID,
-            cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
-            eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date(),
-            adoptedName: live.rawValue, adoptedUUID: info.uuid, adoptedTable: table.description)
+        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock)
+        record.adoptedName = live.rawValue
+        record.adoptedUUID = info.uuid
+        record.adoptedTable = table.description
+        let id = record.id
         try database.insert(record)
         try reached(.protectRecorded)
         do {

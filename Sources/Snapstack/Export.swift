@@ -289,7 +289,14 @@ extension Orchestrator {
         }
         // An interruption is the first thing to say: it is why a grown volume's size differs.
         if !allowFull { try checkTrackingContinuous(device, since: base) }
-        guard base.blockSizeBytes == Int64(blockSize), base.deviceSizeBytes == device.sizeBytes else {
+        // An image holds one device size: a grown or shrunk volume starts a new image, even
+        // with --allow-full (which reads every block, but into the same geometry).
+        guard base.deviceSizeBytes == device.sizeBytes else {
+            throw SnapstackError(.refused, "export \(id) does not match \(device.name) any more",
+                                 why: "it is of \(base.deviceSizeBytes) bytes and \(device.name) has \(device.sizeBytes) now (resized, as by lvextend)",
+                                 remedy: "take a full export into a new image (--full)")
+        }
+        guard base.blockSizeBytes == Int64(blockSize) else {
             throw SnapstackError(.refused, "export \(id) does not match \(device.name) any more",
                                  why: "its block size or device size differs", remedy: "take a full export")
         }

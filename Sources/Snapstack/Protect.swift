@@ -116,14 +116,8 @@ extension Orchestrator {
             notice("warning: \(devicePath) has no serial, WWN, PARTUUID or filesystem UUID; after a reboot it is found again only at \(facts.number)")
         }
 
-        let id = DeviceRecord.newID()
-        var record = DeviceRecord(
-            id: id, name: name, state: .protecting, sourcePath: devicePath,
-            sourceMajor: Int(facts.number.major), sourceMinor: Int(facts.number.minor),
-            sizeBytes: Int64(facts.size.rawValue), wwn: identity.wwn, serial: identity.serial,
-            partUUID: identity.partUUID, fsUUID: identity.fsUUID,
-            cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
-            eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date())
+        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock)
+        let id = record.id
         try database.insert(record)
         try reached(.protectRecorded)
 
@@ -138,6 +132,19 @@ extension Orchestrator {
         refreshLVMFilter()
         event("protect", name, "protected \(devicePath) (\(facts.number)) as \(try record.topName().devicePath)")
         return try summary(of: record)
+    }
+
+    /// The record of a device being protected, with a new id and its era metadata's path.
+    func newRecord(name: String, devicePath: String, facts: BlockDeviceFacts, identity: DeviceIdentity,
+                   cbtBlock: Sectors?) -> DeviceRecord {
+        let id = DeviceRecord.newID()
+        return DeviceRecord(
+            id: id, name: name, state: .protecting, sourcePath: devicePath,
+            sourceMajor: Int(facts.number.major), sourceMinor: Int(facts.number.minor),
+            sizeBytes: Int64(facts.size.rawValue), wwn: identity.wwn, serial: identity.serial,
+            partUUID: identity.partUUID, fsUUID: identity.fsUUID,
+            cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
+            eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date())
     }
 
     /// Refuses a device that is not a dm device and is mounted, open or held: it cannot be

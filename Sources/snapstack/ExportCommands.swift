@@ -55,7 +55,8 @@ struct ExportCommand: ParsableCommand {
             interrupted after that export: an adopted volume that another program reloaded \
             (lvextend, lvchange --refresh, pvmove), whose writes bypassed the tracking until \
             it was adopted again. `snapstack devices -o +tracking,interrupted_reason` says \
-            when and why; take a full export, or add --allow-full to read every block.
+            when and why; take a full export, or add --allow-full to read every block. A \
+            resized volume needs a full export into a new image (exit 6).
 
             The image is marked incomplete before the first block is written and complete \
             after the last one is on disk. An export that is interrupted (Ctrl-C, a crash) \

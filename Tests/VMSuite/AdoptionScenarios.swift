@@ -503,7 +503,10 @@ enum AdoptionScenarios {
             /// with 10 and one line, the image untouched; then with --allow-full, every block
             /// read and the image equal to the snapshot. Returns the id of the export that
             /// completed (a plain full export when --allow-full failed, so the sequence goes on).
-            func refusedThenFull(_ snapshot: String, path: String, since base: String, size: UInt64, _ reload: String) throws -> String {
+            /// When the reload `resized` the LV, --allow-full is refused (6) too: an image holds
+            /// one device size, so the sequence goes on with a full export into a new image.
+            func refusedThenFull(_ snapshot: String, path: String, since base: String, size: UInt64, resized: Bool = false,
+                                 _ reload: String) throws -> String {
                 let imageBefore = try ExportScenarios.fileSHA256(lab, image)
                 let refused = try cli.run(["export", "data-\(snapshot)", "--to", image, "--since", base])
                 if refused.status != 10 || refused.stderr.split(separator: "\n").count != 1 {
@@ -514,7 +517,16 @@ enum AdoptionScenarios {
                 }
                 let full = try cli.run(["export", "data-\(snapshot)", "--to", image, "--since", base, "--allow-full", "--reportformat", "json"])
                 var id = ExportScenarios.lastLine(full.stdout)
-                if full.status == 0 {
+                if resized {
+                    if full.status != 6 || !full.stderr.contains("take a full export into a new image") {
+                        findings.append("after \(reload): export --since \(base) --allow-full of the resized LV exited \(full.status), expected 6 naming the new size; stderr: \(full.stderr)")
+                    }
+                    if try ExportScenarios.fileSHA256(lab, image) != imageBefore {
+                        findings.append("after \(reload): the refused --allow-full export changed the image")
+                    }
+                    image = lab.scratch.appendingPathComponent("reload-\(snapshot).img").path
+                    id = ExportScenarios.lastLine(try cli.ok("export", "data-\(snapshot)", "--to", image, "--full"))
+                } else if full.status == 0 {
                     let outcome = try ExportScenarios.outcome(full.stderr)
                     if outcome["read_everything"] as? Bool != true || (outcome["bytes_read"] as? NSNumber)?.uint64Value != size * 512 {
                         findings.append("after \(reload): --allow-full reported read_everything \(String(describing: outcome["read_everything"])), bytes_read \(String(describing: outcome["bytes_read"])) of \(size * 512)")
@@ -553,7 +565,7 @@ enum AdoptionScenarios {
             try readopted("lvextend", expected: grownTable, size: grown, held: "held2")
             try lab.sh("resize2fs", lv.path)
             let s2 = try snapshot(lab, cli, lv: lv, name: "data", as: "s2", sectors: grown, fsck: true)
-            let e2 = try refusedThenFull("s2", path: s2, since: e1, size: grown, "lvextend")
+            let e2 = try refusedThenFull("s2", path: s2, since: e1, size: grown, resized: true, "lvextend")
             try cli.ok("drop", "data-s2")
 
             // Tracking is exact again after the re-adoption.

@@ -66,6 +66,7 @@ var allScenarios: [Scenario] {
         + SignalScenarios.all
         + CrashCutScenarios.all
         + AdoptionScenarios.all
+        + PhysicalVolumeScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
