@@ -201,6 +201,11 @@ extension Orchestrator {
         }
         record.adoptedTable = table.description
         record.sizeBytes = Int64(table.size.rawValue * Sectors.size)
+        // After a reboot LVM may have given the volume another minor number.
+        if let number = try dm.info(live)?.number {
+            record.sourceMajor = Int(number.major)
+            record.sourceMinor = Int(number.minor)
+        }
         record.trackingInterruptedAt = Date()
         record.trackingInterruptedReason = why
         try database.update(record)
@@ -254,13 +259,13 @@ public struct Readoption: Sendable, Equatable {
 }
 
 extension Orchestrator {
-    /// For a change of the dm device at `number` (udev `change`, which every resume of it
-    /// sends): when it is an adopted device that no longer maps through its stack, adopts it
-    /// again, recording the interruption. nil when it is not adopted, or maps through its stack.
-    public func readoptIfBypassed(_ number: DeviceNumber) throws -> Readoption? {
-        guard let device = try database.devices().first(where: {
-            $0.isAdopted && $0.state == .protected && $0.sourceMajor == Int(number.major) && $0.sourceMinor == Int(number.minor)
-        }) else { return nil }
+    /// For a change of the dm device `name` (udev `change`, which every resume of it sends,
+    /// also LVM's activation of it at boot): when it is an adopted device that no longer maps
+    /// through its stack, adopts it again, recording the interruption. nil when it is not
+    /// adopted, or maps through its stack. By name, as LVM names a volume across reboots; its
+    /// number may differ from boot to boot.
+    public func readoptIfBypassed(dmName name: String) throws -> Readoption? {
+        guard let device = try database.devices().first(where: { $0.adoptedName == name && $0.state == .protected }) else { return nil }
         guard case .bypassed(let table, let why) = try trackingCheck(device) else { return nil }
         try readopt(device, table: table, why: why)
         return Readoption(name: device.name, why: why)

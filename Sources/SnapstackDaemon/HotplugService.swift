@@ -219,12 +219,12 @@ struct HotplugService: Service {
     /// that another program reloaded (lvextend, lvchange --refresh, pvmove), its tracking is
     /// recorded as interrupted and it is adopted again over its new table, at once.
     func changed(_ device: UdevDevice) async {
-        guard device.properties["DM_NAME"] != nil, !Self.isOurs(device, stateDirectory: options.stateDirectory) else { return }
+        guard let name = device.properties["DM_NAME"], !Self.isOurs(device, stateDirectory: options.stateDirectory) else { return }
         var log = logger
         log[metadataKey: "device"] = "\(device.deviceNode ?? device.sysName)"
         log[metadataKey: "action"] = "change"
         do {
-            guard let outcome = try await locked("check the tracking of \(device.sysName)", { try $0.readoptIfBypassed(device.number) }) else { return }
+            guard let outcome = try await locked("check the tracking of \(device.sysName)", { try $0.readoptIfBypassed(dmName: name) }) else { return }
             log.warning("change tracking of \(outcome.name) interrupted: \(outcome.why); adopted again over its new table; the next incremental needs a full export",
                         metadata: ["name": "\(outcome.name)"])
         } catch {

@@ -131,6 +131,28 @@ import Testing
         #expect(device.trackingInterruptedReason?.contains("did not map through") == true)
     }
 
+    @Test func afterARebootTheVolumeIsAdoptedAgainWhenLVMActivatesItUnderAnotherNumber() throws {
+        let lab = try lab()
+        try lab.orchestrator().protect(devicePath: "/dev/mapper/vg-data", name: "data",
+                                       options: ProtectOptions(cbtBlock: .mebibytes(1)))
+        lab.kernel.reboot()
+        // LVM activates the volume again, its table its own, at another minor.
+        try lab.kernel.create(try DMName("other"), uuid: nil, table: try Table(parsing: "0 8 zero"), readOnly: false, udevFlags: [])
+        try lab.kernel.create(try DMName(Self.volume), uuid: try DMUUID("LVM-abcdefabcdefabcdef"),
+                              table: try Table(parsing: Self.lvmTable), readOnly: false, udevFlags: [])
+        let outcome = try #require(try lab.orchestrator().readoptIfBypassed(dmName: Self.volume))
+        #expect(outcome.name == "data")
+        #expect(outcome.why.contains("did not map through"))
+        let real = try number(lab, "snapstack-data-real")
+        #expect(try table(lab, Self.volume) == "0 65536 linear \(real) 0")
+        let device = try lab.orchestrator().device(named: "data")
+        #expect(DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor)) == (try number(lab, Self.volume)))
+        #expect(try lab.orchestrator().deviceSummary(named: "data").tracking == .interrupted)
+        // Mapping through its stack, a change of it is left alone.
+        #expect(try lab.orchestrator().readoptIfBypassed(dmName: Self.volume) == nil)
+        #expect(try lab.orchestrator().readoptIfBypassed(dmName: "other") == nil)
+    }
+
     @Test func tablesThatCannotBeClonedAreRefusedWithTheReason() throws {
         let cases: [(String, String)] = [
             ("0 2048 thin 253:3 1", "thin volume"),
