@@ -137,10 +137,11 @@ dump_hang() {
 }
 must() {
     # The watchdog, in the background, so that the command itself runs in the foreground untouched.
-    (trap 'kill $! 2>/dev/null; exit 0' TERM; sleep "$limit_s" & wait $!; dump_hang "$@"; pkill -9 -P $$ -f "$1" 2>/dev/null) &
+    (exec 3>&2 2>/dev/null; sleep "$limit_s" && { dump_hang "$@" 2>&3; pkill -9 -P $$ -f "$1"; }) &
     local watchdog=$! status=0
     "$@" >"$work/out" 2>&1 || status=$?
-    kill $watchdog 2>/dev/null; wait $watchdog 2>/dev/null || true
+    pkill -P $watchdog sleep 2>/dev/null || true
+    wait $watchdog 2>/dev/null || true
     if ((status)); then
         echo "adopt.sh: FAILED: $*" >&2
         sed 's/^/    /' "$work/out" >&2
