@@ -99,10 +99,14 @@ lvcreate -q -y -L ${lv_mb}M -n wlv benchvg /dev/ram0 >/dev/null
 # A writecache's cachevol must be inactive to be attached (and an inactive LV cannot be zeroed).
 lvcreate -q -y -an -Zn -L ${fast_mb}M -n fast benchvg /dev/ram1 >/dev/null 2>&1
 udevadm settle
+# lvcreate -s registers its snapshot with dmeventd, starting the daemon when none runs: strace -f
+# would follow it and wait for it forever. Started here, it is running before any traced command.
+dmeventd
 
 writer_pid=
 cleanup() {
     set +e
+    [[ -z ${SNAPSTACK_BENCH_TRACES:-} ]] || cp "$work"/*.trace "$runs" "$writes" "$wlog" "$SNAPSTACK_BENCH_TRACES/" 2>/dev/null
     # A device left suspended would hang every later step (a frozen file system above all).
     dmsetup info -c --noheadings -o name,suspended 2>/dev/null | awk -F: '$2 == "Suspended" {print $1}' |
         while read -r d; do dmsetup resume "$d"; done
@@ -268,7 +272,6 @@ write_part() {
 
 [[ $part == write ]] || freeze_part
 [[ $part == freeze ]] || write_part
-[[ -z ${SNAPSTACK_BENCH_TRACES:-} ]] || cp "$work"/*.trace "$runs" "$writes" "$wlog" "$SNAPSTACK_BENCH_TRACES/" 2>/dev/null || true
 
 # ---- report -------------------------------------------------------------------------------
 python3 - "$runs" "$wlog" "$writes" "$reps" "$runtime" "$json" "$lv_mb" "$fast_mb" "$snap_mb" <<'PY'
