@@ -16,15 +16,15 @@ import Foundation
 enum AdoptionScenarios {
     static let all: [Scenario] = [
         Scenario("adopt a mounted LV under a writer: same node, fs stays mounted; snapshot fsck-clean; full + 3 incrementals equal each snapshot; changes agree with era_invalidate; unprotect gives LVM's table back",
-                 mountedLV).lasting(150),
+                 mountedLV).lasting(260),
         Scenario("adopt a striped LV by its /dev/mapper path: clone carries the striped table; full + 1 incremental equal each snapshot",
-                 stripedLV).lasting(90),
+                 stripedLV).lasting(140),
         Scenario("adopt: lvchange --refresh, then lvextend, of an adopted LV interrupt tracking; reconcile re-adopts (at the new size); held snapshots invalid; export --since refused (10), --allow-full reads all; unprotect gives the grown table back",
-                 foreignReload).lasting(150),
+                 foreignReload).lasting(190),
         Scenario("adopt: the running daemon leaves its own reloads alone and re-adopts an LV that lvextend reloaded (udev change)",
-                 daemonReadopts).lasting(90),
+                 daemonReadopts).lasting(70),
         Scenario("adopt: a thin LV, a dm-crypt device, a zero-target device and a mounted loop device are refused (6), every table untouched",
-                 refusals).lasting(80),
+                 refusals).lasting(90),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
@@ -303,7 +303,8 @@ enum AdoptionScenarios {
     /// snapshot, and return its path.
     static func snapshot(_ lab: Lab, _ cli: CLI, lv: LogicalVolume, name: String, as snapshot: String, sectors: UInt64,
                          fsck: Bool) throws -> String {
-        let path = lab.lastLineOf(try cli.ok("snapshot", name, "--as", snapshot, "--size", "100%"))
+        // Half the origin: more than the writer's 16 MiB region and a round's writes can fill.
+        let path = lab.lastLineOf(try cli.ok("snapshot", name, "--as", snapshot, "--size", "50%"))
         try expectEqual(path, "/dev/mapper/snapstack-\(name)-\(snapshot)", "snapshot's output")
         let real = try number(lab, "snapstack-\(name)-real")
         try expectEqual(try table(lab, lv.dmName), "0 \(sectors) snapshot-origin \(real)",
@@ -322,14 +323,17 @@ enum AdoptionScenarios {
                              rounds: Int, image: String) throws -> (id: String, era: Int64) {
         let size = Bytes(sectors * 512)
         let deviceID = try deviceRow(cli, name)["id"] as? String ?? ""
+        var started = Date()
         let first = try snapshot(lab, cli, lv: lv, name: name, as: "r0", sectors: sectors, fsck: true)
         var (base, full) = try ExportScenarios.export(cli, "\(name)-r0", "--to", image)
         try expectEqual(full["kind"] as? String, "full", "first export's kind")
         try expectEqual(try ExportScenarios.fileSHA256(lab, image), try lab.sha256(first, length: size), "full image vs snapshot r0")
         try cli.ok("drop", "\(name)-r0")
+        print(String(format: "      full export: %.1f s for snapshot, fsck, export and both checksums", Date().timeIntervalSince(started)))
         let blockSize = (full["block_size"] as? NSNumber)?.uint64Value ?? 0
         var baseEra = (full["era"] as? NSNumber)?.int64Value ?? -1
         for round in 1...rounds {
+            started = Date()
             try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/new\(round)", "bs=64k", "count=\(8 * round)", "status=none")
             try lab.sh("sh", "-c", "head -c \(1000 * round + 123) /dev/urandom > \"$1\"", "sh", "\(mountPoint)/small\(round)")
             try lab.sh("sync")
@@ -345,7 +349,8 @@ enum AdoptionScenarios {
                        "round \(round): read \(read) bytes, era_invalidate reports \(changed.count) blocks of \(blockSize)")
             try expect(changed.count < Int(sectors * 512 / blockSize) / 2,
                        "round \(round): \(changed.count) blocks changed, too many to mean anything")
-            print("      round \(round): read \(read / 1024) KiB for \(changed.count) changed blocks")
+            print(String(format: "      round %d: read %d KiB for %d changed blocks, %.1f s", round, Int(read / 1024), changed.count,
+                         Date().timeIntervalSince(started)))
             try cli.ok("drop", "\(name)-r\(round)")
             base = id
             baseEra = (outcome["era"] as? NSNumber)?.int64Value ?? -1
@@ -390,8 +395,10 @@ enum AdoptionScenarios {
             vg.writers.append(writer)
             try writer.waitForPasses(3, "before protect")
             vg.adopted.append("data")
+            let protectStarted = Date()
             let protected = try cli.run(["protect", lv.path, "--name", "data", "--cbt-block", "64K"])
             try expectEqual(protected.status, 0, "protect \(lv.path) while mounted (stderr: \(protected.stderr))")
+            print(String(format: "      protect under the writer: %.1f s", Date().timeIntervalSince(protectStarted)))
             let afterProtect = writer.passes
             try expectAdopted(lab, lv: lv, name: "data", identity: before, lvmTable: lvmTable, sectors: sectors, cbtBlock: 128,
                               "after protect")
