@@ -139,6 +139,12 @@ extension Orchestrator {
             throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: "\(live.devicePath) is suspended",
                                  remedy: "find who suspended it (an LVM command still running?) and let it finish")
         }
+        // LVM's own hidden layers (a snapshot's -real and -cow, a pool's data) carry its UUID
+        // with a suffix: LVM reloads them as it likes.
+        if let uuid = info.uuid, uuid.hasPrefix("LVM-"), uuid.utf8.count > 68 {
+            throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: "it is an internal layer of an LVM volume (\(uuid.replacingNewlines))",
+                                 remedy: "protect the volume itself")
+        }
         let table = try dm.table(live)
         if let (why, remedy) = Adoption.refusal(of: table, device: live.rawValue) {
             throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: why, remedy: remedy)
@@ -209,10 +215,16 @@ extension Orchestrator {
         record.trackingInterruptedAt = Date()
         record.trackingInterruptedReason = why
         try database.update(record)
-        try run(try StackBuild.plan(record, newMetadata: false, withSnapshots: false), for: record,
-                source: DeviceNumber(major: UInt32(record.sourceMajor), minor: UInt32(record.sourceMinor)))
-        // A new era starts here; every write the bypass let through is in an earlier one.
+        // The layers first, then the interruption's era recorded, and only then the volume
+        // switched over: a crash before the switch leaves it bypassing the stack, which the
+        // next check adopts again; after it, the era is on record. Never the other way round,
+        // which would leave the volume tracked with nothing saying that writes were missed.
+        let steps = try StackBuild.plan(record, newMetadata: false, withSnapshots: false)
+        let switchover = steps.firstIndex { if case .reloadLive = $0 { true } else { false } } ?? steps.endIndex
+        let source = DeviceNumber(major: UInt32(record.sourceMajor), minor: UInt32(record.sourceMinor))
+        try run(Array(steps[..<switchover]), for: record, source: source)
         if record.cbtBlockSectors != nil {
+            // A new era starts here; every write the bypass let through is in an earlier one.
             let real = try Layout.realName(record.name)
             try dm.message(real, era: .checkpoint)
             guard case .era(let status)? = try dm.status(real).first?.status else {
@@ -221,6 +233,7 @@ extension Orchestrator {
             record.trackingInterruptedEra = Int64(status.currentEra)
             try database.update(record)
         }
+        try run(Array(steps[switchover...]), for: record, source: source)
         event(TrackingEvent.interrupted, device.name, "change tracking interrupted: \(why); adopted again over its current table (\(record.sizeBytes) bytes)")
     }
 
