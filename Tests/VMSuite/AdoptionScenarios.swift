@@ -101,6 +101,9 @@ enum AdoptionScenarios {
                 problems.append("still protected at the end (unprotect --force run): \(left("snapstack-\(device)").joined(separator: ", "))")
                 if let cli { _ = try? cli.run(["unprotect", device, "--force"]) }
             }
+            // An unprotected PV disk is announced again, and LVM's event activation may map its
+            // LVs: let that happen before the deactivation, not after it.
+            _ = try? lab.run(["udevadm", "settle"], allowFailure: true)
             _ = try? lvmRun(["vgchange", "-q", "-an", name])
             // What LVM and unprotect left behind: snapshots first, then -real, then the rest.
             var pending = adopted.flatMap { left("snapstack-\($0)") } + left("\(name)-")
