@@ -192,38 +192,15 @@ struct Restic {
     }
 
     private func run(_ arguments: [String]) throws -> (Int32, String, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [executable] + arguments
-        process.standardInput = FileHandle.nullDevice
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        do { try process.run() } catch {
+        let child: ChildProcess
+        do { child = try ChildProcess.run("/usr/bin/env", [executable] + arguments) } catch {
             throw SnapstackError(.failed, "cannot run restic", why: "\(error)", remedy: "install it (apt install restic)", cause: error)
         }
-        // stderr is drained beside stdout, so that a child filling one pipe cannot stall.
-        let errorData = LockedData()
-        let drained = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            errorData.set(err.fileHandleForReading.readDataToEndOfFile())
-            drained.signal()
-        }
-        let output = out.fileHandleForReading.readDataToEndOfFile()
-        drained.wait()
-        process.waitUntilExit()
-        if process.terminationStatus == 127 {
+        if child.status == 127 {
             throw SnapstackError(.failed, "cannot run restic", why: "it is not installed", remedy: "install it (apt install restic)")
         }
-        return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errorData.get(), as: UTF8.self))
+        return (child.status, child.stdout, child.stderr)
     }
-}
-
-private final class LockedData: @unchecked Sendable {
-    private let lock = NSLock()
-    private var data = Data()
-    func set(_ value: Data) { lock.withLock { data = value } }
-    func get() -> Data { lock.withLock { data } }
 }
 
 private extension String {
