@@ -29,6 +29,10 @@ let package = Package(
         .systemLibrary(
             name: "CXXHash", pkgConfig: "libxxhash",
             providers: [.apt(["libxxhash-dev"])]),
+        // liblvm2cmd ships no pkg-config file: its module map names the library.
+        .systemLibrary(
+            name: "CLVM2Cmd",
+            providers: [.apt(["liblvm2-dev"])]),
         // The few things Swift cannot do itself: libdm's variadic logger, flexible array
         // members, and kernel constants that Glibc's module map leaves out.
         .target(
@@ -92,6 +96,11 @@ let package = Package(
         .target(
             name: "KernelSimulator",
             dependencies: ["Snapstack", "DeviceMapper", "BlockIO", .product(name: "SystemPackage", package: "swift-system")]),
+        // One LVM command in-process through liblvm2cmd: the child side of `LVMTool`, run by
+        // `snapstack lvm-exec` so that liblvm2cmd's process-wide settings stay out of snapstack.
+        .target(
+            name: "LVMExec",
+            dependencies: ["CLVM2Cmd"]),
         // `snapstack daemon`: service lifecycle, udev monitor, policy, store watch.
         .target(
             name: "SnapstackDaemon",
@@ -101,7 +110,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "snapstack",
-            dependencies: ["Snapstack", "SnapstackDaemon", "Images", "SnapstackErrors", "Reports", "CopyEngine",
+            dependencies: ["Snapstack", "SnapstackDaemon", "Images", "SnapstackErrors", "Reports", "CopyEngine", "LVMExec",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // Unit tier: no root, no kernel device-mapper.

@@ -57,10 +57,27 @@ public final class SimulatedKernel: Sendable {
         public var links: [String] = []
     }
 
+    /// An LVM volume group: its volumes are disks at `/dev/<group>/<name>`.
+    public struct VolumeGroup: Equatable, Sendable {
+        public var size: Bytes
+        public var extentSize: Bytes
+        public var physicalVolumes: [String]
+        public var volumes: [String: (tags: [String], size: Bytes)] = [:]
+
+        public static func == (a: Self, b: Self) -> Bool {
+            a.size == b.size && a.extentSize == b.extentSize && a.physicalVolumes == b.physicalVolumes
+                && a.volumes.mapValues { "\($0.tags) \($0.size.rawValue)" } == b.volumes.mapValues { "\($0.tags) \($0.size.rawValue)" }
+        }
+
+        public var free: Bytes { Bytes(size.rawValue - volumes.values.reduce(0) { $0 + $1.size.rawValue }) }
+    }
+
     public struct State: Equatable, Sendable {
         public var devices: [String: Device] = [:]
         public var loops: [Int: Loop] = [:]
         public var disks: [String: Disk] = [:]
+        public var volumeGroups: [String: VolumeGroup] = [:]
+        public var nextVolumeMinor: UInt32 = 0
         public var nextDMMinor: UInt32 = 0
         /// Every change made, in order (`create snapstack-a`, `suspend snapstack-a`, ...).
         public var log: [String] = []
@@ -78,7 +95,7 @@ public final class SimulatedKernel: Sendable {
     }
 
     /// The orchestrator's view of this kernel.
-    public var kernel: Kernel { Kernel(deviceMapper: self, host: self) }
+    public var kernel: Kernel { Kernel(deviceMapper: self, host: self, volumes: self) }
 
     // MARK: What a test does to it
 
@@ -111,13 +128,18 @@ public final class SimulatedKernel: Sendable {
         }
     }
 
+    /// An LVM volume group of `size` on the disks `physicalVolumes`, with 4 MiB extents.
+    public func makeVolumeGroup(_ name: String, size: Bytes, physicalVolumes: [String]) {
+        state.withLock { $0.volumeGroups[name] = VolumeGroup(size: size, extentSize: .mebibytes(4), physicalVolumes: physicalVolumes) }
+    }
+
     /// The state as it is now: what a crash at this instant leaves.
     public func capture() -> State { state.withLock { $0 } }
 
     /// Puts back a captured state; the log is kept as it was captured.
     public func restore(_ captured: State) { state.withLock { $0 = captured } }
 
-    /// A reboot: device-mapper and loop devices are gone, disks stay.
+    /// A reboot: device-mapper and loop devices are gone, disks and logical volumes stay.
     public func reboot() {
         state.withLock {
             $0.devices = [:]

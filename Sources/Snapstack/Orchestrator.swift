@@ -18,6 +18,8 @@ public final class Orchestrator {
     /// The kernel's device-mapper, and the rest of the host: the only way out of the process.
     let dm: any DeviceMapperControl
     let host: any HostDevices
+    /// LVM, for the snapshot stores snapstack puts on volumes of its own.
+    let volumes: any LogicalVolumes
     private let lock: StateLock
     /// How long to wait for a lock: the state's, and LVM's on an adopted volume's group.
     let lockTimeout: Double
@@ -36,6 +38,7 @@ public final class Orchestrator {
         self.lockTimeout = lockTimeout
         dm = kernel.deviceMapper
         host = kernel.host
+        volumes = kernel.volumes
         do {
             try FileManager.default.createDirectory(
                 atPath: stateDirectory.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])

@@ -3,6 +3,7 @@ import BlockIO
 import Foundation
 import Reports
 import Snapstack
+import LVMExec
 
 struct ProtectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -147,5 +148,21 @@ struct FailpointsCommand: ParsableCommand {
 
     func run() {
         for point in Failpoint.allCases { Output.print("\(point.rawValue)\t\(point.summary)") }
+    }
+}
+
+/// The child side of `LVMTool`: one LVM command through liblvm2cmd, in a process of its own.
+struct LVMExecCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lvm-exec",
+        abstract: "Run one LVM command through liblvm2cmd (used by snapstack itself).",
+        shouldDisplay: false)
+
+    @Argument(parsing: .captureForPassthrough, help: "The LVM command and its arguments.")
+    var words: [String] = []
+
+    func run() throws {
+        let status = LVMExec.run(words)
+        if status != 0 { throw ExitCode(status) }
     }
 }

@@ -58,12 +58,14 @@ public protocol HostDevices: Sendable {
 public struct Kernel: Sendable {
     public var deviceMapper: any DeviceMapperControl
     public var host: any HostDevices
+    public var volumes: any LogicalVolumes
 
-    public init(deviceMapper: any DeviceMapperControl, host: any HostDevices) {
+    public init(deviceMapper: any DeviceMapperControl, host: any HostDevices, volumes: any LogicalVolumes) {
         self.deviceMapper = deviceMapper
         self.host = host
+        self.volumes = volumes
     }
 
     /// This machine's kernel.
-    public static var live: Kernel { Kernel(deviceMapper: DeviceMapperClient(), host: LinuxHost()) }
+    public static var live: Kernel { Kernel(deviceMapper: DeviceMapperClient(), host: LinuxHost(), volumes: LVMTool()) }
 }
