@@ -81,8 +81,8 @@ public struct StoreUsage: Sendable, Equatable {
     /// The protected device it is a snapshot of.
     public var origin: String
     public var originSize: Bytes
-    /// The store is a file snapstack made (and can grow), not a block device.
-    public var storeIsFile: Bool
+    /// The store is a file or logical volume snapstack made (and can grow), not a block device.
+    public var storeIsGrowable: Bool
     public var storePath: String
     /// The size recorded in the database.
     public var storeSize: Bytes
@@ -91,13 +91,13 @@ public struct StoreUsage: Sendable, Equatable {
     /// True once `dropOverflowed` found it invalid but could not drop it (open).
     public var markedInvalid: Bool
 
-    public init(name: String, snapshotID: String, origin: String, originSize: Bytes, storeIsFile: Bool,
+    public init(name: String, snapshotID: String, origin: String, originSize: Bytes, storeIsGrowable: Bool,
                 storePath: String, storeSize: Bytes, chunk: Bytes, condition: Condition, markedInvalid: Bool = false) {
         self.name = name
         self.snapshotID = snapshotID
         self.origin = origin
         self.originSize = originSize
-        self.storeIsFile = storeIsFile
+        self.storeIsGrowable = storeIsGrowable
         self.storePath = storePath
         self.storeSize = storeSize
         self.chunk = chunk
@@ -179,7 +179,7 @@ extension Orchestrator {
     public func extend(snapshot argument: String, _ change: StoreSizeChange, reason: String? = nil) throws -> ExtendResult {
         let (found, device) = try snapshot(named: argument)
         let label = "\(device.name)-\(found.name)"
-        guard found.storeKind == .file else {
+        guard found.storeKind != .device else {
             throw SnapstackError(.refused, "cannot extend \(label): its store is the block device \(found.storePath)",
                                  why: "snapstack grows only the store files it makes",
                                  remedy: "grow that device itself (e.g. lvextend): the kernel reads the store's size at every new chunk")

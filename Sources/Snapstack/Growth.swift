@@ -64,14 +64,23 @@ extension Orchestrator {
                 try database.begin(growth)
             case .growFile:
                 do {
-                    try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
+                    if snapshot.storeKind == .volume {
+                        size = try growVolume(snapshot, to: target)
+                    } else {
+                        try host.growFile(path, to: target, preallocate: true, zeroFill: zeroFill(Self.storeZeroFill, for: path))
+                    }
                 } catch {
                     // grow leaves the file as it was (cut back on a failed fallocate): nothing to finish.
                     _ = try? database.abandonStoreGrowth(snapshotID: snapshot.id)
                     let full = (error as? BlockIOError)?.errno == .noSpace
                     throw SnapstackError(.failed, "cannot grow the store of \(label) to \(Self.describe(target))", why: "\(error)",
-                                         remedy: full ? "free space on the file system of \(snapshot.storePath)" : nil, cause: error)
+                                         remedy: full ? "free space on the file system of \(snapshot.storePath)"
+                                                : snapshot.storeKind == .volume ? "add room to its volume group (vgextend), or drop the snapshot" : nil,
+                                         cause: error)
                 }
+            case .completeFile where snapshot.storeKind == .volume:
+                // lvextend leaves a volume already that large alone.
+                try failing("cannot grow the store of \(label)") { size = try growVolume(snapshot, to: target) }
             case .completeFile:
                 try failing("cannot grow the store of \(label)") {
                     let existing = (try? FileManager.default.attributesOfItem(atPath: snapshot.storePath)[.size] as? NSNumber)?.uint64Value
@@ -106,5 +115,14 @@ extension Orchestrator {
             }
         }
         return kernelSize
+    }
+}
+
+extension Orchestrator {
+    /// Grows a store volume to at least `target`; returns its size, whole extents.
+    func growVolume(_ snapshot: SnapshotRecord, to target: Bytes) throws -> Bytes {
+        let (group, name) = try Self.volumeParts(snapshot.storePath)
+        try volumes.extendVolume(group: group, name: name, to: target)
+        return try volumes.volumes(tagged: Self.volumeTag).first { $0.group == group && $0.name == name }?.size ?? target
     }
 }

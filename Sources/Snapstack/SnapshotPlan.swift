@@ -37,7 +37,11 @@ struct SnapshotSetPlan: Sendable {
     var steps: [SnapshotStep] {
         var steps: [SnapshotStep] = []
         for index in members.indices {
-            if !storeLocation.isDevice { steps.append(.createStoreFile(member: index)) }
+            switch storeLocation {
+            case .directory: steps.append(.createStoreFile(member: index))
+            case .volumeGroup: steps.append(.createStoreVolume(member: index))
+            case .device: break
+            }
             steps.append(.attachStore(member: index))
         }
         steps.append(.reached(.snapshotStoreAttached))
@@ -60,6 +64,8 @@ struct SnapshotSetPlan: Sendable {
 enum SnapshotStep: Equatable, Sendable, CustomStringConvertible {
     /// The member's store file, written with zeros at its start (see `storeZeroFill`).
     case createStoreFile(member: Int)
+    /// The member's store volume, tagged as snapstack's, its start zeroed by LVM.
+    case createStoreVolume(member: Int)
     /// The store's loop device (a file) or the store device itself.
     case attachStore(member: Int)
     /// The snapshot device with its table loaded, inactive.
@@ -80,6 +86,7 @@ enum SnapshotStep: Equatable, Sendable, CustomStringConvertible {
     var description: String {
         switch self {
         case .createStoreFile(let member): "create-store-file \(member)"
+        case .createStoreVolume(let member): "create-store-volume \(member)"
         case .attachStore(let member): "attach-store \(member)"
         case .prepareSnapshot(let member): "prepare-snapshot \(member)"
         case .loadOriginTable(let member): "load-origin-table \(member)"
@@ -109,12 +116,25 @@ extension Orchestrator {
             throw SnapstackError(.invalidArgument, "invalid chunk size \(options.chunk.rawValue) bytes",
                                  why: "it must be a power of two from 4 KiB to 512 MiB")
         }
-        let members = try names.map { try planMember($0, snapshotName: snapshotName, options: options) }
+        var members = try names.map { try planMember($0, snapshotName: snapshotName, options: options) }
         let memberDevices = Set(members.flatMap { member -> [DeviceNumber] in
             [DeviceNumber(major: UInt32(member.device.sourceMajor), minor: UInt32(member.device.sourceMinor)),
              member.realNumber, (try? self.number(of: member.top)) ?? member.realNumber]
         })
         let location = try resolveStore(options.store, memberCount: members.count, memberDevices: memberDevices)
+        if case .volumeGroup(let group) = location {
+            // LVM allocates whole extents: the plan records the size the volume will have.
+            let extent = max(group.extentSize.rawValue, 1)
+            for index in members.indices {
+                let size = members[index].storeSize.rawValue
+                members[index].storeSize = Bytes(size.roundedUp(toMultipleOf: extent) ?? size)
+            }
+            let needed = members.reduce(UInt64(0)) { $0.addingReportingOverflow($1.storeSize.rawValue).partialValue }
+            guard needed <= group.free.rawValue else {
+                throw SnapstackError(.refused, "the volume group \(group.name) has \(Self.describe(group.free)) free; the stores need \(Self.describe(Bytes(needed)))",
+                                     remedy: "give a smaller --size, or add a disk to it (vgextend)")
+            }
+        }
         return SnapshotSetPlan(name: snapshotName, chunk: chunkSectors, members: members, storeLocation: location)
     }
 
@@ -165,5 +185,13 @@ extension Orchestrator {
         }
         bytes = Bytes(min(bytes.rawValue, origin.rawValue + origin.rawValue / 16 + (1 << 20)))
         return Bytes((bytes.rawValue + chunk.rawValue - 1) / chunk.rawValue * chunk.rawValue)
+    }
+}
+
+private extension UInt64 {
+    /// nil past `UInt64.max`.
+    func roundedUp(toMultipleOf step: UInt64) -> UInt64? {
+        let (sum, overflow) = addingReportingOverflow(step - 1)
+        return overflow ? nil : sum / step * step
     }
 }

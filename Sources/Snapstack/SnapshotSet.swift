@@ -114,10 +114,11 @@ extension Orchestrator {
             switch plan.storeLocation {
             case .directory(let directory): path = directory.appending("\(member.device.id)-\(id).cow").string
             case .device(let device): path = device
+            case .volumeGroup(let group): path = group.name + "/" + Self.storeVolumeName(deviceID: member.device.id, snapshotID: id)
             }
             let record = SnapshotRecord(
                 id: id, setID: set.id!, deviceID: member.device.id, name: plan.name, state: .creating,
-                storeKind: plan.storeLocation.isDevice ? .device : .file, storePath: path,
+                storeKind: plan.storeLocation.storeKind, storePath: path,
                 storeSizeBytes: Int64(member.storeSize.rawValue), chunkSectors: Int(plan.chunk.rawValue), era: nil, createdAt: now)
             try database.insert(record)
             records.append(record)
@@ -133,6 +134,11 @@ extension Orchestrator {
             try failing("cannot create the COW store \(path)") {
                 try host.createFile(path, size: members[index].storeSize, preallocate: true,
                                     zeroFill: zeroFill(Self.storeZeroFill, for: path))
+            }
+        case .createStoreVolume(let index):
+            let (group, name) = try Self.volumeParts(run.records[index].storePath)
+            try failing("cannot create the COW store \(group)/\(name)") {
+                try volumes.createVolume(group: group, name: name, size: members[index].storeSize, tag: Self.volumeTag)
             }
         case .attachStore(let index):
             run.cows[index] = try attachStore(run.records[index])
@@ -214,12 +220,32 @@ extension Orchestrator {
     enum StoreLocation: Sendable {
         case directory(FilePath)
         case device(String)
-        var isDevice: Bool { if case .device = self { true } else { false } }
+        /// A new logical volume per snapshot in this volume group.
+        case volumeGroup(VolumeGroupFacts)
+
+        var storeKind: StoreKind {
+            switch self {
+            case .directory: .file
+            case .device: .device
+            case .volumeGroup: .volume
+            }
+        }
     }
 
+    /// The logical volume holding a snapshot's store: named by ids, as store files are, since
+    /// LVM allows fewer characters in names than snapstack does.
+    static func storeVolumeName(deviceID: String, snapshotID: String) -> String { "snapstack-\(deviceID)-\(snapshotID)" }
+
+    /// The tag of every logical volume snapstack makes: what the orphan sweep looks for.
+    static let volumeTag = "snapstack"
+
     /// Where COW data goes, refused when it lives on a device of the set: copy-on-write data
-    /// written through the origin it protects would recurse into the snapshot.
+    /// written through the origin it protects would recurse into the snapshot. An argument
+    /// without a `/` names an LVM volume group (`./name` for a directory here).
     func resolveStore(_ argument: String?, memberCount: Int, memberDevices: Set<DeviceNumber>) throws -> StoreLocation {
+        if let argument, !argument.contains("/") {
+            return try resolveVolumeGroup(argument, memberDevices: memberDevices)
+        }
         let path = argument ?? storeDirectory.string
         if argument == nil {
             try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
@@ -259,11 +285,35 @@ extension Orchestrator {
         return location
     }
 
+    private func resolveVolumeGroup(_ name: String, memberDevices: Set<DeviceNumber>) throws -> StoreLocation {
+        guard LVMNames.isValid(name) else {
+            throw SnapstackError(.invalidArgument, "\"\(name.replacingNewlines)\" is not a volume group name",
+                                 why: "a --store without a / names an LVM volume group",
+                                 remedy: "name a directory as ./\(name.replacingNewlines), or a volume group LVM lists in `vgs`")
+        }
+        var found: VolumeGroupFacts?
+        try failing("cannot read the volume group \(name)") { found = try volumes.volumeGroup(named: name) }
+        guard let group = found else {
+            throw SnapstackError(.notFound, "no volume group \(name)", why: "LVM knows no volume group of that name",
+                                 remedy: "name one that `vgs` lists, or a directory as ./\(name)")
+        }
+        for pv in group.physicalVolumes {
+            guard let number = try? host.facts(of: FilePath(pv)).number else { continue }
+            if !host.underlyingDevices(of: number).isDisjoint(with: memberDevices) {
+                throw SnapstackError(.refused, "the volume group \(name) is on a device of the snapshot set (\(pv))",
+                                     why: "copy-on-write data written through the origin it protects would recurse",
+                                     remedy: "put the store in a volume group on another disk")
+            }
+        }
+        return .volumeGroup(group)
+    }
+
     /// The COW device of a snapshot, its loop device attached if it is a file.
     func attachStore(_ record: SnapshotRecord) throws -> DeviceReference {
         switch record.storeKind {
         case .file: return .number(try attach(FilePath(record.storePath)).number)
         case .device: return try DeviceReference.checkedPath(record.storePath)
+        case .volume: return try DeviceReference.checkedPath("/dev/" + record.storePath)
         }
     }
 
@@ -271,11 +321,26 @@ extension Orchestrator {
     func removeSnapshotArtifacts(_ record: SnapshotRecord, of device: DeviceRecord) throws {
         try failing("cannot remove \(device.name)-\(record.name)") {
             try dm.remove(try Layout.snapshotName(device.name, record.name))
-            if record.storeKind == .file {
+            switch record.storeKind {
+            case .file:
                 try detach(FilePath(record.storePath))
                 try? FileManager.default.removeItem(atPath: record.storePath)
+            case .volume:
+                let (group, name) = try Self.volumeParts(record.storePath)
+                try volumes.removeVolume(group: group, name: name)
+            case .device:
+                break
             }
         }
+    }
+
+    /// `vg/lv` apart.
+    static func volumeParts(_ storePath: String) throws -> (group: String, name: String) {
+        let parts = storePath.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, LVMNames.isValid(parts[0]), LVMNames.isValid(parts[1]) else {
+            throw SnapstackError(.stateUnreadable, "the recorded store volume \(storePath.replacingNewlines) is not vg/lv")
+        }
+        return (parts[0], parts[1])
     }
 
     /// Puts the top table back to what the remaining snapshots need, clearing any inactive

@@ -35,7 +35,7 @@ extension Orchestrator {
                 }
                 result.append(StoreUsage(
                     name: "\(device.name)-\(snapshot.name)", snapshotID: snapshot.id, origin: device.name,
-                    originSize: Bytes(UInt64(device.sizeBytes)), storeIsFile: snapshot.storeKind == .file,
+                    originSize: Bytes(UInt64(device.sizeBytes)), storeIsGrowable: snapshot.storeKind != .device,
                     storePath: snapshot.storePath, storeSize: Bytes(UInt64(snapshot.storeSizeBytes)),
                     chunk: Sectors(UInt64(snapshot.chunkSectors)).bytes, condition: condition,
                     markedInvalid: snapshot.state == .invalid))

@@ -268,7 +268,7 @@ struct StoreWatchPlanner {
             let used = Double(allocated.rawValue) / Double(total.rawValue)
             let largest = store.largestUsefulSize
             let cap = min(settings.limit ?? largest, largest)
-            let growable = settings.enabled && store.storeIsFile && cap > total
+            let growable = settings.enabled && store.storeIsGrowable && cap > total
             let thresholdBytes = threshold * Double(total.rawValue)
             let secondsToThreshold = rate > 0 ? (thresholdBytes - Double(allocated.rawValue)) / rate : .infinity
             // Past the threshold — or so close at this rate that waiting would overshoot it.
@@ -309,7 +309,7 @@ struct StoreWatchPlanner {
         let head = String(format: "%.1f%% of its store (%llu bytes) is in use, past the threshold of %.0f%%",
                           used * 100, store.storeSize.rawValue, threshold * 100)
         let why: String
-        if !store.storeIsFile {
+        if !store.storeIsGrowable {
             why = "its store is the block device \(store.storePath), which snapstack does not grow: grow it (e.g. lvextend)"
         } else if !settings.enabled {
             why = "store growth is off"

@@ -43,6 +43,8 @@ public enum StoreKind: String, Codable, Sendable, CaseIterable, DatabaseValueCon
     case file
     /// A block device given over to the store.
     case device
+    /// An LVM logical volume snapstack made for it (`storePath` is `vg/lv`).
+    case volume
 }
 
 // MARK: - Identifiers and dates

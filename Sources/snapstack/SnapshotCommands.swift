@@ -18,9 +18,13 @@ struct SnapshotCommand: ParsableCommand {
             to each chunk of the origin is copied to its store.
 
             The store defaults to a preallocated file in the state directory, attached through \
-            a loop device. A store on one of the devices of the set is refused.
+            a loop device. With --store VG (a name without a /), each snapshot's store is a new \
+            logical volume VG/snapstack-ID-ID, tagged snapstack, that `extend` and the store \
+            watch grow with lvextend and `drop` removes; the group must have room for them all. \
+            A store on one of the devices of the set is refused.
 
             Example: snapstack snapshot data logs --size 20% --as nightly
+            Example: snapstack snapshot data --store vg0 --size 2G
             """)
 
     @Argument(help: "Protected devices to snapshot together.", completion: StateCompletion.devices)
@@ -30,8 +34,8 @@ struct SnapshotCommand: ParsableCommand {
                                valueName: "size"))
     var size: StoreSizeArgument?
 
-    @Option(help: ArgumentHelp("A directory for the store files, or a block device (one-device sets).",
-                               valueName: "path"),
+    @Option(help: ArgumentHelp("An LVM volume group (a name without /) for store volumes, a directory for store files, or a block device (one-device sets).",
+                               valueName: "vg|path"),
             completion: .file())
     var store: String?
 

@@ -25,6 +25,14 @@ final class SimulatedLab {
 
     deinit { try? FileManager.default.removeItem(atPath: root) }
 
+    /// The volume group `storevg` on a disk of its own, for `snapshot --store storevg`.
+    static let storeGroup = "storevg"
+
+    func makeStoreGroup(size: Bytes = .mebibytes(256)) {
+        kernel.plug("/dev/sdz", number: DeviceNumber(major: 8, minor: 240), size: size, serial: "store-disk")
+        kernel.makeVolumeGroup(Self.storeGroup, size: size, physicalVolumes: ["/dev/sdz"])
+    }
+
     func orchestrator() throws -> Orchestrator {
         try Orchestrator(stateDirectory: stateDirectory, lockTimeout: 1, kernel: kernel.kernel)
     }
@@ -122,7 +130,13 @@ extension SimulatedLab {
         if Set(state.devices.keys) != expected {
             violations.append("dm devices \(state.devices.keys.sorted()) but the database records \(expected.sorted())")
         }
-        let recordedFiles = snapshots.count + devices.filter { $0.cbtBlock != nil }.count
+        // A store `vg/lv` is a logical volume, one starting with / a file.
+        let volumeStores = snapshots.filter { !$0.store.hasPrefix("/") }
+        let volumes = try kernel.volumes(tagged: "snapstack")
+        if Set(volumes.map(\.fullName)) != Set(volumeStores.map(\.store)) {
+            violations.append("store volumes \(volumes.map(\.fullName)) but the database records \(volumeStores.map(\.store))")
+        }
+        let recordedFiles = snapshots.count - volumeStores.count + devices.filter { $0.cbtBlock != nil }.count
         let files = self.files()
         if files.count != recordedFiles { violations.append("files \(files) for \(recordedFiles) recorded") }
         let loopFiles = state.loops.values.map(\.file)
@@ -146,7 +160,7 @@ extension SimulatedLab {
         for device in try orchestrator.deviceSummaries() { try orchestrator.unprotect(name: device.name, force: true) }
         let state = kernel.capture()
         var left: [String] = state.devices.keys.sorted() + state.loops.values.map(\.file)
-        left += files()
+        left += files() + (try kernel.volumes(tagged: "snapstack")).map(\.fullName)
         return left
     }
 }

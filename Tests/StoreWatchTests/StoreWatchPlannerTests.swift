@@ -8,7 +8,7 @@ private let mib = Bytes.mebibytes(1)
 /// A live snapshot of a 64 MiB origin with 4 KiB chunks.
 private func store(_ name: String = "data-s", id: String = "aaaa0001", allocated: Bytes, total: Bytes,
                    file: Bool = true, condition: StoreUsage.Condition? = nil, marked: Bool = false) -> StoreUsage {
-    StoreUsage(name: name, snapshotID: id, origin: "data", originSize: .mebibytes(64), storeIsFile: file,
+    StoreUsage(name: name, snapshotID: id, origin: "data", originSize: .mebibytes(64), storeIsGrowable: file,
                storePath: file ? "/var/lib/snapstack/stores/x.cow" : "/dev/vdc", storeSize: total, chunk: .kibibytes(4),
                condition: condition ?? .active(allocated: allocated, total: total, metadata: .kibibytes(8)), markedInvalid: marked)
 }

@@ -62,7 +62,12 @@ extension Orchestrator {
                 files.append(directory.appending(file).string)
             }
         }
-        return ReconcileObservation(ownDevices: try liveDevices(), devices: devices, loops: loops, files: files.sorted())
+        // Store volumes of recorded devices only: another state directory's are not ours to judge.
+        let recorded = Set(devices.map(\.record.id))
+        let volumes = (recorded.isEmpty ? [] : (try? self.volumes.volumes(tagged: Self.volumeTag)) ?? []).filter { volume in
+            recorded.contains { volume.name.hasPrefix(Self.storeVolumeName(deviceID: $0, snapshotID: "")) }
+        }
+        return ReconcileObservation(ownDevices: try liveDevices(), devices: devices, loops: loops, files: files.sorted(), volumes: volumes)
     }
 
     /// Runs one step; each is idempotent, and tolerates what an earlier step already did.
@@ -117,6 +122,10 @@ extension Orchestrator {
         case .detachOrphanLoop(let path, _):
             // It may be held by a dm orphan removed above; detach is lazy then.
             try host.detachLoop(path)
+        case .removeOrphanVolume(let volume):
+            try volumes.removeVolume(group: volume.group, name: volume.name)
+        case .leaveOpenOrphanVolume:
+            break
         case .deleteOrphanFile(let path):
             // An undo above may have deleted it already.
             if FileManager.default.fileExists(atPath: path), try host.loops(backing: path).isEmpty {

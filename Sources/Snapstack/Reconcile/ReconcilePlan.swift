@@ -35,6 +35,8 @@ struct ReconcileObservation {
     var loops: [LoopDevice]
     /// `.cow` and `.era` files in the state directory's store and metadata directories.
     var files: [String]
+    /// Logical volumes tagged as snapstack's whose names are stores of recorded devices.
+    var volumes: [LogicalVolumeFacts] = []
 }
 
 /// One repair, as a value: what reconcile plans, prints with `--dry-run`, and then runs.
@@ -63,6 +65,9 @@ enum ReconcileStep: Equatable {
     case leaveOpenOrphan(device: String, openCount: Int)
     case detachOrphanLoop(path: String, file: String)
     case deleteOrphanFile(path: String)
+    /// A store volume no snapshot records; one held open is left alone.
+    case removeOrphanVolume(LogicalVolumeFacts)
+    case leaveOpenOrphanVolume(LogicalVolumeFacts)
 
     var kind: String {
         switch self {
@@ -85,6 +90,8 @@ enum ReconcileStep: Equatable {
         case .leaveOpenOrphan: "leave-open-orphan"
         case .detachOrphanLoop: "detach-orphan-loop"
         case .deleteOrphanFile: "delete-orphan-file"
+        case .removeOrphanVolume: "remove-orphan-volume"
+        case .leaveOpenOrphanVolume: "leave-open-orphan-volume"
         }
     }
 
@@ -116,6 +123,8 @@ enum ReconcileStep: Equatable {
         case .leaveOpenOrphan(let name, let count): (name, "left alone: not in the database, but open (\(count) opener(s))")
         case .detachOrphanLoop(let path, let file): (path, "detach: backs \(file), which nothing records")
         case .deleteOrphanFile(let path): (path, "delete: nothing records it")
+        case .removeOrphanVolume(let volume): (volume.fullName, "lvremove: a store volume nothing records")
+        case .leaveOpenOrphanVolume(let volume): (volume.fullName, "left alone: a store volume nothing records, but open")
         }
         return ReconcileAction(step: kind, subject: subject, action: text)
     }
@@ -144,7 +153,7 @@ enum ReconcileStep: Equatable {
             if let path = record.eraMetadataPath { expectedFiles.insert(path) }
             for snapshot in device.snapshots {
                 expected.insert(try Layout.uuid(deviceID: record.id, .snapshot(id: snapshot.id)).rawValue)
-                if snapshot.storeKind == .file { expectedFiles.insert(snapshot.storePath) }
+                if snapshot.storeKind == .file || snapshot.storeKind == .volume { expectedFiles.insert(snapshot.storePath) }
             }
         }
         // Orphans: dm devices first, snapshots before the layers they sit on; then loop
@@ -167,6 +176,11 @@ enum ReconcileStep: Equatable {
         }
         for file in observed.files where !expectedFiles.contains(file) {
             plan.append(.deleteOrphanFile(path: file))
+        }
+        // After the dm orphans: a snapshot orphan removed above lets go of its store.
+        for volume in observed.volumes where !expectedFiles.contains(volume.fullName) {
+            let heldOnlyByRemoved = volume.number.map { removed.contains($0) } ?? false
+            plan.append(volume.open && !heldOnlyByRemoved ? .leaveOpenOrphanVolume(volume) : .removeOrphanVolume(volume))
         }
         return plan
     }
