@@ -40,13 +40,13 @@ extension SimulatedKernel: LogicalVolumes {
         }
     }
 
-    public func extendVolume(group: String, name: String, to size: Bytes) throws {
+    public func extendVolume(group: String, name: String, to size: Bytes) throws -> Bytes {
         try change("lvextend \(group)/\(name)")
-        try state.withLock { state in
+        return try state.withLock { state in
             guard var vg = state.volumeGroups[group], let volume = vg.volumes[name] else {
                 throw SimulatedFault(operation: "lvextend \(group)/\(name): no such volume")
             }
-            guard volume.size < size else { return }
+            guard volume.size < size else { return volume.size }
             let extents = (size.rawValue + vg.extentSize.rawValue - 1) / vg.extentSize.rawValue * vg.extentSize.rawValue
             guard extents - volume.size.rawValue <= vg.free.rawValue else {
                 throw SimulatedFault(operation: "lvextend \(group)/\(name): insufficient free space")
@@ -54,6 +54,7 @@ extension SimulatedKernel: LogicalVolumes {
             vg.volumes[name]?.size = Bytes(extents)
             state.volumeGroups[group] = vg
             state.disks["/dev/\(group)/\(name)"]?.size = Bytes(extents)
+            return Bytes(extents)
         }
     }
 

@@ -122,7 +122,6 @@ extension Orchestrator {
     /// Grows a store volume to at least `target`; returns its size, whole extents.
     func growVolume(_ snapshot: SnapshotRecord, to target: Bytes) throws -> Bytes {
         let (group, name) = try Self.volumeParts(snapshot.storePath)
-        try volumes.extendVolume(group: group, name: name, to: target)
-        return try volumes.volumes(tagged: Self.volumeTag).first { $0.group == group && $0.name == name }?.size ?? target
+        return try volumes.extendVolume(group: group, name: name, to: target)
     }
 }

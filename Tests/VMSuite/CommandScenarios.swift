@@ -30,6 +30,9 @@ enum CommandScenarios {
         } catch {
             return built
         }
+        // The store watch and the orchestrator that scenarios run in this process reach LVM
+        // through the snapstack binary's `lvm-exec`, not through this suite's own executable.
+        setenv("SNAPSTACK_LVM_EXEC", copy, 1)
         if let libraries = try? sharedLibraries(of: copy) {
             for library in libraries {
                 try? FileManager.default.copyItem(atPath: library, toPath: directory + "/lib/" + (library as NSString).lastPathComponent)

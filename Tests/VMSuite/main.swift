@@ -67,6 +67,7 @@ var allScenarios: [Scenario] {
         + CrashCutScenarios.all
         + AdoptionScenarios.all
         + PhysicalVolumeScenarios.all
+        + VolumeStoreScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {

@@ -54,7 +54,8 @@ public protocol LogicalVolumes: Sendable {
     /// A new active volume of at least `size` (whole extents) with `tag`, its start zeroed.
     func createVolume(group: String, name: String, size: Bytes, tag: String) throws
     /// Grows a volume to at least `size`; a volume already that large is left as it is.
-    func extendVolume(group: String, name: String, to size: Bytes) throws
+    /// Returns its size now.
+    func extendVolume(group: String, name: String, to size: Bytes) throws -> Bytes
     /// Removes a volume; one that does not exist is not an error.
     func removeVolume(group: String, name: String) throws
 }
@@ -62,7 +63,9 @@ public protocol LogicalVolumes: Sendable {
 /// LVM through liblvm2cmd, one command per child process (`snapstack lvm-exec`, see
 /// `LVMExec`): reports are read as LVM's JSON, never as its column text.
 public struct LVMTool: LogicalVolumes {
-    /// The program whose `lvm-exec` verb runs a command: this very binary by default.
+    /// The program whose `lvm-exec` verb runs a command: this very binary by default (the
+    /// snapstack CLI and daemon); a program that embeds the library names the snapstack binary
+    /// here or in `SNAPSTACK_LVM_EXEC`.
     public var executable: String
 
     public init(executable: String = ProcessInfo.processInfo.environment["SNAPSTACK_LVM_EXEC"] ?? "/proc/self/exe") {
@@ -96,18 +99,29 @@ public struct LVMTool: LogicalVolumes {
                     "cannot create the logical volume \(group)/\(name)")
     }
 
-    public func extendVolume(group: String, name: String, to size: Bytes) throws {
-        let current = try volumes(tagged: "snapstack").first { $0.group == group && $0.name == name }
-        guard let current else {
+    public func extendVolume(group: String, name: String, to size: Bytes) throws -> Bytes {
+        guard let current = try volume(group: group, name: name) else {
             throw SnapstackError(.notFound, "cannot grow \(group)/\(name)", why: "LVM has no such volume of snapstack's")
         }
-        guard current.size < size else { return }
+        guard current.size < size else { return current.size }
         try command(["lvextend", "-q", "-L", "\(size.rawValue)b", "\(group)/\(name)"], "cannot grow \(group)/\(name)")
+        let extent = max(current.extentSize.rawValue, 1)
+        return Bytes((size.rawValue + extent - 1) / extent * extent)
     }
 
     public func removeVolume(group: String, name: String) throws {
-        guard try volumes(tagged: "snapstack").contains(where: { $0.group == group && $0.name == name }) else { return }
+        guard try volume(group: group, name: name) != nil else { return }
         try command(["lvremove", "-q", "-y", "\(group)/\(name)"], "cannot remove \(group)/\(name)")
+    }
+
+    /// One of snapstack's volumes, found among its group's (one command: every LVM command
+    /// costs a device scan, which a store growth under load cannot spare).
+    private func volume(group: String, name: String) throws -> (size: Bytes, extentSize: Bytes)? {
+        guard LVMNames.isValid(group), LVMNames.isValid(name) else { return nil }
+        let rows = try report("lvs", ["-o", "lv_name,lv_size,lv_tags,vg_extent_size", group], section: "lv")
+        guard let row = rows.first(where: { $0["lv_name"] == name }),
+              (row["lv_tags"] ?? "").split(separator: ",").contains("snapstack") else { return nil }
+        return (try bytes(row, "lv_size"), try bytes(row, "vg_extent_size"))
     }
 
     // MARK: Running commands
