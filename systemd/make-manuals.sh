@@ -77,14 +77,15 @@ trap 'rm -rf "$work"' EXIT
 # protect`, which looks for snapstack-protect) name it snapstack-VERB.8. It also copies help
 # texts verbatim: a blank line between paragraphs, which mdoc does not allow (`.Pp` is its
 # paragraph break), and indented example lines, which run into the text after them unless
-# they are a literal display. `snapstack help` is ArgumentParser's own verb: no page for it.
+# they are a literal display. `snapstack help` is ArgumentParser's own verb, and `lvm-exec`
+# snapstack's own child process (hidden from --help): no page for either.
 for page in "$work"/snapstack*.8; do
     name=$(basename "$page" .8)
-    [[ $name == snapstack.help ]] && continue
+    [[ $name == snapstack.help || $name == snapstack.lvm-exec ]] && continue
     awk '
         function close_display() { if (display) { print ".Ed"; display = 0 } }
         /^\.Dt SNAPSTACK\./ { sub(/^\.Dt SNAPSTACK\./, ".Dt SNAPSTACK-") }
-        /^\.Xr snapstack\.help / { next }
+        /^\.Xr snapstack\.(help|lvm-exec) / { next }
         /^\.Xr snapstack\./ { sub(/^\.Xr snapstack\./, ".Xr snapstack-") }
         /^  / {
             if (!display) { print ".Bd -literal -offset indent"; display = 1 }

@@ -10,7 +10,7 @@ import SnapstackDaemon
 enum VolumeStoreScenarios {
     static let all: [Scenario] = [
         Scenario("snapshot --store VG: the store is an LV that lvs shows and dmsetup deps names; the store watch grows it with lvextend under load while the snapshot stays frozen; drop removes it; a crash after the store is made is repaired by reconcile; refusals change nothing",
-                 volumeStore).lasting(150),
+                 volumeStore).lasting(110),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
@@ -59,14 +59,14 @@ enum VolumeStoreScenarios {
             try expectEqual(row?["store"] as? String, "cowvg/\(volume)", "the snapshots report's store")
             let frozen = try lab.sha256(path, length: size)
 
-            // The store watch grows it under a steady writer (128 KiB every 0.5 s at most, 10 MiB
+            // The store watch grows it under a steady writer (128 KiB every 0.5 s at most, 6 MiB
             // in all). A growth is two LVM commands, seconds each in the emulated guest: the
             // threshold leaves room for what is written meanwhile.
             let watch = StoreWatchScenarios.Watch(
                 state: cli.state, settings: StoreWatchSettings(enabled: true, threshold: 0.25, step: nil, limit: nil, pollInterval: .seconds(1)))
             defer { _ = try? watch.stop() }
             let writer = try lab.run(["/bin/sh", "-c", """
-                i=0; while [ $i -lt 80 ]; do
+                i=0; while [ $i -lt 48 ]; do
                   dd if=/dev/urandom of="$1" bs=128k seek=$i count=1 oflag=direct conv=notrunc status=none || exit 1
                   i=$((i+1)); sleep 0.5
                 done
@@ -78,7 +78,7 @@ enum VolumeStoreScenarios {
             try expect(grown > 8 << 20, "the store watch did not grow the store LV: still \(grown) bytes")
             let status = try StoreWatchScenarios.snapshotStatus(lab, "snapstack-vol-s")
             try expectEqual(status?.total ?? 0, grown / 512, "the snapshot's COW size (dmsetup status) against lvs")
-            try expectEqual(try lab.sha256(path, length: size), frozen, "the snapshot after 10 MiB of origin writes")
+            try expectEqual(try lab.sha256(path, length: size), frozen, "the snapshot after 6 MiB of origin writes")
             let recorded = (try cli.rows("snapshots").first?["size"] as? NSNumber)?.uint64Value ?? 0
             try expectEqual(recorded, grown, "the recorded store size against lvs")
 
