@@ -87,6 +87,9 @@ enum Adoption {
 extension DeviceRecord {
     var isAdopted: Bool { adoptedName != nil }
 
+    /// The era metadata's logical volume, when it is one (`protect --cbt-metadata VG`).
+    var eraMetadataVolume: (group: String, name: String)? { eraMetadataPath.flatMap(Orchestrator.metadataVolume) }
+
     /// The device filesystems use: the adopted live device, or the top of our own stack.
     func topName() throws -> DMName {
         if let adoptedName { return try DMName(adoptedName) }
@@ -131,7 +134,8 @@ extension Orchestrator {
     }
 
     /// Adopts the live dm device `live` (at `facts`) online, as protected device `name`.
-    func adopt(devicePath: String, live: DMName, name: String, facts: BlockDeviceFacts, cbtBlock: Sectors?) throws -> DeviceSummary {
+    func adopt(devicePath: String, live: DMName, name: String, facts: BlockDeviceFacts, cbtBlock: Sectors?,
+               metadataGroup: String?) throws -> DeviceSummary {
         guard let info = try dm.info(live), info.hasLiveTable else {
             throw SnapstackError(.refused, "cannot adopt \(devicePath)", why: "\(live.devicePath) has no active table")
         }
@@ -154,7 +158,8 @@ extension Orchestrator {
                                  remedy: "protect a device that snapstack does not use for its own layers")
         }
         let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
-        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock)
+        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock,
+                               metadataGroup: metadataGroup)
         record.adoptedName = live.rawValue
         record.adoptedUUID = info.uuid
         record.adoptedTable = table.description

@@ -240,14 +240,20 @@ extension Orchestrator {
         }
         try dm.message(realName, era: .takeMetadataSnapshot)
         defer { try? dm.message(realName, era: .dropMetadataSnapshot) }
-        guard let loop = try host.loops(backing: metadataFile).first else {
-            throw SnapstackError(.failed, "the change-tracking metadata \(metadataFile) is not attached",
-                                 remedy: "run `snapstack reconcile`")
+        let metadataDevice: String
+        if device.eraMetadataVolume != nil {
+            metadataDevice = "/dev/" + metadataFile
+        } else {
+            guard let loop = try host.loops(backing: metadataFile).first else {
+                throw SnapstackError(.failed, "the change-tracking metadata \(metadataFile) is not attached",
+                                     remedy: "run `snapstack reconcile`")
+            }
+            metadataDevice = loop.path
         }
         do {
-            return try EraMetadata(path: FilePath(loop.path)).changedBlocks(since: UInt32(era))
+            return try EraMetadata(path: FilePath(metadataDevice)).changedBlocks(since: UInt32(era))
         } catch {
-            throw SnapstackError(.failed, "cannot read the change tracking of \(device.name) from \(loop.path)",
+            throw SnapstackError(.failed, "cannot read the change tracking of \(device.name) from \(metadataDevice)",
                                  why: "\(error)", remedy: "--allow-full reads every block instead", cause: error)
         }
     }

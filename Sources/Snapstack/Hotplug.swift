@@ -130,7 +130,7 @@ extension Orchestrator {
         names += [try Layout.topName(device.name), try Layout.realName(device.name)]
         try failing("cannot remove the stack of \(device.name), whose disk went away") {
             for name in names where try forceRemove(name) { deferred.append(name.rawValue) }
-            if let path = device.eraMetadataPath { try detach(FilePath(path)) }
+            if let path = device.eraMetadataPath, device.eraMetadataVolume == nil { try detach(FilePath(path)) }
             for snapshot in try database.snapshots(deviceID: device.id) where snapshot.storeKind == .file {
                 try detach(FilePath(snapshot.storePath))
             }

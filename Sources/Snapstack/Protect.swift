@@ -11,6 +11,10 @@ public struct ProtectOptions: Sendable {
     /// The change-tracking granularity; nil protects without change tracking, and
     /// `automaticCBTBlock` picks it from the device's size (`cbtBlock(forDeviceSize:)`).
     public var cbtBlock: Bytes? = ProtectOptions.defaultCBTBlock
+    /// An LVM volume group for the era metadata (a small volume `VG/snapstack-ID-era`) instead
+    /// of a file in the state directory attached through a loop device: readable wherever LVM
+    /// runs, before any file system is mounted.
+    public var cbtMetadataGroup: String?
     /// Stands for "as the device's size asks" (no real block has zero bytes).
     public static let automaticCBTBlock = Bytes.zero
     public static let defaultCBTBlock = automaticCBTBlock
@@ -108,15 +112,21 @@ extension Orchestrator {
                                  why: "it has \(facts.size.rawValue) bytes, fewer than the \(minimum.rawValue) snapstack needs")
         }
 
+        var metadataGroup: String?
+        if let group = options.cbtMetadataGroup, let cbtBlock {
+            metadataGroup = try checkMetadataGroup(group, device: facts.number,
+                                                   size: Self.metadataSize(blocks: facts.size.rawValue / Sectors.size / cbtBlock.rawValue + 1))
+        }
         if let live {
-            return try adopt(devicePath: devicePath, live: live, name: name, facts: facts, cbtBlock: cbtBlock)
+            return try adopt(devicePath: devicePath, live: live, name: name, facts: facts, cbtBlock: cbtBlock, metadataGroup: metadataGroup)
         }
         let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
         if identity.isAnonymous {
             notice("warning: \(devicePath) has no serial, WWN, PARTUUID or filesystem UUID; after a reboot it is found again only at \(facts.number)")
         }
 
-        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock)
+        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock,
+                               metadataGroup: metadataGroup)
         let id = record.id
         try database.insert(record)
         try reached(.protectRecorded)
@@ -134,17 +144,57 @@ extension Orchestrator {
         return try summary(of: record)
     }
 
-    /// The record of a device being protected, with a new id and its era metadata's path.
+    /// The record of a device being protected, with a new id and its era metadata's path: a
+    /// file in the state directory, or `vg/lv` in `metadataGroup`.
     func newRecord(name: String, devicePath: String, facts: BlockDeviceFacts, identity: DeviceIdentity,
-                   cbtBlock: Sectors?) -> DeviceRecord {
+                   cbtBlock: Sectors?, metadataGroup: String?) -> DeviceRecord {
         let id = DeviceRecord.newID()
+        let metadata = metadataGroup.map { "\($0)/\(Self.metadataVolumeName(deviceID: id))" } ?? metadataPath(deviceID: id).string
         return DeviceRecord(
             id: id, name: name, state: .protecting, sourcePath: devicePath,
             sourceMajor: Int(facts.number.major), sourceMinor: Int(facts.number.minor),
             sizeBytes: Int64(facts.size.rawValue), wwn: identity.wwn, serial: identity.serial,
             partUUID: identity.partUUID, fsUUID: identity.fsUUID,
             cbtBlockSectors: cbtBlock.map { Int($0.rawValue) },
-            eraMetadataPath: cbtBlock == nil ? nil : metadataPath(deviceID: id).string, createdAt: Date())
+            eraMetadataPath: cbtBlock == nil ? nil : metadata, createdAt: Date())
+    }
+
+    static func metadataVolumeName(deviceID: String) -> String { "snapstack-\(deviceID)-era" }
+
+    /// A recorded era metadata path names a file (absolute) or a logical volume (`vg/lv`).
+    static func metadataVolume(_ path: String) -> (group: String, name: String)? {
+        path.hasPrefix("/") ? nil : try? volumeParts(path)
+    }
+
+    /// A volume group that can hold era metadata of `size` for the device `number`: it exists,
+    /// has room, and none of its physical volumes lies on the device (its tracking would write
+    /// through itself).
+    private func checkMetadataGroup(_ group: String, device number: DeviceNumber, size: Bytes) throws -> String {
+        guard LVMNames.isValid(group) else {
+            throw SnapstackError(.invalidArgument, "\"\(group.replacingNewlines)\" is not a volume group name",
+                                 remedy: "name a volume group that `vgs` lists")
+        }
+        var found: VolumeGroupFacts?
+        try failing("cannot read the volume group \(group)") { found = try volumes.volumeGroup(named: group) }
+        guard let facts = found else {
+            throw SnapstackError(.notFound, "no volume group \(group)", why: "LVM knows no volume group of that name",
+                                 remedy: "name one that `vgs` lists")
+        }
+        let extent = max(facts.extentSize.rawValue, 1)
+        let needed = Bytes((size.rawValue + extent - 1) / extent * extent)
+        guard needed <= facts.free else {
+            throw SnapstackError(.refused, "the volume group \(group) has \(Self.describe(facts.free)) free; the change-tracking metadata needs \(Self.describe(needed))",
+                                 remedy: "add a disk to it (vgextend), or leave out --cbt-metadata")
+        }
+        for pv in facts.physicalVolumes {
+            guard let pvNumber = try? host.facts(of: FilePath(pv)).number else { continue }
+            if host.underlyingDevices(of: pvNumber).contains(number) {
+                throw SnapstackError(.refused, "the volume group \(group) is on the device to protect (\(pv))",
+                                     why: "its change tracking would write through itself",
+                                     remedy: "put the metadata in a volume group on another disk")
+            }
+        }
+        return group
     }
 
     /// Refuses a device that is not a dm device and is mounted, open or held: it cannot be

@@ -87,6 +87,13 @@ extension Orchestrator {
         for step in steps {
             switch step {
             case .createMetadata(let path, let metadataSize):
+                if let (group, name) = device.eraMetadataVolume {
+                    // -Zy: LVM zeroes the volume's start, where dm-era looks for a superblock.
+                    try failing("cannot create the change-tracking metadata volume \(path)") {
+                        try volumes.createVolume(group: group, name: name, size: metadataSize, tag: Self.volumeTag)
+                    }
+                    break
+                }
                 try failing("cannot create the change-tracking metadata \(path)") {
                     try FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
                     // Written whole (a few MiB): every era commit, which a cold write waits
@@ -95,7 +102,13 @@ extension Orchestrator {
                                         zeroFill: zeroFill(metadataSize, for: FilePath(path)))
                 }
             case .attachMetadata(let path):
-                metadataLoop = try attach(FilePath(path)).number
+                if device.eraMetadataVolume != nil {
+                    try failing("cannot open the change-tracking metadata volume \(path)") {
+                        metadataLoop = try host.facts(of: FilePath("/dev/" + path)).number
+                    }
+                } else {
+                    metadataLoop = try attach(FilePath(path)).number
+                }
             case .createReal(let real):
                 guard try dm.info(real) == nil || device.isAdopted else { break }
                 let table: Table

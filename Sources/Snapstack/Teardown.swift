@@ -111,8 +111,12 @@ extension Orchestrator {
             case .removeSnapshotArtifacts(let snapshot, let device):
                 try removeSnapshotArtifacts(snapshot, of: device)
             case .detachMetadata(let path, let delete):
-                try detach(FilePath(path))
-                if delete { try? FileManager.default.removeItem(atPath: path) }
+                if let (group, name) = Self.metadataVolume(path) {
+                    if delete { try volumes.removeVolume(group: group, name: name) }
+                } else {
+                    try detach(FilePath(path))
+                    if delete { try? FileManager.default.removeItem(atPath: path) }
+                }
             case .withdrawMember(let device):
                 withdrawMember(device)
             case .forgetDevice(let device):

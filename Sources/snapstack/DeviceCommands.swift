@@ -51,16 +51,23 @@ struct ProtectCommand: ParsableCommand {
     @Flag(name: .customLong("no-cbt"), help: "Protect without changed-block tracking.")
     var noCBT = false
 
+    @Option(name: .customLong("cbt-metadata"), help: ArgumentHelp(
+        "An LVM volume group for the change-tracking metadata: a small volume VG/snapstack-ID-era instead of a file in the state directory.",
+        valueName: "vg"))
+    var cbtMetadata: String?
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
         if noCBT && cbtBlock != nil { throw ValidationError("--cbt-block and --no-cbt exclude each other") }
+        if noCBT && cbtMetadata != nil { throw ValidationError("--cbt-metadata and --no-cbt exclude each other") }
     }
 
     func run() throws {
         try changingDevices { _ in
             let orchestrator = try global.orchestrator()
-            let options = ProtectOptions(cbtBlock: noCBT ? nil : (cbtBlock?.bytes ?? ProtectOptions.defaultCBTBlock))
+            var options = ProtectOptions(cbtBlock: noCBT ? nil : (cbtBlock?.bytes ?? ProtectOptions.defaultCBTBlock))
+            options.cbtMetadataGroup = cbtMetadata
             Output.print(try orchestrator.protect(devicePath: device, name: name, options: options).path)
         }
     }

@@ -12,7 +12,9 @@ import Testing
         let names = (0..<setSize).map { "vol\($0)" }
         switch point.rawValue.prefix(while: { $0 != "." }) {
         case "protect":
-            return { try $0.protect(devicePath: SimulatedLab.disks[0], name: "vol0") }
+            var options = ProtectOptions()
+            options.cbtMetadataGroup = lab.metadataGroup
+            return { try $0.protect(devicePath: SimulatedLab.disks[0], name: "vol0", options: options) }
         case "unprotect":
             try lab.protect()
             return { try $0.unprotect(name: "vol0") }
@@ -39,9 +41,10 @@ import Testing
         }
     }
 
-    static func crashAndRepair(_ point: Failpoint, setSize: Int = 1, volumeStores: Bool = false) throws {
+    static func crashAndRepair(_ point: Failpoint, setSize: Int = 1, volumeStores: Bool = false, metadataVolumes: Bool = false) throws {
         let lab = try SimulatedLab()
-        if volumeStores { lab.makeStoreGroup() }
+        if volumeStores || metadataVolumes { lab.makeStoreGroup() }
+        if metadataVolumes { lab.metadataGroup = SimulatedLab.storeGroup }
         let verb = try setUp(point, in: lab, setSize: setSize, store: volumeStores ? SimulatedLab.storeGroup : nil)
         let reached = try lab.crash(at: point, verb)
         #expect(reached, "the verb never reached \(point.rawValue)")
@@ -73,5 +76,11 @@ import Testing
     @Test(arguments: Failpoint.allCases.filter { ["snapshot", "drop", "merge", "extend"].contains($0.rawValue.prefix(while: { $0 != "." })) })
     func crashWithVolumeStoresIsRepaired(_ point: Failpoint) throws {
         try Self.crashAndRepair(point, setSize: point.rawValue.hasPrefix("snapshot.") ? 3 : 1, volumeStores: true)
+    }
+
+    /// Era metadata on a logical volume (`protect --cbt-metadata VG`), at every failpoint.
+    @Test(arguments: Failpoint.allCases)
+    func crashWithMetadataVolumesIsRepaired(_ point: Failpoint) throws {
+        try Self.crashAndRepair(point, metadataVolumes: true)
     }
 }

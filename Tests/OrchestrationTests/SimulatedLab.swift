@@ -28,6 +28,9 @@ final class SimulatedLab {
     /// The volume group `storevg` on a disk of its own, for `snapshot --store storevg`.
     static let storeGroup = "storevg"
 
+    /// Where `protect` puts era metadata: nil for files in the state directory.
+    var metadataGroup: String?
+
     func makeStoreGroup(size: Bytes = .mebibytes(256)) {
         kernel.plug("/dev/sdz", number: DeviceNumber(major: 8, minor: 240), size: size, serial: "store-disk")
         kernel.makeVolumeGroup(Self.storeGroup, size: size, physicalVolumes: ["/dev/sdz"])
@@ -41,8 +44,9 @@ final class SimulatedLab {
     func protect(_ count: Int = 1, cbt: Bool = true) throws {
         let orchestrator = try orchestrator()
         for index in 0..<count {
-            try orchestrator.protect(devicePath: Self.disks[index], name: "vol\(index)",
-                                     options: ProtectOptions(cbtBlock: cbt ? .mebibytes(1) : nil))
+            var options = ProtectOptions(cbtBlock: cbt ? .mebibytes(1) : nil)
+            options.cbtMetadataGroup = metadataGroup
+            try orchestrator.protect(devicePath: Self.disks[index], name: "vol\(index)", options: options)
         }
     }
 
@@ -130,13 +134,15 @@ extension SimulatedLab {
         if Set(state.devices.keys) != expected {
             violations.append("dm devices \(state.devices.keys.sorted()) but the database records \(expected.sorted())")
         }
-        // A store `vg/lv` is a logical volume, one starting with / a file.
+        // A store `vg/lv` is a logical volume, one starting with / a file; so is era metadata
+        // in the volume group `metadataGroup`.
         let volumeStores = snapshots.filter { !$0.store.hasPrefix("/") }
+        let metadataVolumes = metadataGroup == nil ? [] : devices.filter { $0.cbtBlock != nil }.map { "\(metadataGroup!)/snapstack-\($0.id)-era" }
         let volumes = try kernel.volumes(tagged: "snapstack")
-        if Set(volumes.map(\.fullName)) != Set(volumeStores.map(\.store)) {
-            violations.append("store volumes \(volumes.map(\.fullName)) but the database records \(volumeStores.map(\.store))")
+        if Set(volumes.map(\.fullName)) != Set(volumeStores.map(\.store) + metadataVolumes) {
+            violations.append("volumes \(volumes.map(\.fullName)) but the database records \(volumeStores.map(\.store) + metadataVolumes)")
         }
-        let recordedFiles = snapshots.count - volumeStores.count + devices.filter { $0.cbtBlock != nil }.count
+        let recordedFiles = snapshots.count - volumeStores.count + devices.filter { $0.cbtBlock != nil }.count - metadataVolumes.count
         let files = self.files()
         if files.count != recordedFiles { violations.append("files \(files) for \(recordedFiles) recorded") }
         let loopFiles = state.loops.values.map(\.file)

@@ -82,4 +82,37 @@ import Testing
         #expect(actions.map(\.step) == ["remove-orphan-volume"], "\(actions)")
         #expect(try lab.kernel.volumes(tagged: "snapstack").map(\.name) == ["snapstack-ffffffff-0badc0de"])
     }
+
+    /// `protect --cbt-metadata VG`: the era layer's metadata device is a volume of the group,
+    /// which unprotect removes; a group that cannot hold it is refused with nothing changed.
+    @Test func eraMetadataOnAVolume() throws {
+        let lab = try SimulatedLab()
+        lab.makeStoreGroup()
+        lab.metadataGroup = SimulatedLab.storeGroup
+        try lab.protect()
+        let device = try #require(try lab.orchestrator().deviceSummaries().first)
+        let volume = try #require(try lab.kernel.volumes(tagged: "snapstack").first)
+        #expect(volume.fullName == "\(SimulatedLab.storeGroup)/snapstack-\(device.id)-era")
+        let real = try #require(lab.kernel.capture().devices["snapstack-vol0-real"]?.live)
+        #expect(real.description.contains(" era \(try #require(volume.number)) "), "\(real)")
+        #expect(lab.files().isEmpty, "no metadata file: \(lab.files())")
+        try lab.orchestrator().unprotect(name: "vol0")
+        #expect(try lab.kernel.volumes(tagged: "snapstack").isEmpty)
+    }
+
+    @Test(arguments: [("novg", "no volume group novg"), ("originvg", "is on the device to protect"), ("tinyvg", "free; the change-tracking metadata needs")])
+    func eraMetadataGroupRefused(_ group: String, _ message: String) throws {
+        let lab = try SimulatedLab()
+        lab.kernel.makeVolumeGroup("originvg", size: .mebibytes(32), physicalVolumes: [SimulatedLab.disks[0]])
+        lab.kernel.makeVolumeGroup("tinyvg", size: .zero, physicalVolumes: [SimulatedLab.disks[2]])
+        let before = try lab.picture()
+        var options = ProtectOptions()
+        options.cbtMetadataGroup = group
+        let error = #expect(throws: SnapstackError.self) {
+            try lab.orchestrator().protect(devicePath: SimulatedLab.disks[0], name: "vol0", options: options)
+        }
+        #expect(error?.description.contains(message) == true, "\(error.map { "\($0)" } ?? "")")
+        #expect(try lab.picture() == before)
+        #expect(try lab.kernel.volumes(tagged: "snapstack").isEmpty)
+    }
 }
