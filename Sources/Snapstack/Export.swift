@@ -223,7 +223,9 @@ extension Orchestrator {
         }
         let realName = try Layout.realName(device.name)
         // One metadata snapshot per era device at a time: two exports of the same device
-        // must not drop each other's.
+        // must not drop each other's. (The directory holds no metadata file when the metadata
+        // is on a volume.)
+        try? FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
         let lock = try StateLock(directory: metadataDirectory, name: "\(device.id).lock", mode: .exclusive, timeout: 300)
         defer { withExtendedLifetime(lock) {} }
         guard case .era(let status)? = try dm.status(realName).first?.status else {

@@ -50,11 +50,16 @@ enum ExportScenarios {
     /// Blocks era_invalidate reports for the device written since `era`, taking and dropping a
     /// metadata snapshot itself.
     static func eraWitness(_ lab: Lab, cli: CLI, device: String, id: String, since era: Int64) throws -> Set<UInt64> {
-        let loop = try lab.sh("losetup", "-j", cli.state + "/cbt/\(id).era").split(separator: ":").first.map(String.init) ?? ""
+        // A metadata file's loop device, or the volume `protect --cbt-metadata VG` made.
+        var metadata = try lab.sh("losetup", "-j", cli.state + "/cbt/\(id).era").split(separator: ":").first.map(String.init) ?? ""
+        if metadata.isEmpty {
+            metadata = try lab.sh("lvs", "--noheadings", "-o", "lv_path", "@snapstack").split(separator: "\n")
+                .map { $0.trimmingCharacters(in: .whitespaces) }.first { $0.hasSuffix("/snapstack-\(id)-era") } ?? ""
+        }
         let real = try DMName("snapstack-\(device)-real")
         try lab.dm.message(real, era: .takeMetadataSnapshot)
         defer { try? lab.dm.message(real, era: .dropMetadataSnapshot) }
-        return try EraScenarios.invalidated(lab, metadata: loop, since: UInt32(era))
+        return try EraScenarios.invalidated(lab, metadata: metadata, since: UInt32(era))
     }
 
     static func exportRow(_ cli: CLI, _ id: String) throws -> [String: Any] {

@@ -6,7 +6,7 @@ import Foundation
 /// (SIGINT), `kill`/`systemctl stop` (SIGTERM), a closing SSH session (SIGHUP).
 enum SignalScenarios {
     static let all: [Scenario] = [
-        // Two scenarios of 7 rounds, each well inside the suite's per-scenario limit under
+        // Two scenarios of 6 rounds, each well inside the suite's per-scenario limit under
         // TCG (about 20 s a round there), and short enough for CI's time; SNAPSTACK_SIGNAL_ROUNDS=N
         // runs N rounds in each (25 for the 50 rounds of a long run).
         Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of 3-device snapshots (first series): nothing suspended or frozen, no repair needed",
@@ -17,7 +17,7 @@ enum SignalScenarios {
 
     typealias CLI = OrchestratorScenarios.CLI
 
-    static let roundsPerSeries = ProcessInfo.processInfo.environment["SNAPSTACK_SIGNAL_ROUNDS"].flatMap(Int.init).map { max($0, 1) } ?? 7
+    static let roundsPerSeries = ProcessInfo.processInfo.environment["SNAPSTACK_SIGNAL_ROUNDS"].flatMap(Int.init).map { max($0, 1) } ?? 6
 
     static func signalsDuringSnapshots(_ lab: Lab, rounds: Range<Int>) throws {
         let cli = CLI(lab)

@@ -11,6 +11,8 @@ enum VolumeStoreScenarios {
     static let all: [Scenario] = [
         Scenario("snapshot --store VG: the store is an LV that lvs shows and dmsetup deps names; the store watch grows it with lvextend under load while the snapshot stays frozen; drop removes it; a crash after the store is made is repaired by reconcile; refusals change nothing",
                  volumeStore).lasting(110),
+        Scenario("protect --cbt-metadata VG of a mounted LV: era metadata on an LV of the same group (dmsetup table, lvs), no file or loop device; full + 2 incrementals equal their snapshots, era_invalidate on the LV agrees; unprotect removes it; a missing group is refused with nothing changed",
+                 metadataVolume).lasting(120),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
@@ -99,5 +101,47 @@ enum VolumeStoreScenarios {
             try expect(check.stderr.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "vgck cowvg: \(check.stderr)")
         }
         try cli.ok("unprotect", "vol")
+    }
+
+    static func metadataVolume(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        try AdoptionScenarios.withVolumeGroup(lab, "vgmeta", pvSizes: [.mebibytes(192)]) { vg in
+            vg.cli = cli
+            let lv = try vg.createLV("data", size: "64M")
+            let sectors: UInt64 = 64 << 11
+            let mountPoint = try vg.mountExt4(lv)
+            try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/base", "bs=1M", "count=8", "conv=fsync", "status=none")
+
+            try cli.ok("devices") // the state, made at first use
+            let before = try OrchestratorScenarios.world(lab, cli) + (try vg.lvm(["lvs", "-a", vg.name]))
+            let refused = try cli.run(["protect", lv.path, "--name", "data", "--cbt-metadata", "novg"])
+            try expectEqual(refused.status, 5, "protect --cbt-metadata novg (stderr: \(refused.stderr))")
+            try expect(refused.stderr.contains("no volume group novg"), "the refusal says: \(refused.stderr)")
+            try expectEqual(try OrchestratorScenarios.world(lab, cli) + (try vg.lvm(["lvs", "-a", vg.name])), before,
+                            "dm devices, loops, state and lvs after the refusal")
+
+            vg.adopted.append("data")
+            try cli.ok("protect", lv.path, "--name", "data", "--cbt-block", "64K", "--cbt-metadata", vg.name)
+            let id = try AdoptionScenarios.deviceRow(cli, "data")["id"] as? String ?? ""
+            let metadata = try vg.lvm(["lvs", "--noheadings", "-o", "lv_name,lv_kernel_major,lv_kernel_minor,lv_tags", "@snapstack"])
+                .split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+            try expectEqual(metadata.count, 1, "snapstack's volumes: \(metadata)")
+            try expectEqual(metadata.first?.first, "snapstack-\(id)-era", "the metadata volume's name")
+            let number = (metadata.first ?? []).dropFirst().prefix(2).joined(separator: ":")
+            let real = try AdoptionScenarios.table(lab, "snapstack-data-real")
+            try expect(real.contains(" era \(number) "), "snapstack-data-real must keep its metadata on the LV \(number): \(real)")
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: cli.state + "/cbt")) ?? []
+            try expect(!files.contains { $0.hasSuffix(".era") }, "a metadata file was made: \(files)")
+            try expect(!(try lab.sh("losetup", "-a")).contains(cli.state), "a loop device over the state directory")
+
+            let image = lab.scratch.appendingPathComponent("data.img").path
+            _ = try AdoptionScenarios.exportRounds(lab, cli, lv: lv, name: "data", mountPoint: mountPoint, sectors: sectors,
+                                                   rounds: 2, image: image)
+            try cli.ok("unprotect", "data")
+            let left = try vg.lvm(["lvs", "--noheadings", "-o", "lv_name", "@snapstack"])
+            try expect(left.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "unprotect left volumes: \(left)")
+            let check = try vg.lvmRun(["vgck", vg.name], allowFailure: false)
+            try expect(check.stderr.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "vgck: \(check.stderr)")
+        }
     }
 }
