@@ -257,16 +257,11 @@ extension Orchestrator {
                                  remedy: "an incremental would miss writes: take a full export, or add --allow-full to read every block")
         }
         if let first = device.trackingInterruptedEra, (base.era ?? 0) < first {
-            let when = device.trackingInterruptedAt.map { " at \(Self.timestamp($0))" } ?? ""
+            let when = device.trackingInterruptedAt.map { " at \($0.formatted(.iso8601))" } ?? ""
             throw SnapstackError(.trackingInterrupted, "change tracking of \(device.name) was interrupted\(when), after export \(base.id)",
                                  why: device.trackingInterruptedReason ?? "writes may have gone unrecorded",
                                  remedy: "an incremental would miss writes: take a full export, or add --allow-full to read every block")
         }
-    }
-
-    static func timestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        return formatter.string(from: date)
     }
 }
 

@@ -119,7 +119,7 @@ public enum Backup {
                                          imageExists: FileManager.default.fileExists(atPath: request.image.string),
                                          device: device, lastExport: lastExport)
             var options = request.snapshot
-            if options.name == nil { options.name = "backup-" + Self.timestamp() }
+            if options.name == nil { options.name = "backup-" + Orchestrator.timestampName() }
             let taken = try orchestrator.snapshot([device.name], options: options)
             snapshotArgument = taken.snapshots[0].path
         }
@@ -153,13 +153,6 @@ public enum Backup {
         return BackupOutcome(plan: plan, snapshot: snapshotName, export: exported, resticSnapshot: resticSnapshot)
     }
 
-    static func timestamp() -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyyMMdd'T'HHmmss"
-        return formatter.string(from: Date())
-    }
 }
 
 /// restic, run as a child process: the image, its manifest and its checksum file go into one
