@@ -166,35 +166,15 @@ extension Orchestrator {
         path.hasPrefix("/") ? nil : try? volumeParts(path)
     }
 
-    /// A volume group that can hold era metadata of `size` for the device `number`: it exists,
-    /// has room, and none of its physical volumes lies on the device (its tracking would write
-    /// through itself).
-    private func checkMetadataGroup(_ group: String, device number: DeviceNumber, size: Bytes) throws -> String {
-        guard LVMNames.isValid(group) else {
-            throw SnapstackError(.invalidArgument, "\"\(group.replacingNewlines)\" is not a volume group name",
-                                 remedy: "name a volume group that `vgs` lists")
-        }
-        var found: VolumeGroupFacts?
-        try failing("cannot read the volume group \(group)") { found = try volumes.volumeGroup(named: group) }
-        guard let facts = found else {
-            throw SnapstackError(.notFound, "no volume group \(group)", why: "LVM knows no volume group of that name",
-                                 remedy: "name one that `vgs` lists")
-        }
-        let extent = max(facts.extentSize.rawValue, 1)
-        let needed = Bytes((size.rawValue + extent - 1) / extent * extent)
-        guard needed <= facts.free else {
-            throw SnapstackError(.refused, "the volume group \(group) has \(Self.describe(facts.free)) free; the change-tracking metadata needs \(Self.describe(needed))",
+    /// A volume group that can hold era metadata of `size` for the device `number`.
+    private func checkMetadataGroup(_ name: String, device number: DeviceNumber, size: Bytes) throws -> String {
+        let group = try volumeGroup(name, for: "the change-tracking metadata", avoiding: [number], otherwise: "leave out --cbt-metadata")
+        let needed = group.allocation(for: size)
+        guard needed <= group.free else {
+            throw SnapstackError(.refused, "the volume group \(name) has \(Self.describe(group.free)) free; the change-tracking metadata needs \(Self.describe(needed))",
                                  remedy: "add a disk to it (vgextend), or leave out --cbt-metadata")
         }
-        for pv in facts.physicalVolumes {
-            guard let pvNumber = try? host.facts(of: FilePath(pv)).number else { continue }
-            if host.underlyingDevices(of: pvNumber).contains(number) {
-                throw SnapstackError(.refused, "the volume group \(group) is on the device to protect (\(pv))",
-                                     why: "its change tracking would write through itself",
-                                     remedy: "put the metadata in a volume group on another disk")
-            }
-        }
-        return group
+        return name
     }
 
     /// Refuses a device that is not a dm device and is mounted, open or held: it cannot be

@@ -124,11 +124,7 @@ extension Orchestrator {
         let location = try resolveStore(options.store, memberCount: members.count, memberDevices: memberDevices)
         if case .volumeGroup(let group) = location {
             // LVM allocates whole extents: the plan records the size the volume will have.
-            let extent = max(group.extentSize.rawValue, 1)
-            for index in members.indices {
-                let size = members[index].storeSize.rawValue
-                members[index].storeSize = Bytes(size.roundedUp(toMultipleOf: extent) ?? size)
-            }
+            for index in members.indices { members[index].storeSize = group.allocation(for: members[index].storeSize) }
             let needed = members.reduce(UInt64(0)) { $0.addingReportingOverflow($1.storeSize.rawValue).partialValue }
             guard needed <= group.free.rawValue else {
                 throw SnapstackError(.refused, "the volume group \(group.name) has \(Self.describe(group.free)) free; the stores need \(Self.describe(Bytes(needed)))",
@@ -185,13 +181,5 @@ extension Orchestrator {
         }
         bytes = Bytes(min(bytes.rawValue, origin.rawValue + origin.rawValue / 16 + (1 << 20)))
         return Bytes((bytes.rawValue + chunk.rawValue - 1) / chunk.rawValue * chunk.rawValue)
-    }
-}
-
-private extension UInt64 {
-    /// nil past `UInt64.max`.
-    func roundedUp(toMultipleOf step: UInt64) -> UInt64? {
-        let (sum, overflow) = addingReportingOverflow(step - 1)
-        return overflow ? nil : sum / step * step
     }
 }

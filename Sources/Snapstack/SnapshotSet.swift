@@ -244,7 +244,8 @@ extension Orchestrator {
     /// without a `/` names an LVM volume group (`./name` for a directory here).
     func resolveStore(_ argument: String?, memberCount: Int, memberDevices: Set<DeviceNumber>) throws -> StoreLocation {
         if let argument, !argument.contains("/") {
-            return try resolveVolumeGroup(argument, memberDevices: memberDevices)
+            return .volumeGroup(try volumeGroup(argument, for: "the store", avoiding: memberDevices,
+                                                otherwise: "a directory as ./\(argument.replacingNewlines)"))
         }
         let path = argument ?? storeDirectory.string
         if argument == nil {
@@ -283,29 +284,6 @@ extension Orchestrator {
                                  remedy: "put the store on another disk with --store")
         }
         return location
-    }
-
-    private func resolveVolumeGroup(_ name: String, memberDevices: Set<DeviceNumber>) throws -> StoreLocation {
-        guard LVMNames.isValid(name) else {
-            throw SnapstackError(.invalidArgument, "\"\(name.replacingNewlines)\" is not a volume group name",
-                                 why: "a --store without a / names an LVM volume group",
-                                 remedy: "name a directory as ./\(name.replacingNewlines), or a volume group LVM lists in `vgs`")
-        }
-        var found: VolumeGroupFacts?
-        try failing("cannot read the volume group \(name)") { found = try volumes.volumeGroup(named: name) }
-        guard let group = found else {
-            throw SnapstackError(.notFound, "no volume group \(name)", why: "LVM knows no volume group of that name",
-                                 remedy: "name one that `vgs` lists, or a directory as ./\(name)")
-        }
-        for pv in group.physicalVolumes {
-            guard let number = try? host.facts(of: FilePath(pv)).number else { continue }
-            if !host.underlyingDevices(of: number).isDisjoint(with: memberDevices) {
-                throw SnapstackError(.refused, "the volume group \(name) is on a device of the snapshot set (\(pv))",
-                                     why: "copy-on-write data written through the origin it protects would recurse",
-                                     remedy: "put the store in a volume group on another disk")
-            }
-        }
-        return .volumeGroup(group)
     }
 
     /// The COW device of a snapshot, its loop device attached if it is a file.

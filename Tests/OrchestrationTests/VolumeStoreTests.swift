@@ -50,7 +50,7 @@ import Testing
     @Test(arguments: [
         ("a group without room", "storevg", Bytes.mebibytes(50), "has 96 MiB (100663296 bytes) free; the stores need 104 MiB (109051904 bytes)"),
         ("a group that does not exist", "novg", Bytes.mebibytes(8), "no volume group novg"),
-        ("a group on the origin", "originvg", Bytes.mebibytes(8), "is on a device of the snapshot set"),
+        ("a group on the origin", "originvg", Bytes.mebibytes(8), "for the store is on a device it would serve"),
         ("a name LVM cannot hold", "bad,name", Bytes.mebibytes(8), "is not a volume group name"),
     ])
     func refusedWithNothingChanged(_ label: String, _ group: String, _ size: Bytes, _ message: String) throws {
@@ -100,7 +100,7 @@ import Testing
         #expect(try lab.kernel.volumes(tagged: "snapstack").isEmpty)
     }
 
-    @Test(arguments: [("novg", "no volume group novg"), ("originvg", "is on the device to protect"), ("tinyvg", "free; the change-tracking metadata needs")])
+    @Test(arguments: [("novg", "no volume group novg"), ("originvg", "for the change-tracking metadata is on a device it would serve"), ("tinyvg", "free; the change-tracking metadata needs")])
     func eraMetadataGroupRefused(_ group: String, _ message: String) throws {
         let lab = try SimulatedLab()
         lab.kernel.makeVolumeGroup("originvg", size: .mebibytes(32), physicalVolumes: [SimulatedLab.disks[0]])
