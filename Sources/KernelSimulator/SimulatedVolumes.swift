@@ -58,6 +58,13 @@ extension SimulatedKernel: LogicalVolumes {
         }
     }
 
+    /// Volumes are active from their creation on, also across a simulated reboot.
+    public func activateVolume(group: String, name: String) throws {
+        guard state.withLock({ $0.volumeGroups[group]?.volumes[name] != nil }) else {
+            throw SimulatedFault(operation: "lvchange -ay \(group)/\(name): no such volume")
+        }
+    }
+
     public func removeVolume(group: String, name: String) throws {
         guard state.withLock({ $0.volumeGroups[group]?.volumes[name] != nil }) else { return }
         try change("lvremove \(group)/\(name)")

@@ -291,7 +291,9 @@ extension Orchestrator {
         switch record.storeKind {
         case .file: return .number(try attach(FilePath(record.storePath)).number)
         case .device: return try DeviceReference.checkedPath(record.storePath)
-        case .volume: return try DeviceReference.checkedPath("/dev/" + record.storePath)
+        case .volume:
+            let (group, name) = try Self.volumeParts(record.storePath)
+            return try DeviceReference.checkedPath(try activeVolumePath(group: group, name: name))
         }
     }
 

@@ -102,9 +102,10 @@ extension Orchestrator {
                                         zeroFill: zeroFill(metadataSize, for: FilePath(path)))
                 }
             case .attachMetadata(let path):
-                if device.eraMetadataVolume != nil {
+                if let (group, name) = device.eraMetadataVolume {
+                    let volume = try activeVolumePath(group: group, name: name)
                     try failing("cannot open the change-tracking metadata volume \(path)") {
-                        metadataLoop = try host.facts(of: FilePath("/dev/" + path)).number
+                        metadataLoop = try host.facts(of: FilePath(volume)).number
                     }
                 } else {
                     metadataLoop = try attach(FilePath(path)).number

@@ -38,4 +38,14 @@ extension Orchestrator {
         }
         return group
     }
+
+    /// The node of one of snapstack's volumes, activated first if it is not active: after a
+    /// boot, LVM's event activation may not have reached its group yet, or may skip it.
+    func activeVolumePath(group: String, name: String) throws -> String {
+        let path = "/dev/\(group)/\(name)"
+        if (try? host.facts(of: FilePath(path))) == nil {
+            try failing("cannot activate \(group)/\(name)") { try volumes.activateVolume(group: group, name: name) }
+        }
+        return path
+    }
 }

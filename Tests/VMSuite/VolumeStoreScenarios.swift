@@ -9,7 +9,7 @@ import SnapstackDaemon
 /// sha256sum of the snapshot.
 enum VolumeStoreScenarios {
     static let all: [Scenario] = [
-        Scenario("snapshot --store VG: the store is an LV that lvs shows and dmsetup deps names; the store watch grows it with lvextend under load while the snapshot stays frozen; drop removes it; a crash after the store is made is repaired by reconcile; refusals change nothing",
+        Scenario("snapshot --store VG: the store is an LV that lvs shows and dmsetup deps names; reconcile activates it after a reboot-like loss; the store watch grows it with lvextend under load while the snapshot stays frozen; drop removes it; a crash after the store is made is repaired by reconcile; refusals change nothing",
                  volumeStore).lasting(110),
         Scenario("protect --cbt-metadata VG of a mounted LV: era metadata on an LV of the same group (dmsetup table, lvs), no file or loop device; full + 2 incrementals equal their snapshots, era_invalidate on the LV agrees; unprotect removes it; a missing group is refused with nothing changed",
                  metadataVolume).lasting(120),
@@ -60,6 +60,14 @@ enum VolumeStoreScenarios {
             let row = try cli.rows("snapshots").first
             try expectEqual(row?["store"] as? String, "cowvg/\(volume)", "the snapshots report's store")
             let frozen = try lab.sha256(path, length: size)
+
+            // As after a boot where LVM has not activated the group: reconcile activates the
+            // store and brings the snapshot back with the same content.
+            try lab.sh("dmsetup", "remove", "snapstack-vol-s")
+            try vg.lvm(["lvchange", "-q", "-an", "cowvg/\(volume)"])
+            try expect(!FileManager.default.fileExists(atPath: "/dev/cowvg/\(volume)"), "the store LV is still active")
+            try cli.ok("reconcile")
+            try expectEqual(try lab.sha256(path, length: size), frozen, "the snapshot re-activated from its store LV")
 
             // The store watch grows it under a steady writer (128 KiB every 0.5 s at most, 6 MiB
             // in all). A growth is two LVM commands, seconds each in the emulated guest: the

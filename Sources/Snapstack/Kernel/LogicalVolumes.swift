@@ -58,6 +58,8 @@ public protocol LogicalVolumes: Sendable {
     func extendVolume(group: String, name: String, to size: Bytes) throws -> Bytes
     /// Removes a volume; one that does not exist is not an error.
     func removeVolume(group: String, name: String) throws
+    /// Activates a volume (`/dev/<group>/<name>` appears); an active one is left as it is.
+    func activateVolume(group: String, name: String) throws
 }
 
 /// LVM through liblvm2cmd, one command per child process (`snapstack lvm-exec`, see
@@ -107,6 +109,10 @@ public struct LVMTool: LogicalVolumes {
         try command(["lvextend", "-q", "-L", "\(size.rawValue)b", "\(group)/\(name)"], "cannot grow \(group)/\(name)")
         let extent = max(current.extentSize.rawValue, 1)
         return Bytes((size.rawValue + extent - 1) / extent * extent)
+    }
+
+    public func activateVolume(group: String, name: String) throws {
+        try command(["lvchange", "-q", "-ay", "\(group)/\(name)"], "cannot activate \(group)/\(name)")
     }
 
     public func removeVolume(group: String, name: String) throws {
