@@ -62,7 +62,8 @@ extension Orchestrator {
                 files.append(directory.appending(file).string)
             }
         }
-        // Store volumes of recorded devices only: another state directory's are not ours to judge.
+        // Volumes (stores, era metadata) named for recorded devices only: another state
+        // directory's are not ours to judge.
         let recorded = Set(devices.map(\.record.id))
         let volumes = (recorded.isEmpty ? [] : (try? self.volumes.volumes(tagged: Self.volumeTag)) ?? []).filter { volume in
             recorded.contains { volume.name.hasPrefix(Self.storeVolumeName(deviceID: $0, snapshotID: "")) }

@@ -35,7 +35,7 @@ struct ReconcileObservation {
     var loops: [LoopDevice]
     /// `.cow` and `.era` files in the state directory's store and metadata directories.
     var files: [String]
-    /// Logical volumes tagged as snapstack's whose names are stores of recorded devices.
+    /// Logical volumes tagged as snapstack's whose names carry a recorded device's id.
     var volumes: [LogicalVolumeFacts] = []
 }
 
@@ -65,7 +65,8 @@ enum ReconcileStep: Equatable {
     case leaveOpenOrphan(device: String, openCount: Int)
     case detachOrphanLoop(path: String, file: String)
     case deleteOrphanFile(path: String)
-    /// A store volume no snapshot records; one held open is left alone.
+    /// A volume of snapstack's (a store, era metadata) that no record names; one held open is
+    /// left alone.
     case removeOrphanVolume(LogicalVolumeFacts)
     case leaveOpenOrphanVolume(LogicalVolumeFacts)
 
@@ -123,8 +124,8 @@ enum ReconcileStep: Equatable {
         case .leaveOpenOrphan(let name, let count): (name, "left alone: not in the database, but open (\(count) opener(s))")
         case .detachOrphanLoop(let path, let file): (path, "detach: backs \(file), which nothing records")
         case .deleteOrphanFile(let path): (path, "delete: nothing records it")
-        case .removeOrphanVolume(let volume): (volume.fullName, "lvremove: a store volume nothing records")
-        case .leaveOpenOrphanVolume(let volume): (volume.fullName, "left alone: a store volume nothing records, but open")
+        case .removeOrphanVolume(let volume): (volume.fullName, "lvremove: a volume of snapstack's that nothing records")
+        case .leaveOpenOrphanVolume(let volume): (volume.fullName, "left alone: a volume of snapstack's that nothing records, but open")
         }
         return ReconcileAction(step: kind, subject: subject, action: text)
     }
