@@ -628,13 +628,16 @@ enum AdoptionScenarios {
             let extended = try vg.lvmRun(["lvextend", "-q", "-L+32M", "\(vg.name)/data"])
             try expectEqual(extended.status, 0, "lvextend of the adopted LV (stderr: \(extended.stderr))")
             // A change event reaches udev within a second or two, even under TCG.
-            let deadline = Date().addingTimeInterval(30)
+            let reloaded = Date()
+            let deadline = reloaded.addingTimeInterval(30)
             var grownTable = ""
             while true {
                 try lab.sh("udevadm", "settle")
                 let top = try table(lab, lv.dmName)
                 if top.hasPrefix("0 \(grown) linear "), let real = try? number(lab, "snapstack-data-real"), top == "0 \(grown) linear \(real) 0" {
                     grownTable = try table(lab, "snapstack-data-clone")
+                    // Seen by polling every 0.25 s after a udev settle: an upper bound.
+                    print(String(format: "      re-adopted by the daemon %.1f s after lvextend returned", Date().timeIntervalSince(reloaded)))
                     break
                 }
                 guard Date() < deadline else {
