@@ -66,7 +66,7 @@ public struct DeltaStreamHeader: Hashable, Sendable {
     public static let magic: [UInt8] = Array("SNAPSTACK-DELTA".utf8) + [0]
     public static let currentVersion: UInt32 = 1
     public static let maximumPayload = 64 << 20
-    public static let maximumBlockSize = 64 << 20
+    public static let maximumBlockSize = BlockGeometry.maximumBlockSize
 
     public var version: UInt32
     public var blockSize: Int
@@ -162,8 +162,10 @@ public final class DeltaStreamWriter: CopySink {
         guard header.payload.count <= DeltaStreamHeader.maximumPayload else {
             throw .invalid(name, "delta stream payload of \(header.payload.count) bytes exceeds \(DeltaStreamHeader.maximumPayload)")
         }
-        guard header.blockSize >= 512, header.blockSize % 512 == 0, header.blockSize <= DeltaStreamHeader.maximumBlockSize else {
-            throw .invalid(name, "delta stream block size \(header.blockSize) is not a multiple of 512 up to 64 MiB")
+        do {
+            _ = try BlockGeometry(blockSize: header.blockSize, deviceSize: header.deviceSize)
+        } catch {
+            throw .invalid(name, "delta stream \(error)")
         }
         self.header = header
         self.name = name

@@ -100,8 +100,10 @@ public final class DeltaStreamReader {
         guard payloadLength <= UInt64(DeltaStreamHeader.maximumPayload) else {
             throw corrupt("payload length \(payloadLength) exceeds \(DeltaStreamHeader.maximumPayload)", at: 32)
         }
-        guard blockSize >= 512, blockSize % 512 == 0, blockSize <= DeltaStreamHeader.maximumBlockSize else {
-            throw corrupt("block size \(blockSize) is not a multiple of 512 up to 64 MiB", at: 20)
+        do {
+            _ = try BlockGeometry(blockSize: blockSize, deviceSize: deviceSize)
+        } catch {
+            throw corrupt(error.description, at: 20)
         }
         var payload = [UInt8](repeating: 0, count: Int(payloadLength))
         try fill(&payload, "payload")

@@ -1,4 +1,7 @@
 import CopyEngine
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import SnapstackErrors
 import SystemPackage
@@ -33,6 +36,7 @@ extension Image {
         }
 
         let fresh = try placeStream(&manifest, into: image)
+        if fresh { try checkRoomForChecksums(manifest, image: image) }
 
         // Intent first, then the blocks, then the seal.
         manifest.state = .incomplete
@@ -124,6 +128,24 @@ extension Image {
             }
             manifest.export.chain = [manifest.export.id]
             return true
+        }
+    }
+
+    /// A full stream fills every entry of the checksum file, 16 bytes a block, so the space
+    /// for them is known before the first record. A stream whose header claims a device far
+    /// larger than the stream could ever fill is refused here, before it creates anything,
+    /// instead of running the file system full one zero record at a time.
+    private static func checkRoomForChecksums(_ manifest: ImageManifest, image: FilePath) throws {
+        let directory = image.removingLastComponent().isEmpty ? FilePath(".") : image.removingLastComponent()
+        var facts = statvfs()
+        guard statvfs(directory.string, &facts) == 0 else { return }  // the open that follows names the problem
+        let available = UInt64(facts.f_bavail).multipliedReportingOverflow(by: UInt64(facts.f_frsize))
+        let free = available.overflow ? UInt64.max : available.partialValue
+        let needed = manifest.blockCount * 16
+        guard needed <= free else {
+            throw SnapstackError(.refused, "no room for the checksums of \(image)",
+                                 why: "a \(manifest.device.sizeBytes)-byte device at \(manifest.blockSize)-byte blocks needs \(needed) bytes of checksums, \(directory) has \(free) free",
+                                 remedy: "apply to a file system with more room, or check that the stream is the one you meant")
         }
     }
 

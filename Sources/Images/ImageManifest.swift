@@ -109,7 +109,7 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         self.snapshot = snapshot
         self.sinceEra = sinceEra
         self.blockSize = blockSize
-        blockCount = (device.sizeBytes + UInt64(blockSize) - 1) / UInt64(blockSize)
+        blockCount = BlockGeometry.blockCount(deviceSize: device.sizeBytes, blockSize: blockSize)
         checksums = Checksums(algorithm: "xxh3-128", file: checksumFile, digest: checksumDigest)
     }
 
@@ -157,8 +157,13 @@ public struct ImageManifest: Codable, Sendable, Equatable {
                                  why: "manifest version \(manifest.version), this build reads up to \(currentVersion)",
                                  remedy: "use a newer snapstack")
         }
-        guard manifest.blockSize > 0, manifest.blockSize % 512 == 0,
-              manifest.blockCount == (manifest.device.sizeBytes + UInt64(manifest.blockSize) - 1) / UInt64(manifest.blockSize)
+        do {
+            _ = try BlockGeometry(blockSize: manifest.blockSize, deviceSize: manifest.device.sizeBytes)
+        } catch {
+            throw SnapstackError(.failed, "\(source) is inconsistent", why: "\(error)",
+                                 remedy: "a damaged manifest needs a new full export")
+        }
+        guard manifest.blockCount == BlockGeometry.blockCount(deviceSize: manifest.device.sizeBytes, blockSize: manifest.blockSize)
         else {
             throw SnapstackError(.failed, "\(source) is inconsistent",
                                  why: "block size \(manifest.blockSize) and \(manifest.blockCount) blocks do not cover \(manifest.device.sizeBytes) bytes")

@@ -8,7 +8,7 @@ import Testing
 
 /// Images made and updated through delta streams, then verified, on plain files: the unit tier
 /// of what `export`, `apply` and `verify` do with an image, its manifest and its checksums.
-private final class Scratch {
+final class Scratch {
     let directory: String
     init() throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("snapstack-image-\(UUID().uuidString)").path
