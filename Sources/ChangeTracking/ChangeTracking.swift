@@ -99,14 +99,30 @@ public final class EraMetadata {
     /// reported, and the snapshot is read — thin-provisioning-tools 0.9.0 reads the *live*
     /// superblock's roots even with `--metadata-snapshot`, so the two agree only while nothing
     /// changed since the snapshot was taken.
-    public func changedBlocks(since era: UInt32) throws(EraMetadataError) -> [Range<UInt64>] {
-        try changes(since: era).ranges
+    ///
+    /// With `expected`, the snapshot must describe exactly those data blocks: block numbers are
+    /// only offsets on the device they were counted for, so metadata of another block size or
+    /// device size would name the wrong bytes, silently.
+    public func changedBlocks(since era: UInt32, expecting expected: EraGeometry? = nil) throws(EraMetadataError) -> [Range<UInt64>] {
+        try changes(since: era, expecting: expected).ranges
     }
 
-    /// `changedBlocks(since:)` as `ChangedRanges`.
-    public func changes(since era: UInt32) throws(EraMetadataError) -> ChangedRanges {
+    /// `changedBlocks(since:expecting:)` as `ChangedRanges`.
+    public func changes(since era: UInt32, expecting expected: EraGeometry? = nil) throws(EraMetadataError) -> ChangedRanges {
         let snapshot = try snapshotSuperblock()
         let blocks = snapshot.blockCount
+        let found = EraGeometry(blockSize: snapshot.blockSize, blockCount: blocks)
+        if let expected, expected != found {
+            throw EraMetadataError(path: path, reason: .geometryMismatch(expected: expected, found: found))
+        }
+        // The era array holds an entry for every data block, so metadata of this size cannot
+        // index more; a larger count is damage, and must not become the bitmap's allocation.
+        let indexable = metadataBlockCount.multipliedReportingOverflow(by: UInt64(arrayEntriesPerBlock))
+        guard indexable.overflow || blocks <= indexable.partialValue else {
+            throw EraMetadataError(path: path, reason: .malformed(
+                .snapshotSuperblock, block: snapshot.location,
+                "\(blocks) data blocks cannot be indexed by \(metadataBlockCount) metadata blocks"))
+        }
         var bitmap = [UInt64](repeating: 0, count: Int((blocks + 63) / 64))
 
         if era == 0 {

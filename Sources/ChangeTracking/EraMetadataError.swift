@@ -1,4 +1,5 @@
 import SystemPackage
+import BlockIO
 
 /// The structures of dm-era's metadata, named in errors so that a report says which part is
 /// damaged.
@@ -47,6 +48,8 @@ public struct EraMetadataError: Error, Hashable, Sendable, CustomStringConvertib
         case malformed(EraStructure, block: UInt64, String)
         /// The superblock names no held metadata snapshot.
         case noMetadataSnapshot
+        /// The metadata describes other data blocks than the device it is supposed to track.
+        case geometryMismatch(expected: EraGeometry, found: EraGeometry)
     }
 
     /// The metadata device or file.
@@ -65,7 +68,8 @@ public struct EraMetadataError: Error, Hashable, Sendable, CustomStringConvertib
              .badMagic(let block, _), .checksumMismatch(_, let block, _, _), .wrongLocation(_, let block, _),
              .loop(_, let block), .malformed(_, let block, _):
             return block
-        case .open, .size, .tooSmall, .unsupportedVersion, .unsupportedMetadataBlockSize, .noMetadataSnapshot:
+        case .open, .size, .tooSmall, .unsupportedVersion, .unsupportedMetadataBlockSize, .noMetadataSnapshot,
+             .geometryMismatch:
             return nil
         }
     }
@@ -76,7 +80,7 @@ public struct EraMetadataError: Error, Hashable, Sendable, CustomStringConvertib
         case .outOfRange(let structure, _, _), .checksumMismatch(let structure, _, _, _),
              .wrongLocation(let structure, _, _), .loop(let structure, _), .malformed(let structure, _, _):
             return structure
-        case .badMagic, .unsupportedVersion, .unsupportedMetadataBlockSize:
+        case .badMagic, .unsupportedVersion, .unsupportedMetadataBlockSize, .geometryMismatch:
             return .superblock
         case .open, .size, .tooSmall, .read, .shortRead, .noMetadataSnapshot:
             return nil
@@ -117,9 +121,30 @@ public struct EraMetadataError: Error, Hashable, Sendable, CustomStringConvertib
         case .noMetadataSnapshot:
             what = "no metadata snapshot is held; send `take_metadata_snap` to the era device "
                 + "(dmsetup message NAME 0 take_metadata_snap) before reading changes, and `drop_metadata_snap` after"
+        case .geometryMismatch(let expected, let found):
+            what = "it tracks \(found), the device has \(expected); it is not this device's metadata, or it was damaged"
         }
         return "era metadata \(path): \(what)"
     }
+}
+
+/// The data blocks an era device tracks: their size and how many cover the device.
+public struct EraGeometry: Hashable, Sendable, CustomStringConvertible {
+    public var blockSize: Sectors
+    public var blockCount: UInt64
+
+    public init(blockSize: Sectors, blockCount: UInt64) {
+        self.blockSize = blockSize
+        self.blockCount = blockCount
+    }
+
+    /// The geometry dm-era gives a device of `deviceBytes`: the last block may be short.
+    public init(blockSize: Sectors, deviceBytes: UInt64) {
+        let blockBytes = blockSize.bytes.rawValue
+        self.init(blockSize: blockSize, blockCount: deviceBytes / blockBytes + (deviceBytes % blockBytes == 0 ? 0 : 1))
+    }
+
+    public var description: String { "\(blockCount) blocks of \(blockSize.rawValue) sectors" }
 }
 
 private func hex(_ value: UInt32) -> String {

@@ -171,3 +171,7 @@ extension MetadataDevice {
 
 /// Where an array block's values begin.
 let arrayValuesOffset = arrayHeaderSize
+
+/// The most 32-bit era entries one array block holds: the era array can describe at most this
+/// many data blocks per metadata block.
+let arrayEntriesPerBlock = (metadataBlockSize - arrayHeaderSize) / 4

@@ -217,7 +217,7 @@ extension Orchestrator {
     /// Blocks of `device` written in era `era` or later, read from a metadata snapshot of its
     /// era device (dm-era's `take_metadata_snap`, dropped again whatever happens).
     func changedBlocks(of device: DeviceRecord, since era: Int64) throws -> [Range<UInt64>] {
-        guard device.cbtBlockSectors != nil, let metadataFile = device.eraMetadataPath else {
+        guard let blockSectors = device.cbtBlockSectors, let metadataFile = device.eraMetadataPath else {
             throw SnapstackError(.refused, "\(device.name) has no change tracking",
                                  why: "it was protected with --no-cbt", remedy: "take a full export")
         }
@@ -253,7 +253,8 @@ extension Orchestrator {
             metadataDevice = loop.path
         }
         do {
-            return try EraMetadata(path: FilePath(metadataDevice)).changedBlocks(since: UInt32(era))
+            let expected = EraGeometry(blockSize: Sectors(UInt64(blockSectors)), deviceBytes: UInt64(device.sizeBytes))
+            return try EraMetadata(path: FilePath(metadataDevice)).changedBlocks(since: UInt32(era), expecting: expected)
         } catch {
             throw SnapstackError(.failed, "cannot read the change tracking of \(device.name) from \(metadataDevice)",
                                  why: "\(error)", remedy: "--allow-full reads every block instead", cause: error)

@@ -113,6 +113,40 @@ struct DamagedMetadataTests {
         throw FixtureError(description: "the damaged image was read without an error")
     }
 
+    @Test("metadata of another block size or device size than the device's is refused, not read as offsets of the wrong bytes",
+          arguments: fixtureNames)
+    func foreignGeometry(fixture: String) throws {
+        let image = try MetadataImage(fixture: fixture)
+        let path = try image.write()
+        defer { MetadataImage.remove(path) }
+        let metadata = try EraMetadata(path: path)
+        let snapshot = try metadata.snapshotSuperblock()
+        let own = EraGeometry(blockSize: snapshot.blockSize, blockCount: snapshot.blockCount)
+        #expect(try metadata.changedBlocks(since: 1, expecting: own) == metadata.changedBlocks(since: 1))
+        // The device's size, as the database records it, gives the same geometry.
+        let deviceBytes = snapshot.blockCount * snapshot.blockSize.bytes.rawValue - 512
+        #expect(EraGeometry(blockSize: snapshot.blockSize, deviceBytes: deviceBytes) == own)
+
+        for foreign in [EraGeometry(blockSize: Sectors(snapshot.blockSize.rawValue * 2), blockCount: snapshot.blockCount),
+                        EraGeometry(blockSize: snapshot.blockSize, blockCount: snapshot.blockCount / 2),
+                        EraGeometry(blockSize: snapshot.blockSize, deviceBytes: deviceBytes + 2 * snapshot.blockSize.bytes.rawValue)] {
+            let error = try refusal(image) { _ = try $0.changedBlocks(since: 1, expecting: foreign) }
+            #expect(error.reason == .geometryMismatch(expected: foreign, found: own))
+            #expect(error.description.contains("it tracks \(own), the device has \(foreign)"))
+        }
+    }
+
+    @Test("a snapshot claiming more data blocks than its metadata could index is refused before the bitmap is allocated")
+    func blockCountPastWhatTheArrayIndexes() throws {
+        var image = try MetadataImage(fixture: "era-small")
+        let snapshot = image.u64(0, SuperblockField.metadataSnapshot)
+        image.set(snapshot, SuperblockField.blockCount, u32: .max)
+        image.reseal(snapshot, xor: KernelXor.superblock)
+        let error = try refusal(image) { _ = try $0.changedBlocks(since: 1) }
+        #expect(error.structure == .snapshotSuperblock)
+        #expect(error.description.contains("\(UInt32.max) data blocks cannot be indexed"))
+    }
+
     @Test("a flipped byte in the superblock is a checksum mismatch at block 0")
     func superblockChecksum() throws {
         var image = try MetadataImage(fixture: "era-small")

@@ -121,7 +121,7 @@ enum KernelXor {
 
 /// Offsets in `struct superblock_disk` (dm-era-target.c).
 enum SuperblockField {
-    static let checksum = 0, blockNumber = 8, magic = 32, version = 40, currentEra = 184
+    static let checksum = 0, blockNumber = 8, magic = 32, version = 40, blockCount = 180, currentEra = 184
     static let writesetTreeRoot = 200, eraArrayRoot = 208, metadataSnapshot = 216
 }
 
