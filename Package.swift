@@ -79,17 +79,21 @@ let package = Package(
         .target(name: "Exposition"),
         // SnapstackError: what failed, why, what to do, and the kind that picks the exit status.
         .target(name: "SnapstackErrors"),
+        // flock(2) with a timeout and the holder's name: the state directory's locks and an image's.
+        .target(
+            name: "Locking",
+            dependencies: ["SnapstackErrors", .product(name: "SystemPackage", package: "swift-system")]),
         // Backup images: manifest, checksum file, verify, restore, applying a delta stream. They
         // need no orchestrator, no state and no device-mapper.
         .target(
             name: "Images",
-            dependencies: ["BlockIO", "CopyEngine", "SnapstackErrors",
+            dependencies: ["BlockIO", "CopyEngine", "Locking", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // The library that backup software embeds.
         .target(
             name: "Snapstack",
             dependencies: ["DeviceMapper", "Udev", "BlockIO", "StateDatabase", "ChangeTracking", "CopyEngine", "Exposition",
-                           "Images", "SnapstackErrors",
+                           "Images", "Locking", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // A kernel in memory behind the same seam (device-mapper, loop devices, disks), for
         // running and crashing every verb without root.
@@ -110,7 +114,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "snapstack",
-            dependencies: ["Snapstack", "SnapstackDaemon", "Images", "SnapstackErrors", "Reports", "CopyEngine", "LVMExec",
+            dependencies: ["Snapstack", "SnapstackDaemon", "Images", "Locking", "SnapstackErrors", "Reports", "CopyEngine", "LVMExec",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // Unit tier: no root, no kernel device-mapper.
@@ -155,7 +159,7 @@ let package = Package(
         // The orchestrator on a simulated kernel: every verb, crash and rollback, no root.
         .testTarget(
             name: "OrchestrationTests",
-            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO", "StateDatabase", "SnapstackErrors",
+            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO", "StateDatabase", "Locking", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(

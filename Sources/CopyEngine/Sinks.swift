@@ -91,7 +91,8 @@ public final class SparseFileSink: CopySink {
         self.path = path
         self.zeroBlocks = zeroBlocks
         self.writeMode = writeMode
-        var flags = O_WRONLY | O_CREAT
+        // Not through a symbolic link: the image directory may be writable by others, and this runs as root.
+        var flags = O_WRONLY | O_CREAT | O_NOFOLLOW
         if zeroBlocks == .leaveHoles { flags |= O_TRUNC }
         switch openFile(path.string, flags, mode_t(permissions.rawValue)) {
         case .success(let descriptor): fd = descriptor
@@ -102,7 +103,7 @@ public final class SparseFileSink: CopySink {
             throw CopyError("ftruncate", path.string, offset: size, error)
         }
         if writeMode == .direct {
-            switch openFile(path.string, O_WRONLY | snapstack_O_DIRECT) {
+            switch openFile(path.string, O_WRONLY | O_NOFOLLOW | snapstack_O_DIRECT) {
             case .success(let descriptor): directFD = descriptor
             case .failure(.invalidArgument): directFD = nil  // no O_DIRECT here: buffered
             case .failure(let error):

@@ -25,7 +25,7 @@ public final class ChecksumFile {
         self.blockCount = blockCount
         do {
             fd = try FileDescriptor.open(path, create ? .readWrite : .readOnly,
-                                         options: create ? [.create] : [],
+                                         options: create ? [.create, .noFollow, .closeOnExec] : [.closeOnExec],
                                          permissions: [.ownerReadWrite, .groupRead, .otherRead])
         } catch {
             throw SnapstackError(.failed, "cannot open the checksum file \(path)", why: "\(error)",

@@ -3,6 +3,7 @@ import CopyEngine
 import Glibc
 #endif
 import Foundation
+import Locking
 import SnapstackErrors
 import SystemPackage
 
@@ -35,6 +36,8 @@ extension Image {
                                  why: "block size or device size differ between the stream header and the manifest")
         }
 
+        let lock = try ImageManifest.lockWriter(ofImage: image)
+        defer { withExtendedLifetime(lock) {} }
         let fresh = try placeStream(&manifest, into: image)
         if fresh { try checkRoomForChecksums(manifest, image: image) }
 

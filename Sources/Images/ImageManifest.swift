@@ -1,6 +1,7 @@
 import BlockIO
 import CopyEngine
 import Foundation
+import Locking
 import SnapstackErrors
 import SystemPackage
 
@@ -125,6 +126,18 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         FilePath(image.string + ".sums")
     }
 
+    /// The lock file of an image's writer.
+    public static func lockPath(forImage image: FilePath) -> FilePath {
+        FilePath(image.string + ".lock")
+    }
+
+    /// Taken by the one process that writes an image (an `export` into it, an `apply` to it)
+    /// from its first look at the manifest to its last write: two writers would interleave
+    /// blocks, checksums and manifests. Not waited for: the other writer may run for hours.
+    public static func lockWriter(ofImage image: FilePath) throws -> ImageWriterLock {
+        try ImageWriterLock(image: image)
+    }
+
     /// Reads the manifest of `image`; nil when there is none.
     public static func read(forImage image: FilePath) throws -> ImageManifest? {
         let path = self.path(forImage: image)
@@ -197,4 +210,31 @@ public struct ImageManifest: Codable, Sendable, Equatable {
         decoder.dateDecodingStrategy = .iso8601
         return decoder
     }()
+}
+
+/// The lock of an image's one writer, `IMAGE.lock` beside it. The empty file stays while the
+/// image does (removing it would race with the next writer); a writer that was refused before
+/// it made anything removes it again, so that a refusal leaves the directory as it was. (A
+/// writer that holds the lock is the only one past it: a second one fails at once, it does not
+/// wait on the old file.)
+public final class ImageWriterLock {
+    private let lock: FileLock
+    private let image: FilePath
+
+    init(image: FilePath) throws {
+        self.image = image
+        let path = ImageManifest.lockPath(forImage: image)
+        let directory = path.removingLastComponent()
+        lock = try FileLock(directory: directory.isEmpty ? "." : directory, name: path.lastComponent?.string ?? "",
+                            mode: .exclusive, timeout: 0, owner: "another export or apply", subject: image.string,
+                            remedy: "wait for it to finish; two writers of one image would mix their blocks")
+    }
+
+    deinit {
+        let manager = FileManager.default
+        if !manager.fileExists(atPath: image.string), !manager.fileExists(atPath: ImageManifest.path(forImage: image).string) {
+            unlink(ImageManifest.lockPath(forImage: image).string)
+        }
+        withExtendedLifetime(lock) {}
+    }
 }

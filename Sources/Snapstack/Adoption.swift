@@ -1,6 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
+import Locking
 import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
@@ -119,7 +120,7 @@ extension Orchestrator {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
         }
-        let lock = try StateLock(directory: FilePath(directory), name: "V_\(group)", mode: .exclusive, timeout: lockTimeout,
+        let lock = try FileLock(directory: FilePath(directory), name: "V_\(group)", mode: .exclusive, timeout: lockTimeout,
                                  owner: "an LVM command", recordsHolder: false)
         return try withExtendedLifetime(lock) { try body() }
     }

@@ -1,6 +1,7 @@
 import CopyEngine
 import Foundation
 import Images
+import Locking
 import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
@@ -102,7 +103,7 @@ public enum Backup {
     public static func run(_ request: BackupRequest, stateDirectory: FilePath, lockTimeout: Double,
                            notice: @escaping (String) -> Void,
                            progress: ((CopyProgress) -> Void)? = nil, cancel: CancellationFlag? = nil) throws -> BackupOutcome {
-        func open(_ mode: StateLock.Mode) throws -> Orchestrator {
+        func open(_ mode: FileLock.Mode) throws -> Orchestrator {
             let orchestrator = try Orchestrator(stateDirectory: stateDirectory, lockTimeout: lockTimeout, mode: mode)
             orchestrator.notice = notice
             return orchestrator

@@ -4,6 +4,7 @@ import CopyEngine
 import DeviceMapper
 import Foundation
 import Images
+import Locking
 import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
@@ -88,7 +89,10 @@ extension Orchestrator {
         // The image and its manifest decide whether this is a new export or the re-run of one
         // that stopped half-way.
         var resumedManifest: ImageManifest?
+        var imageLock: ImageWriterLock?
+        defer { withExtendedLifetime(imageLock) {} }
         if case .image(let path) = request.destination {
+            imageLock = try ImageManifest.lockWriter(ofImage: path)
             resumedManifest = try checkImage(path, device: device, snapshot: snapshot, base: base,
                                              replacing: request.replacingImage)
         } else if base != nil, case .standardOutput(.raw) = request.destination {
@@ -226,7 +230,7 @@ extension Orchestrator {
         // must not drop each other's. (The directory holds no metadata file when the metadata
         // is on a volume.)
         try? FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
-        let lock = try StateLock(directory: metadataDirectory, name: "\(device.id).lock", mode: .exclusive, timeout: 300)
+        let lock = try FileLock(directory: metadataDirectory, name: "\(device.id).lock", mode: .exclusive, timeout: 300)
         defer { withExtendedLifetime(lock) {} }
         guard case .era(let status)? = try dm.status(realName).first?.status else {
             throw SnapstackError(.failed, "\(realName.devicePath) is not tracking changes",

@@ -1,6 +1,7 @@
 import BlockIO
 import DeviceMapper
 import Foundation
+import Locking
 import SnapstackErrors
 internal import StateDatabase
 import SystemPackage
@@ -20,7 +21,7 @@ public final class Orchestrator {
     let host: any HostDevices
     /// LVM, for the snapshot stores snapstack puts on volumes of its own.
     let volumes: any LogicalVolumes
-    private let lock: StateLock
+    private let lock: FileLock
     /// How long to wait for a lock: the state's, and LVM's on an adopted volume's group.
     let lockTimeout: Double
     /// Progress and notices for the person at the terminal (stderr in the CLI).
@@ -32,7 +33,7 @@ public final class Orchestrator {
 
     /// Opens the state (creating it on first use) under the lock. Commands that only report
     /// take the lock shared, so that they run beside each other but never see a half-done change.
-    public init(stateDirectory: FilePath, lockTimeout: Double = 30, mode: StateLock.Mode = .exclusive,
+    public init(stateDirectory: FilePath, lockTimeout: Double = 30, mode: FileLock.Mode = .exclusive,
                 kernel: Kernel = .live) throws {
         self.stateDirectory = stateDirectory
         self.lockTimeout = lockTimeout
@@ -46,7 +47,7 @@ public final class Orchestrator {
             throw SnapstackError(.failed, "cannot create the state directory \(stateDirectory)", why: "\(error)",
                                  remedy: "run as root, or name a writable directory with --state-dir")
         }
-        lock = try StateLock(directory: stateDirectory, mode: mode, timeout: lockTimeout)
+        lock = try FileLock(directory: stateDirectory, mode: mode, timeout: lockTimeout)
         do {
             database = try StateDatabase(directory: stateDirectory.string)
         } catch {

@@ -1,4 +1,5 @@
 import Foundation
+import Locking
 internal import StateDatabase
 import SystemPackage
 
@@ -26,7 +27,7 @@ public struct RecordedNames: Sendable, Equatable {
         // The shared lock keeps a half-done change out of view when it is free at once; a
         // command holding it for long (a merge, a protect) must not stall the shell, and SQLite
         // gives a consistent read without it, so the names are read either way.
-        let lock = try? StateLock(directory: stateDirectory, mode: .shared, timeout: lockWait)
+        let lock = try? FileLock(directory: stateDirectory, mode: .shared, timeout: lockWait)
         defer { withExtendedLifetime(lock) {} }
         do {
             guard let database = try StateDatabase.open(readOnly: stateDirectory.string, upgrading: false) else {

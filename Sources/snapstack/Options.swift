@@ -1,6 +1,7 @@
 import ArgumentParser
 import BlockIO
 import Foundation
+import Locking
 import Reports
 import Snapstack
 import SnapstackErrors
@@ -32,7 +33,7 @@ struct GlobalOptions: ParsableArguments {
     var resolvedStateDirectory: FilePath { StateDirectory.resolve(option: stateDirectory) }
 
     /// Opens the state under the lock; notices go to stderr.
-    func orchestrator(_ mode: StateLock.Mode = .exclusive) throws -> Orchestrator {
+    func orchestrator(_ mode: FileLock.Mode = .exclusive) throws -> Orchestrator {
         let orchestrator = try Orchestrator(stateDirectory: resolvedStateDirectory, lockTimeout: lockTimeout, mode: mode)
         orchestrator.notice = { Output.error("snapstack: " + $0) }
         return orchestrator

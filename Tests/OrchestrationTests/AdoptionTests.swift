@@ -2,6 +2,7 @@ import BlockIO
 import DeviceMapper
 import Foundation
 import KernelSimulator
+import Locking
 @testable import Snapstack
 import SnapstackErrors
 import StateDatabase
@@ -184,7 +185,7 @@ import Testing
         let directory = lab.kernel.lvmLockDirectory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // An LVM command holds the group's lock: protect waits for it, then gives up, changing nothing.
-        let held = try StateLock(directory: FilePath(directory), name: "V_vg", mode: .exclusive, timeout: 1, recordsHolder: false)
+        let held = try FileLock(directory: FilePath(directory), name: "V_vg", mode: .exclusive, timeout: 1, recordsHolder: false)
         let before = try lab.picture()
         let error = try #require(throws: SnapstackError.self) {
             try lab.orchestrator().protect(devicePath: "/dev/mapper/vg-data", name: "data")

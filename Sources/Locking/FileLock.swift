@@ -6,11 +6,14 @@ import SystemPackage
 import Glibc
 #endif
 
-/// The lock that serialises snapstack processes on one state directory: `flock(2)` on
-/// `<state>/lock`, released by the kernel when the process dies (a crash never leaves it
-/// held). The holder writes its pid and command line into the file, so that a waiter can say
-/// who it is waiting for.
-public final class StateLock {
+/// A lock between processes: `flock(2)` on a file, released by the kernel when the process
+/// dies (a crash never leaves it held). It serialises snapstack processes on one state
+/// directory (`<state>/lock`) and writers of one image (`IMAGE.lock`). The holder writes its
+/// pid and command line into the file, so that a waiter can say who it is waiting for.
+///
+/// The file is opened without following a symbolic link: it lives in directories that others
+/// may write (an image's), and the holder truncates it.
+public final class FileLock {
     public enum Mode: Sendable { case shared, exclusive }
 
     private let fd: FileDescriptor
@@ -19,11 +22,14 @@ public final class StateLock {
     /// another lock file in `directory`, for a lock narrower than the whole state. `owner`
     /// names who else takes it, for the message; a lock file of another program's is not
     /// written into (`recordsHolder` false).
+    /// `subject` is what the holder is said to work on (the directory by default), and
+    /// `remedy` replaces the advice to wait longer.
     public init(directory: FilePath, name: String = "lock", mode: Mode, timeout: Double,
-                owner: String = "another snapstack process", recordsHolder: Bool = true) throws {
+                owner: String = "another snapstack process", recordsHolder: Bool = true,
+                subject: String? = nil, remedy: String? = nil) throws {
         let path = directory.appending(name)
         do {
-            fd = try FileDescriptor.open(path, .readWrite, options: [.create, .closeOnExec],
+            fd = try FileDescriptor.open(path, .readWrite, options: [.create, .closeOnExec, .noFollow],
                                          permissions: [.ownerReadWrite])
         } catch {
             throw SnapstackError(.failed, "cannot open the lock file \(path)", why: "\(error)",
@@ -41,9 +47,9 @@ public final class StateLock {
                 let holder = Self.holder(fd)
                 try? fd.close()
                 throw SnapstackError(
-                    .locked, "\(owner) is working on \(recordsHolder ? directory.string : path.string)",
+                    .locked, "\(owner) is working on \(subject ?? (recordsHolder ? directory.string : path.string))",
                     why: holder.map { "held by \($0)" } ?? "the lock is held",
-                    remedy: String(format: "waited %.0f s; wait for it to finish or raise --lock-timeout", timeout))
+                    remedy: remedy ?? String(format: "waited %.0f s; wait for it to finish or raise --lock-timeout", timeout))
             }
             usleep(50_000)
         }
