@@ -18,7 +18,7 @@ enum ExitStatus: Int32, CaseIterable {
     /// Refused because of the system's state: mounted, open, busy, too small, already
     /// protected, snapshots present, a store on a device of the set.
     case refused = 6
-    /// Another snapstack process held the state lock longer than `--lock-timeout`.
+    /// Another snapstack process held a lock: the state's longer than `--lock-timeout`, or an image's writer lock.
     case locked = 7
     /// The state database cannot be read (corrupt, or written by a newer snapstack).
     case stateUnreadable = 8
