@@ -152,7 +152,9 @@ let package = Package(
             dependencies: ["Policy"]),
         .testTarget(
             name: "SnapstackDaemonTests",
-            dependencies: ["SnapstackDaemon"]),
+            dependencies: ["SnapstackDaemon", "Udev",
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle")]),
         .testTarget(
             name: "StoreWatchTests",
             dependencies: ["SnapstackDaemon", "Snapstack", "BlockIO"]),

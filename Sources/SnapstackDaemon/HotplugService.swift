@@ -93,7 +93,17 @@ struct HotplugService: Service {
         notifier.ready(status: "watching for block devices; \(count) protected device(s), \(policy.policy.rules.count) auto-protect rule(s)")
         logger.notice("ready", metadata: ["protected": "\(count)", "rules": "\(policy.policy.rules.count)"])
 
-        for await event in monitor.cancelOnGracefulShutdown() {
+        try await serve(monitor)
+        notifier.stopping()
+        logger.notice("stopping")
+    }
+
+    /// Handles events until a graceful shutdown ends the sequence. Events that end for any other
+    /// reason (the monitor thread could not start, or its socket failed) are an error: the
+    /// daemon then exits non-zero and systemd restarts it (`Restart=on-failure`), instead of
+    /// exiting 0 and leaving hotplug unwatched until the next boot.
+    func serve<Events: AsyncSequence & Sendable>(_ source: Events) async throws where Events.Element == UdevEvent {
+        for try await event in source.cancelOnGracefulShutdown() {
             let received = ContinuousClock.now
             switch event.action {
             case .add: await appeared(event.device, coldplug: false, received: received)
@@ -105,24 +115,42 @@ struct HotplugService: Service {
             logger.debug("event handled", metadata: ["action": "\(event.action)", "device": "\(event.device.sysName)",
                                                      "seqnum": "\(event.sequenceNumber)", "events": "\(handled)"])
         }
-        notifier.stopping()
-        logger.notice("stopping")
+        guard Task.isShuttingDownGracefully || Task.isCancelled else {
+            logger.critical("the udev monitor stopped: hotplug events are no longer received")
+            throw SnapstackError(.failed, "the udev monitor stopped", why: "its event stream ended without a shutdown",
+                                 remedy: "systemd restarts the daemon (Restart=on-failure); see the journal for the cause")
+        }
     }
 
     // MARK: Boot
+
+    static let bootReconcileAttempts = 5
 
     func boot() async {
         let started = ContinuousClock.now
         func step(_ what: String) {
             logger.debug("boot: \(what)", metadata: ["elapsed": "\(Self.milliseconds(ContinuousClock.now - started)) ms"])
         }
-        do {
-            let actions = try await locked("reconcile") { orchestrator in
-                try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
+        // A reconcile that fails (the state locked by a command run from a boot script, a
+        // device not yet settled) is tried again, waiting 1, 2, 4 and 8 s: the stacks it
+        // rebuilds are what local-fs-pre.target waits for.
+        for attempt in 1...Self.bootReconcileAttempts {
+            do {
+                let actions = try await locked("reconcile") { orchestrator in
+                    try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
+                }
+                for action in actions { logger.notice("reconcile: \(action)") }
+                break
+            } catch {
+                guard attempt < Self.bootReconcileAttempts, !Task.isShuttingDownGracefully else {
+                    logger.error("reconcile at start failed \(attempt) time(s), giving up (a disk's next udev event rebuilds its stack; `snapstack reconcile` rebuilds all): \(error)")
+                    break
+                }
+                let wait = 1 << (attempt - 1)
+                logger.warning("reconcile at start failed (attempt \(attempt) of \(Self.bootReconcileAttempts)), again in \(wait) s: \(error)")
+                notifier.status("reconcile failed; retrying in \(wait) s")
+                try? await Task.sleep(for: .seconds(wait))
             }
-            for action in actions { logger.notice("reconcile: \(action)") }
-        } catch {
-            logger.error("reconcile at start failed: \(error)")
         }
         step("reconciled")
         // Members are hidden from udev again, also where the persistent markers were not
