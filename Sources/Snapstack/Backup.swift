@@ -98,8 +98,9 @@ public struct BackupOutcome: Sendable {
 
 public enum Backup {
     /// Runs one backup. The state lock is held only as long as each step needs it (exclusive
-    /// for the snapshot and the drop, shared for the export), so that the daemon's store watch
-    /// can grow the snapshot's store while the export reads it.
+    /// for the snapshot and the drop, shared for the export's set-up and record, none for its
+    /// copy), so that the daemon's store watch can grow the snapshot's store while the export
+    /// reads it.
     public static func run(_ request: BackupRequest, stateDirectory: FilePath, lockTimeout: Double,
                            notice: @escaping (String) -> Void,
                            progress: ((CopyProgress) -> Void)? = nil, cancel: CancellationFlag? = nil) throws -> BackupOutcome {

@@ -136,8 +136,11 @@ extension Orchestrator {
 
         let statistics: CopyStatistics
         do {
-            statistics = try copy(to: request.destination, manifest: manifest, engine: engine, extents: extents,
-                                  fresh: base == nil, size: size, progress: progress, cancel: cancel)
+            // The engine holds the snapshot open from here: the state may change around the copy.
+            statistics = try withStateLockReleased {
+                try copy(to: request.destination, manifest: manifest, engine: engine, extents: extents,
+                         fresh: base == nil, size: size, progress: progress, cancel: cancel)
+            }
         } catch let error as CopyError where error.isCancelled {
             throw SnapstackError(.failed, "export \(record.id) of \(device.name)-\(snapshot.name) was cancelled",
                                  why: "the image is marked incomplete",

@@ -21,7 +21,9 @@ public final class Orchestrator {
     let host: any HostDevices
     /// LVM, for the snapshot stores snapstack puts on volumes of its own.
     let volumes: any LogicalVolumes
-    private let lock: FileLock
+    /// The state lock; nil only while `withStateLockReleased` runs its body.
+    private var lock: FileLock?
+    private let lockMode: FileLock.Mode
     /// How long to wait for a lock: the state's, and LVM's on an adopted volume's group.
     let lockTimeout: Double
     /// Progress and notices for the person at the terminal (stderr in the CLI).
@@ -37,6 +39,7 @@ public final class Orchestrator {
                 kernel: Kernel = .live) throws {
         self.stateDirectory = stateDirectory
         self.lockTimeout = lockTimeout
+        lockMode = mode
         dm = kernel.deviceMapper
         host = kernel.host
         volumes = kernel.volumes
@@ -53,6 +56,24 @@ public final class Orchestrator {
         } catch {
             throw SnapstackError(.stateUnreadable, "cannot open snapstack's state database", why: "\(error)", cause: error)
         }
+    }
+
+    /// Runs `body` without the state lock, for the long part of an operation that only reads
+    /// a device it already holds open: an export's copy. Meanwhile the other commands and the
+    /// store watch work (a store must be able to grow while its snapshot is read for hours),
+    /// and nothing the copy reads can go away: the kernel refuses to remove an open device, and
+    /// `drop` and `merge` refuse an open snapshot. The lock is taken again, in the same mode,
+    /// before this returns, also when `body` throws (its error wins over the lock's).
+    func withStateLockReleased<T>(_ body: () throws -> T) throws -> T {
+        lock = nil  // closing the descriptor releases the flock
+        let result = Result { try body() }
+        do {
+            lock = try FileLock(directory: stateDirectory, mode: lockMode, timeout: lockTimeout)
+        } catch {
+            if case .failure(let bodyError) = result { throw bodyError }
+            throw error
+        }
+        return try result.get()
     }
 
     // MARK: Paths

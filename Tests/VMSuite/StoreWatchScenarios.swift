@@ -15,8 +15,8 @@ enum StoreWatchScenarios {
         Scenario("extend grows a live snapshot's store: dmsetup status shows it, the snapshot stays valid and unchanged; refusals change nothing",
                  extendGrowsStore).lasting(88),
         Scenario("extend interrupted at each failpoint is finished by reconcile to the size asked", extendFailpoints).lasting(68),
-        Scenario("store watch: under a steady write load a small store is grown in time and the snapshot stays frozen",
-                 watchGrowsUnderLoad).lasting(93),
+        Scenario("store watch: under a steady write load, while an export reads the snapshot, a small store is grown in time; the snapshot stays frozen and the image equals it",
+                 watchGrowsUnderLoad).lasting(110),
         Scenario("store watch: with growth off an overflowed snapshot is dropped on the kernel's event, logged, the origin intact",
                  watchDropsOverflowed).lasting(58),
     ]
@@ -322,6 +322,20 @@ enum StoreWatchScenarios {
         defer { done.value = true }
         Thread.sleep(forTimeInterval: 1.5)
 
+        // An export reads the snapshot all along (64 MiB at 1 MiB/s): the store must grow while
+        // it runs, so the export may not hold the state lock the watch needs to grow it.
+        let image = lab.scratch.appendingPathComponent("read-meanwhile.img").path
+        let exported = Box<(status: Int32, stdout: String, stderr: String)>()
+        let grownWhileExporting = Box<Int>()
+        let exportEnded = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let exporter = cli  // used by that thread alone until it signals
+        DispatchQueue.global().async {
+            exported.value = try? exporter.run(["export", "vol-s", "--to", image, "--max-rate", "1M"])
+            // Every growth so far came after the export began: the writer starts after it.
+            grownWhileExporting.value = (try? events(exporter, kind: "extend").count) ?? -1
+            exportEnded.signal()
+        }
+
         // A steady writer: 128 KiB of first writes to the origin, then half a second's pause, so
         // that a slow (emulated, loaded) machine writes slower, never in a catching-up burst.
         note("writing \(written.rawValue >> 20) MiB, 128 KiB every 0.5 s at most")
@@ -344,6 +358,13 @@ enum StoreWatchScenarios {
         let seconds = Date().timeIntervalSince(started)
         try expectEqual(writer.terminationStatus, 0, "the writer's exit status")
         Thread.sleep(forTimeInterval: 1.5)
+        guard exportEnded.wait(timeout: .now() + 300) == .success, let export = exported.value else {
+            throw Failure(description: "the export did not end within 300 s of the writer")
+        }
+        try expectEqual(export.status, 0, "the export beside the writer and the watch (stderr: \(export.stderr))")
+        let growths = grownWhileExporting.value ?? -1
+        try expect(growths >= 2, "the store grew \(growths) time(s) while the export read the snapshot")
+        try expectEqual(try lab.sha256(image, length: size), frozen, "the image exported while the store grew")
         done.value = true
         let frozenNow = try lab.sha256(path, length: size)
 
