@@ -166,7 +166,7 @@ let package = Package(
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(
             name: "VMSuite",
-            dependencies: ["DeviceMapper", "Snapstack", "SnapstackDaemon", "BlockIO", "ChangeTracking",
+            dependencies: ["DeviceMapper", "Snapstack", "SnapstackDaemon", "BlockIO", "ChangeTracking", "Images", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/VMSuite"),
         // Benchmark tier: the copy-out core against dd and cp on host loop devices.

@@ -293,8 +293,14 @@ public final class BlockDeviceSink: CopySink {
         case .success(let descriptor): fd = descriptor
         case .failure(let error): throw CopyError("open", path.string, error)
         }
-        if case .success(let status) = statDescriptor(fd), !isBlockDevice(status) { usesZeroOut = false }
+        if case .success(let status) = statDescriptor(fd) {
+            if isBlockDevice(status) { device = DeviceNumber(status.st_rdev) } else { usesZeroOut = false }
+        }
     }
+
+    /// The block device the descriptor reaches (nil for a regular file): what a caller that
+    /// checked a path compares with what it checked, since the path may have changed since.
+    public private(set) var device: DeviceNumber?
 
     deinit { _ = closeFile(fd) }
 

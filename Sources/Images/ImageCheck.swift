@@ -74,6 +74,14 @@ public enum Image {
     /// snapstack's own devices' members.
     public static func restore(_ image: FilePath, to device: FilePath, progress: ((CopyProgress) -> Void)? = nil,
                                cancel: CancellationFlag? = nil) throws -> RestoreReport {
+        try restore(image, to: device, progress: progress, cancel: cancel, betweenCheckAndOpen: {})
+    }
+
+    /// `restore`, with `betweenCheckAndOpen` run after the device's checks and before its
+    /// open: where a test swaps the path to show that what is written is what was checked.
+    @_spi(Testing)
+    public static func restore(_ image: FilePath, to device: FilePath, progress: ((CopyProgress) -> Void)? = nil,
+                               cancel: CancellationFlag? = nil, betweenCheckAndOpen: () throws -> Void) throws -> RestoreReport {
         let (manifest, sums) = try openComplete(image)
         let facts: BlockDeviceFacts
         do { facts = try BlockDeviceFacts.read(device) } catch {
@@ -98,11 +106,20 @@ public enum Image {
                                  remedy: "restore to a device at least as large")
         }
 
+        try betweenCheckAndOpen()
+
         let written: CopyStatistics
         do {
             // Reading the image checks it on the way: a damaged block is never written.
             let engine = try CopyEngine(source: image, options: CopyOptions(blockSize: manifest.blockSize))
             let sink = try BlockDeviceSink(path: device)
+            // The path was checked, the descriptor is written: they must be the same device
+            // (a udev rename, a symbolic link replaced, a hot swap in between).
+            guard sink.device == facts.number else {
+                throw SnapstackError(.refused, "cannot restore to \(device)",
+                                     why: "it was \(facts.number) when checked and is \(sink.device.map { "\($0)" } ?? "not a block device") now",
+                                     remedy: "the path changed under the restore; check which device it names and run it again")
+            }
             written = try engine.run(
                 extents: [Extent(offset: 0, length: manifest.device.sizeBytes)], into: sink,
                 onBlock: { block in

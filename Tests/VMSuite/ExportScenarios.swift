@@ -1,6 +1,9 @@
 import BlockIO
 import DeviceMapper
 import Foundation
+@_spi(Testing) import Images
+import SnapstackErrors
+import SystemPackage
 
 /// Copy-out end to end: `export`, `verify`, `apply`, `restore`, `changes`, checked with
 /// sha256sum against the snapshot device and with era_invalidate against the change tracking.
@@ -10,7 +13,7 @@ enum ExportScenarios {
                  incrementalRounds).lasting(140),
         Scenario("export: killed mid-copy is incomplete, a re-run finishes it; verify names a flipped byte's block",
                  interruptedExport),
-        Scenario("export: streams through apply equal direct exports; raw stream equals the snapshot; restore",
+        Scenario("export: streams through apply equal direct exports; raw stream equals the snapshot; restore writes the device it checked",
                  streamsAndRestore).lasting(75),
     ]
 
@@ -251,6 +254,22 @@ enum ExportScenarios {
         let target = try lab.loopDevice("target", size: size, random: true)
         try cli.ok("restore", direct, "--to", target.path)
         try expectEqual(try lab.sha256(target.path, length: size), s2Sum, "restored disk vs snapshot")
+        // The device restore checked is the one it writes: a link swapped between the checks and
+        // the open, to a device nobody named, is refused, and that device is left untouched.
+        let victim = try lab.loopDevice("victim", size: size, random: true)
+        let victimSum = try lab.sha256(victim.path, length: size)
+        let link = lab.scratch.appendingPathComponent("restore-link").path
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target.path)
+        do {
+            _ = try Image.restore(FilePath(direct), to: FilePath(link), betweenCheckAndOpen: {
+                try FileManager.default.removeItem(atPath: link)
+                try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: victim.path)
+            })
+            throw Failure(description: "a restore whose device was swapped after its checks went ahead")
+        } catch let error as SnapstackError {
+            try expect(error.kind == .refused && "\(error)".contains("when checked"), "the swapped restore's error: \(error)")
+        }
+        try expectEqual(try lab.sha256(victim.path, length: size), victimSum, "the device swapped in after the checks was written")
         let busy = try lab.loopDevice("busy", size: size)
         try lab.sh("mkfs.ext4", "-q", busy.path)
         let mountPoint = lab.scratch.appendingPathComponent("busy").path
