@@ -22,10 +22,16 @@ public enum FileAllocation {
     /// With `zeroFill`, the first `zeroFill` bytes (at most the size) are then written with
     /// zeros (see `writeZeros`).
     ///
+    /// With `noCopyOnWrite`, the empty file gets FS_NOCOW_FL (`chattr +C`) before any block is
+    /// allocated (the flag only holds for a file without data): on btrfs a write into the file
+    /// then overwrites its block instead of allocating a new one, so that a full file system
+    /// cannot fail it. A file system that refuses the flag fails the call.
+    ///
     /// The file and then its directory are flushed with `fsync`, so that both the file's size
     /// and its name survive a crash. Any failure after the file was created removes it again.
     /// `permissions` are subject to the process's umask, as for any `open(2)` that creates.
     public static func create(_ path: FilePath, size: Bytes, preallocate: Bool, zeroFill: Bytes = .zero,
+                              noCopyOnWrite: Bool = false,
                               permissions: FilePermissions = [.ownerReadWrite]) throws(BlockIOError) {
         guard let length = Int64(exactly: size.rawValue) else {
             throw BlockIOError(path: path, reason: .sizeOutOfRange(size))
@@ -37,7 +43,9 @@ public enum FileAllocation {
         }
 
         var failure: BlockIOError?
-        if case .failure(let error) = retryingInterrupts({ ftruncate(file.rawValue, off_t(length)) }) {
+        if noCopyOnWrite && snapstack_set_no_copy_on_write(file.rawValue) != 0 {
+            failure = BlockIOError(path, "set no-copy-on-write (chattr +C)", Errno(rawValue: errno))
+        } else if case .failure(let error) = retryingInterrupts({ ftruncate(file.rawValue, off_t(length)) }) {
             failure = BlockIOError(path, "ftruncate", error)
         } else if preallocate && length > 0,
                   case .failure(let error) = retryingInterrupts({ snapstack_fallocate(file.rawValue, 0, 0, length) }) {

@@ -17,6 +17,8 @@ public struct FileSystemType: RawRepresentable, Hashable, Sendable, CustomString
     public static let f2fs = FileSystemType(rawValue: 0xF2F5_2010)
     public static let tmpfs = FileSystemType(rawValue: 0x0102_1994)
     public static let overlay = FileSystemType(rawValue: 0x794C_7630)
+    public static let zfs = FileSystemType(rawValue: 0x2FC1_2FC1)
+    public static let bcachefs = FileSystemType(rawValue: 0xCA45_1A4E)
 
     /// The file system `path` is on.
     public init(of path: FilePath) throws(Errno) {
@@ -38,5 +40,17 @@ public struct FileSystemType: RawRepresentable, Hashable, Sendable, CustomString
     /// blocks once ahead of time makes later direct-I/O writes into them cheap.
     public var overwritesInPlace: Bool { [.ext4, .xfs].contains(self) }
 
-    public var description: String { "0x" + String(rawValue, radix: 16) }
+    /// Whether a file here copies on write unless it is made with the no-copy-on-write
+    /// attribute (`chattr +C`): then even an overwrite allocates, and a full file system fails it.
+    public var needsNoCopyOnWrite: Bool { self == .btrfs }
+
+    /// Whether every write here allocates anew, whatever the file's attributes: no file here
+    /// can be guaranteed room for its next write.
+    public var alwaysCopiesOnWrite: Bool { [.zfs, .bcachefs].contains(self) }
+
+    public var description: String {
+        let names: [FileSystemType: String] = [.ext4: "ext4", .xfs: "xfs", .btrfs: "btrfs", .f2fs: "f2fs", .tmpfs: "tmpfs",
+                                               .overlay: "overlay", .zfs: "zfs", .bcachefs: "bcachefs"]
+        return names[self] ?? "0x" + String(rawValue, radix: 16)
+    }
 }

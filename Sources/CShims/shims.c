@@ -177,6 +177,20 @@ const int snapstack_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 const int snapstack_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
 
 // ---- copy-out ------------------------------------------------------------------------------
+int snapstack_set_no_copy_on_write(int fd) {
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0) return -1;
+    if (flags & FS_NOCOW_FL) return 0;
+    flags |= FS_NOCOW_FL;
+    return ioctl(fd, FS_IOC_SETFLAGS, &flags);
+}
+
+int snapstack_has_no_copy_on_write(int fd) {
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0) return -1;
+    return (flags & FS_NOCOW_FL) ? 1 : 0;
+}
+
 int snapstack_blkzeroout(int fd, uint64_t offset, uint64_t length) {
     uint64_t range[2] = {offset, length};
     return ioctl(fd, BLKZEROOUT, range);

@@ -124,6 +124,7 @@ extension SimulatedKernel: HostDevices {
               truncate(path.string, off_t(size.rawValue)) == 0 else {
             throw SimulatedFault(operation: "create file \(path)")
         }
+        if preallocate { state.withLock { _ = $0.preallocatedFiles.insert(path.string) } }
     }
 
     public func growFile(_ path: FilePath, to size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
@@ -132,7 +133,7 @@ extension SimulatedKernel: HostDevices {
     }
 
     public func isFullyWritten(_ path: FilePath) throws -> Bool { false }
-    public func fileSystem(of directory: FilePath) -> FileSystemType? { nil }
+    public func fileSystem(of directory: FilePath) -> FileSystemType? { state.withLock { $0.fileSystem } }
     public func writeCache(of number: DeviceNumber) -> WriteCache? { nil }
     public func setWriteCache(_ mode: WriteCache, ofDeviceNamed name: String) throws {}
 }

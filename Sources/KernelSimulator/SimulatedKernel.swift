@@ -79,6 +79,10 @@ public final class SimulatedKernel: Sendable {
         public var volumeGroups: [String: VolumeGroup] = [:]
         public var nextVolumeMinor: UInt32 = 0
         public var nextDMMinor: UInt32 = 0
+        /// What `fileSystem(of:)` answers for every directory (nil: cannot tell).
+        public var fileSystem: FileSystemType?
+        /// Files made or grown with their blocks reserved (`preallocate`).
+        public var preallocatedFiles: Set<String> = []
         /// Every change made, in order (`create snapstack-a`, `suspend snapstack-a`, ...).
         public var log: [String] = []
     }
@@ -131,6 +135,11 @@ public final class SimulatedKernel: Sendable {
     /// An LVM volume group of `size` on the disks `physicalVolumes`, with 4 MiB extents.
     public func makeVolumeGroup(_ name: String, size: Bytes, physicalVolumes: [String]) {
         state.withLock { $0.volumeGroups[name] = VolumeGroup(size: size, extentSize: .mebibytes(4), physicalVolumes: physicalVolumes) }
+    }
+
+    /// The file system every file of the state is on, as `statfs` would say.
+    public func setFileSystem(_ type: FileSystemType?) {
+        state.withLock { $0.fileSystem = type }
     }
 
     /// The state as it is now: what a crash at this instant leaves.

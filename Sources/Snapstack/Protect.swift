@@ -304,6 +304,15 @@ extension Orchestrator {
         return mode
     }
 
+    /// Refuses a file system on which a file cannot be promised room for its next write:
+    /// there a full pool would make dm-era fail the origin's writes.
+    func checkMetadataFileSystem(_ directory: FilePath) throws {
+        guard let type = host.fileSystem(of: directory), type.alwaysCopiesOnWrite else { return }
+        throw SnapstackError(.refused, "change-tracking metadata cannot be kept on \(directory)",
+                             why: "it is on \(type), which allocates anew for every write: once the pool is full, dm-era could not commit and would fail the device's own writes",
+                             remedy: "put the metadata on a volume (--cbt-metadata VG), or use a state directory (--state-dir) on ext4, xfs or btrfs")
+    }
+
     /// `amount` of zeros to write into a new part of `file` (see `FileAllocation.writeZeros`)
     /// where its file system overwrites in place, and none elsewhere, where writing ahead
     /// would buy nothing.

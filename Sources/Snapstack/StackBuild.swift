@@ -96,10 +96,14 @@ extension Orchestrator {
                 }
                 try failing("cannot create the change-tracking metadata \(path)") {
                     try FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
-                    // Written whole (a few MiB): every era commit, which a cold write waits
-                    // for, then overwrites blocks in place instead of allocating them.
-                    try host.createFile(FilePath(path), size: metadataSize, preallocate: false,
-                                        zeroFill: zeroFill(metadataSize, for: FilePath(path)))
+                    try checkMetadataFileSystem(metadataDirectory)
+                    // dm-era fails the origin's write when it cannot commit, so no block of the
+                    // file may need allocating later: written whole (a few MiB) where the file
+                    // system overwrites in place (every commit, which a cold write waits for,
+                    // then touches no file system metadata), reserved elsewhere (btrfs, where
+                    // the file is made without copy-on-write; tmpfs).
+                    let zeros = zeroFill(metadataSize, for: FilePath(path))
+                    try host.createFile(FilePath(path), size: metadataSize, preallocate: zeros < metadataSize, zeroFill: zeros)
                 }
             case .attachMetadata(let path):
                 if let (group, name) = device.eraMetadataVolume {

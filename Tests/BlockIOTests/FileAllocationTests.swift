@@ -94,6 +94,28 @@ struct FileAllocationTests {
         }
     }
 
+    @Test("create with noCopyOnWrite: the file has the C attribute (lsattr) where chattr +C works, else the call fails and leaves no file")
+    func noCopyOnWrite() throws {
+        try withTemporaryDirectory { directory in
+            // The witness: chattr itself, on a file of the same directory.
+            let probe = directory.appending("probe")
+            #expect(FileManager.default.createFile(atPath: probe.string, contents: nil))
+            let chattr = try runTool("/usr/bin/chattr", ["+C", probe.string])
+            let path = directory.appending("era.img")
+            if chattr.status == 0 {
+                try FileAllocation.create(path, size: .mebibytes(1), preallocate: true, noCopyOnWrite: true)
+                let attributes = try runTool("/usr/bin/lsattr", ["-d", path.string]).stdout
+                #expect(attributes.split(separator: " ").first?.contains("C") == true, "lsattr: \(attributes)")
+            } else {
+                let error = #expect(throws: BlockIOError.self) {
+                    try FileAllocation.create(path, size: .mebibytes(1), preallocate: true, noCopyOnWrite: true)
+                }
+                #expect("\(error.map { "\($0)" } ?? "")".contains("chattr +C"))
+                #expect(!FileManager.default.fileExists(atPath: path.string))
+            }
+        }
+    }
+
     @Test("create in a missing directory names the path and open")
     func missingDirectory() throws {
         try withTemporaryDirectory { directory in
@@ -126,15 +148,8 @@ struct FileAllocationTests {
     /// The 4 KiB blocks of `path` that `filefrag -v` (e2fsprogs, through FIEMAP) reports in
     /// extents flagged "unwritten": reserved, never written.
     static func unwrittenBlocks(_ path: FilePath) throws -> Set<UInt64> {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/filefrag")
-        process.arguments = ["-v", "-b4096", path.string]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        try #require(process.terminationStatus == 0, "filefrag -v \(path): \(text)")
+        let (status, text, errors) = try runTool("/usr/sbin/filefrag", ["-v", "-b4096", path.string])
+        try #require(status == 0, "filefrag -v \(path): \(text)\(errors)")
         var blocks = Set<UInt64>()
         // " ext:     logical_offset:        physical_offset: length:   expected: flags:"
         // "   0:        0..     255:      34816..     35071:    256:             unwritten"
@@ -318,4 +333,19 @@ struct FileAllocationTests {
         #expect("\(error)".hasPrefix("/srv/a.img: fallocate failed: "))
         #expect("\(error)".contains("undoing it failed too: unlink"))
     }
+}
+
+/// Runs a tool, returning its exit status and what it printed on stdout and stderr.
+func runTool(_ executable: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let output = Pipe(), errors = Pipe()
+    process.standardOutput = output
+    process.standardError = errors
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    let errorData = errors.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self), String(decoding: errorData, as: UTF8.self))
 }

@@ -7,14 +7,7 @@ import Testing
 struct FileSystemTypeTests {
     /// `stat -f -c %t PATH`: coreutils' own statfs, in hex.
     static func statMagic(_ path: String) throws -> Int {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/stat")
-        process.arguments = ["-f", "-c", "%t", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        process.waitUntilExit()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let text = try runTool("/usr/bin/stat", ["-f", "-c", "%t", path]).stdout
         return try #require(Int(text.trimmingCharacters(in: .whitespacesAndNewlines), radix: 16))
     }
 

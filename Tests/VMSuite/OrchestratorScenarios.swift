@@ -14,6 +14,8 @@ enum OrchestratorScenarios {
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
         Scenario("memory is locked for a freeze only when the binary may be paged from a device it suspends (strace)", memoryLockWhenNeeded),
         Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
+        Scenario("on btrfs the era metadata and store files are made without copy-on-write (lsattr C) and fully reserved; snapshot and changes stay exact",
+                 btrfsState),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
         Scenario("failpoints: a SIGKILL at each one the kernel takes part in is repaired by reconcile", everyFailpoint).lasting(400),
@@ -393,6 +395,48 @@ enum OrchestratorScenarios {
         try expect(try lab.sha256(top, length: .mebibytes(32)) != before, "the origin after its write")
         try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "take_metadata_snap")
         let changed = try EraScenarios.invalidated(lab, metadata: metadata, since: snapshotEra)
+        try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "drop_metadata_snap")
+        try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
+        try cli.ok("unprotect", "vol", "--force")
+    }
+
+    static func btrfsState(_ lab: Lab) throws {
+        let fs = try lab.loopDevice("statebtrfs", size: .mebibytes(192))
+        try lab.sh("mkfs.btrfs", "-q", fs.path)
+        let mountPoint = lab.scratch.appendingPathComponent("statebtrfs").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", "-t", "btrfs", fs.path, mountPoint)
+        defer { _ = try? lab.run(["umount", mountPoint], allowFailure: true) }
+        try expectEqual(try lab.sh("stat", "-f", "-c", "%T", mountPoint).trimmingCharacters(in: .whitespacesAndNewlines), "btrfs",
+                        "the state directory's file system")
+        let cli = CLI(lab, state: mountPoint + "/state")
+
+        let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
+        let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K")
+        try cli.ok("snapshot", "vol", "--as", "s", "--size", "8M")
+        let frozen = try lab.sha256("/dev/mapper/snapstack-vol-s", length: .mebibytes(32))
+        let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
+        try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
+
+        // dm-era fails the origin's writes when a commit cannot get a block: on btrfs an
+        // overwrite allocates unless the file has no copy-on-write, so both files must carry
+        // the attribute, and every block of the metadata must be reserved already.
+        let era = try expectOne(try FileManager.default.contentsOfDirectory(atPath: cli.state + "/cbt").filter { $0.hasSuffix(".era") },
+                                "era metadata file")
+        let store = try expectOne(try FileManager.default.contentsOfDirectory(atPath: cli.state + "/stores").filter { $0.hasSuffix(".cow") },
+                                  "store file")
+        for file in [cli.state + "/cbt/" + era, cli.state + "/stores/" + store] {
+            let attributes = try lab.sh("lsattr", "-d", file)
+            try expect(attributes.split(separator: " ").first?.contains("C") == true, "\(file) copies on write: lsattr says \(attributes)")
+            let sizes = try lab.sh("stat", "-c", "%s %b %B", file).split(separator: " ").compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            try expect(sizes.count == 3 && sizes[1] * sizes[2] >= sizes[0], "\(file) is not fully reserved (size, blocks, block size: \(sizes))")
+        }
+
+        try expectEqual(try lab.sha256("/dev/mapper/snapstack-vol-s", length: .mebibytes(32)), frozen, "the snapshot after an origin write")
+        let metadataLoop = try expectOne(try lab.sh("losetup", "-j", cli.state + "/cbt/" + era, "-O", "NAME", "--noheadings")
+            .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }, "era metadata loop device")
+        try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "take_metadata_snap")
+        let changed = try EraScenarios.invalidated(lab, metadata: metadataLoop, since: snapshotEra)
         try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "drop_metadata_snap")
         try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
         try cli.ok("unprotect", "vol", "--force")

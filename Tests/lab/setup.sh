@@ -25,7 +25,7 @@ readonly APT_PACKAGES=(
     libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
     dmsetup lvm2 thin-provisioning-tools udev kmod busybox-static
-    e2fsprogs fio util-linux file sqlite3 xxhash strace
+    e2fsprogs btrfs-progs fio util-linux file sqlite3 xxhash strace
     restic python3-prometheus-client
     man-db groff-base bash-completion zsh fish
 )

@@ -82,6 +82,11 @@ int snapstack_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int snapstack_fully_written(int fd, uint64_t length);
 /// statfs(2)'s f_type for `path` into `type` (sys/vfs.h is not in Glibc's module map).
 int snapstack_fs_type(const char *path, int64_t *type);
+/// Sets FS_NOCOW_FL (`chattr +C`) on an empty file: on btrfs its blocks are then overwritten
+/// in place. Returns 0 or -1 with errno set (ENOTTY or EOPNOTSUPP where there is no such flag).
+int snapstack_set_no_copy_on_write(int fd);
+/// Whether FS_NOCOW_FL is set: 1, 0, or -1 with errno set.
+int snapstack_has_no_copy_on_write(int fd);
 extern const int snapstack_FALLOC_FL_KEEP_SIZE;
 extern const int snapstack_FALLOC_FL_PUNCH_HOLE;
 

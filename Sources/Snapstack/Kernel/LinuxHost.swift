@@ -59,7 +59,9 @@ public struct LinuxHost: HostDevices {
     public func loopUsesDirectIO(_ loop: LoopDevice) throws -> Bool { try Loop.usesDirectIO(loop) }
 
     public func createFile(_ path: FilePath, size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
-        try FileAllocation.create(path, size: size, preallocate: preallocate, zeroFill: zeroFill)
+        // Loop-backed files are overwritten block by block: on btrfs they must not copy on write.
+        let noCopyOnWrite = fileSystem(of: path.removingLastComponent())?.needsNoCopyOnWrite == true
+        try FileAllocation.create(path, size: size, preallocate: preallocate, zeroFill: zeroFill, noCopyOnWrite: noCopyOnWrite)
     }
     public func growFile(_ path: FilePath, to size: Bytes, preallocate: Bool, zeroFill: Bytes) throws {
         try FileAllocation.grow(path, to: size, preallocate: preallocate, zeroFill: zeroFill)
