@@ -80,6 +80,8 @@ public struct SnapshotSummary: Sendable {
     public var setID: Int64
     public var freezeMicroseconds: Int64?
     public var createdAt: Date
+    /// Whether the snapshot device takes writes (`snapshot --writable`).
+    public var writable = false
 }
 
 /// An export as the reports show it: what was read, from which snapshot, on top of which earlier
@@ -243,7 +245,8 @@ extension Orchestrator {
                     id: snapshot.id, name: "\(device.name)-\(snapshot.name)", path: name.devicePath, origin: device.name,
                     store: snapshot.storePath, storeSize: Bytes(UInt64(snapshot.storeSizeBytes)),
                     chunk: Sectors(UInt64(snapshot.chunkSectors)).bytes, usedPercent: used, storeUsed: usedBytes, state: state, era: snapshot.era,
-                    setID: snapshot.setID, freezeMicroseconds: freeze[snapshot.setID] ?? nil, createdAt: snapshot.createdAt))
+                    setID: snapshot.setID, freezeMicroseconds: freeze[snapshot.setID] ?? nil, createdAt: snapshot.createdAt,
+                    writable: snapshot.writable))
             }
         }
         return result

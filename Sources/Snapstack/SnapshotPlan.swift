@@ -31,6 +31,8 @@ struct SnapshotSetPlan: Sendable {
 
     var name: String
     var chunk: Sectors
+    /// Whether the snapshot devices take writes.
+    var writable = false
     var members: [Member]
     var storeLocation: Orchestrator.StoreLocation
 
@@ -131,7 +133,7 @@ extension Orchestrator {
                                      remedy: "give a smaller --size, or add a disk to it (vgextend)")
             }
         }
-        return SnapshotSetPlan(name: snapshotName, chunk: chunkSectors, members: members, storeLocation: location)
+        return SnapshotSetPlan(name: snapshotName, chunk: chunkSectors, writable: options.writable, members: members, storeLocation: location)
     }
 
     private func planMember(_ name: String, snapshotName: String, options: SnapshotOptions) throws -> SnapshotSetPlan.Member {

@@ -20,6 +20,8 @@ public struct SnapshotOptions: Sendable {
     public var name: String?
     public var chunk: Bytes = SnapshotOptions.defaultChunk
     public static let defaultChunk = Bytes.kibibytes(4)
+    /// A snapshot device that takes writes (`lvcreate -pw`); read-only by default (`-pr`).
+    public var writable = false
     public init() {}
 }
 
@@ -119,7 +121,8 @@ extension Orchestrator {
             let record = SnapshotRecord(
                 id: id, setID: set.id!, deviceID: member.device.id, name: plan.name, state: .creating,
                 storeKind: plan.storeLocation.storeKind, storePath: path,
-                storeSizeBytes: Int64(member.storeSize.rawValue), chunkSectors: Int(plan.chunk.rawValue), era: nil, createdAt: now)
+                storeSizeBytes: Int64(member.storeSize.rawValue), chunkSectors: Int(plan.chunk.rawValue), era: nil, createdAt: now,
+                writable: plan.writable)
             try database.insert(record)
             records.append(record)
         }
@@ -149,7 +152,8 @@ extension Orchestrator {
                 try dm.createInactive(member.snapshot, uuid: try Layout.uuid(deviceID: member.device.id, .snapshot(id: run.records[index].id)),
                                       table: try Table(length: member.length,
                                                        .snapshot(Snapshot(origin: .number(member.realNumber), cow: cow,
-                                                                          chunkSize: run.plan.chunk))))
+                                                                          chunkSize: run.plan.chunk))),
+                                      readOnly: !run.records[index].writable)
             }
         case .loadOriginTable(let index):
             try failing("cannot prepare \(members[index].top.devicePath)") {

@@ -214,6 +214,9 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, Hashable, Identifiab
     public var era: Int64?
     /// Kept to the millisecond, as the database stores it.
     public var createdAt: Date
+    /// Whether the snapshot device takes writes (`--writable`); read-only otherwise, since a
+    /// write to a snapshot passes no era layer and an incremental built on it would miss it.
+    public var writable: Bool
 
     /// Makes a record; `createdAt` is rounded to what the database keeps.
     public init(
@@ -227,9 +230,11 @@ public struct SnapshotRecord: Codable, Sendable, Equatable, Hashable, Identifiab
         storeSizeBytes: Int64,
         chunkSectors: Int,
         era: Int64? = nil,
-        createdAt: Date = Date()
+        createdAt: Date = Date(),
+        writable: Bool = false
     ) {
         self.id = id
+        self.writable = writable
         self.setID = setID
         self.deviceID = deviceID
         self.name = name

@@ -118,6 +118,13 @@ enum Schema {
             }
         }
 
+        // Snapshots are read-only unless taken --writable; the ones taken before were writable.
+        migrator.registerMigration("v4-snapshot-access") { db in
+            try db.alter(table: "snapshot") { t in
+                t.add(column: "writable", .boolean).notNull().defaults(to: true)
+            }
+        }
+
         return migrator
     }()
 

@@ -55,6 +55,7 @@ enum SnapshotReport {
         ReportField(name: "era", heading: "Era", help: "First change-tracking era after the snapshot", kind: .integer),
         ReportField(name: "set", heading: "Set", help: "Snapshot set id", kind: .integer),
         ReportField(name: "chunk", heading: "Chunk", help: "Copy-on-write chunk size", kind: .size),
+        ReportField(name: "access", heading: "Access", help: "ro (the default), or rw for a snapshot taken --writable", kind: .text),
         ReportField(name: "id", heading: "ID", help: "Stable snapshot id", kind: .text),
         ReportField(name: "created", heading: "Created", help: "When it was taken", kind: .time),
     ]
@@ -68,7 +69,7 @@ enum SnapshotReport {
                    "used": s.storeUsed.map { .size($0) } ?? .none,
                    "state": .text(s.state.rawValue), "freeze": s.freezeMicroseconds.map { .duration(microseconds: $0) } ?? .none,
                    "era": s.era.map { .integer($0) } ?? .none, "set": .integer(s.setID), "chunk": .size(s.chunk),
-                   "id": .text(s.id), "created": .time(s.createdAt),
+                   "id": .text(s.id), "created": .time(s.createdAt), "access": .text(s.writable ? "rw" : "ro"),
                ] })
     }
 }

@@ -14,8 +14,13 @@ struct SnapshotCommand: ParsableCommand {
             switch the tables (the freeze window, recorded and shown by `snapstack snapshots`), \
             and each device's change tracking starts a new era at that instant. Prints each \
             snapshot's device path, one per line. A snapshot is NAME-SNAP; mount it read-only \
-            or read it for a backup, and drop it afterwards: while it lives, the first write \
-            to each chunk of the origin is copied to its store.
+            (ext4: -o ro,noload) or read it for a backup, and drop it afterwards: while it \
+            lives, the first write to each chunk of the origin is copied to its store.
+
+            Snapshot devices are read-only, as `lvcreate -pr` makes them: a write to a \
+            snapshot passes no change tracking, so an incremental export built on it would \
+            miss it. --writable makes them take writes (to mount a journal that must be \
+            replayed, or to test on a copy); exports of such a snapshot still read what it holds.
 
             The store defaults to a preallocated file in the state directory, attached through \
             a loop device. With --store VG (a name without a /), each snapshot's store is a new \
@@ -46,6 +51,9 @@ struct SnapshotCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Copy-on-write chunk size, a power of two from 4K (default 4K).", valueName: "size"))
     var chunk: SizeArgument?
 
+    @Flag(help: "Make the snapshot devices take writes (read-only by default).")
+    var writable = false
+
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
@@ -55,6 +63,7 @@ struct SnapshotCommand: ParsableCommand {
             options.store = store
             options.name = snapshotName
             if let chunk { options.chunk = chunk.bytes }
+            options.writable = writable
             let result = try global.orchestrator().snapshot(names, options: options)
             for snapshot in result.snapshots { Output.print(snapshot.path) }
         }

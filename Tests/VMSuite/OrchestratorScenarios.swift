@@ -14,6 +14,8 @@ enum OrchestratorScenarios {
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
         Scenario("memory is locked for a freeze only when the binary may be paged from a device it suspends (strace)", memoryLockWhenNeeded),
         Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
+        Scenario("snapshots are read-only (blockdev --getro, dmsetup info, a write refused and the snapshot unchanged) unless taken --writable; reconcile keeps each so",
+                 snapshotAccess),
         Scenario("on btrfs the era metadata and store files are made without copy-on-write (lsattr C) and fully reserved; snapshot and changes stay exact",
                  btrfsState),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
@@ -397,6 +399,36 @@ enum OrchestratorScenarios {
         let changed = try EraScenarios.invalidated(lab, metadata: metadata, since: snapshotEra)
         try lab.sh("dmsetup", "message", "snapstack-vol-real", "0", "drop_metadata_snap")
         try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
+        try cli.ok("unprotect", "vol", "--force")
+    }
+
+    static func snapshotAccess(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let size = Bytes.mebibytes(16)
+        let disk = try lab.loopDevice("disk", size: size, random: true)
+        _ = try cli.protect(disk.path, "vol")
+        let readOnly = try cli.ok("snapshot", "vol", "--as", "ro", "--size", "4M").trimmingCharacters(in: .whitespacesAndNewlines)
+        let writable = try cli.ok("snapshot", "vol", "--as", "rw", "--size", "4M", "--writable").trimmingCharacters(in: .whitespacesAndNewlines)
+        func check(_ round: String) throws {
+            try expectEqual(try lab.sh("blockdev", "--getro", readOnly).trimmingCharacters(in: .whitespacesAndNewlines), "1", "\(round): blockdev --getro \(readOnly)")
+            try expect(try lab.sh("dmsetup", "info", "snapstack-vol-ro").contains("READ-ONLY"), "\(round): dmsetup info of the read-only snapshot")
+            try expectEqual(try lab.sh("blockdev", "--getro", writable).trimmingCharacters(in: .whitespacesAndNewlines), "0", "\(round): blockdev --getro \(writable)")
+            let before = try lab.sha256(readOnly, length: size)
+            let write = try lab.run(["dd", "if=/dev/urandom", "of=\(readOnly)", "bs=64k", "count=1", "oflag=direct", "conv=notrunc", "status=none"],
+                                    allowFailure: true)
+            try expect(write.status != 0, "\(round): a write to the read-only snapshot succeeded")
+            try expectEqual(try lab.sha256(readOnly, length: size), before, "\(round): the read-only snapshot after the refused write")
+            try lab.writeRandom(writable, offset: .zero, length: .kibibytes(64))
+            let rows = try cli.rows("snapshots")
+            let access = Dictionary(uniqueKeysWithValues: rows.compactMap { row in (row["name"] as? String).map { ($0, row["access"] as? String ?? "") } })
+            try expectEqual(access, ["vol-ro": "ro", "vol-rw": "rw"], "\(round): the access column of `snapshots`")
+        }
+        try check("taken")
+        // As a reboot leaves them: the snapshot devices gone, reconcile brings them back.
+        try lab.sh("dmsetup", "remove", "snapstack-vol-ro")
+        try lab.sh("dmsetup", "remove", "snapstack-vol-rw")
+        try cli.ok("reconcile")
+        try check("after reconcile")
         try cli.ok("unprotect", "vol", "--force")
     }
 

@@ -205,7 +205,7 @@ extension Orchestrator {
                                                      chunkSize: Sectors(UInt64(snapshot.chunkSectors)))))
             let uuid = try Layout.uuid(deviceID: device.id, .snapshot(id: snapshot.id))
             try failing("cannot re-activate \(device.name)-\(snapshot.name)") {
-                try dm.createInactive(name, uuid: uuid, table: table)
+                try dm.createInactive(name, uuid: uuid, table: table, readOnly: !snapshot.writable)
                 if try dm.info(top) != nil {
                     try dm.withSuspended([top]) { try dm.resume(name) }
                 } else {
