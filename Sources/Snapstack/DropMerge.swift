@@ -51,11 +51,14 @@ extension Orchestrator {
     public func merge(snapshot argument: String, wait: Bool = true, stopWaiting: () -> Bool = { false },
                       progress: (Double) -> Void = { _ in }) throws -> MergeOutcome {
         let (snapshot, device) = try snapshot(named: argument)
-        let others = try database.snapshots(deviceID: device.id).filter { $0.id != snapshot.id }
-        guard others.isEmpty else {
+        // Other snapshots stay valid through a merge, as LVM's do: the merge's writes to the
+        // origin are copied into them first, like any origin write. The kernel merges one
+        // snapshot of an origin at a time.
+        if let other = try database.snapshots(deviceID: device.id)
+            .first(where: { $0.id != snapshot.id && ($0.state == .merging || $0.state == .mergePending) }) {
             throw SnapstackError(.refused, "cannot merge \(device.name)-\(snapshot.name)",
-                                 why: "\(device.name) has other snapshots: \(others.map { "\(device.name)-\($0.name)" }.joined(separator: ", "))",
-                                 remedy: "drop them first")
+                                 why: "\(device.name)-\(other.name) is \(other.state == .merging ? "merging" : "waiting to merge") into \(device.name)",
+                                 remedy: "wait for that merge to finish")
         }
         switch snapshot.state {
         case .active, .mergePending, .merging: break

@@ -96,7 +96,8 @@ struct MergeCommand: ParsableCommand {
             terminal (--background returns at once; `snapstack reconcile` finishes it). While \
             the origin is open (mounted), the merge is deferred and starts at its next \
             activation — `snapstack reconcile` with the device closed, or the next boot — as \
-            `lvconvert --merge` does. The device may have no other snapshot.
+            `lvconvert --merge` does. The device's other snapshots stay valid and unchanged \
+            (the merge's writes are copied into them first); one snapshot merges at a time.
             """)
 
     @Argument(help: "The snapshot: NAME-SNAP or its device path.", completion: StateCompletion.snapshots)

@@ -10,7 +10,7 @@ enum OrchestratorScenarios {
         Scenario("bad input gets its exit code and one line, and changes nothing", badInputChangesNothing).lasting(100),
         Scenario("ext4 snapshot under a running writer: fsck-clean, synced files intact, frozen in time", ext4UnderWriter),
         Scenario("a set of three devices: one set, snapshot-origin and snapshot tables per member, each equal to its disk", threeDeviceSet),
-        Scenario("merge brings the origin back byte for byte", mergeRestoresOrigin),
+        Scenario("merge brings the origin back byte for byte, while another snapshot stays valid and unchanged", mergeRestoresOrigin),
         Scenario("drop removes the snapshot, its store and the origin's copy-on-write", dropRestoresLinear),
         Scenario("memory is locked for a freeze only when the binary may be paged from a device it suspends (strace)", memoryLockWhenNeeded),
         Scenario("on ext4 the store and era metadata loop devices use direct I/O over written blocks; snapshot and changes stay exact", directIOState),
@@ -282,13 +282,24 @@ enum OrchestratorScenarios {
         try cli.ok("snapshot", "vol", "--as", "good", "--size", "100%")
         try lab.writeRandom(top, offset: .zero, length: .mebibytes(6))
         try expect(try lab.sha256(top, length: .mebibytes(16)) != before, "origin did not change")
+        // Another snapshot, of the changed origin, stays valid and unchanged through the merge:
+        // the merge's writes back to the origin are copied into it first.
+        let laterPath = try cli.ok("snapshot", "vol", "--as", "later", "--size", "100%").trimmingCharacters(in: .whitespacesAndNewlines)
+        let later = try lab.sha256(laterPath, length: .mebibytes(16))
+        try lab.writeRandom(top, offset: .mebibytes(8), length: .mebibytes(2))
         try cli.ok("merge", "vol-good")
         try expectEqual(try lab.sha256(top, length: .mebibytes(16)), before, "origin after merge")
         try expectEqual(try lab.sha256(disk.path, length: .mebibytes(16)), before, "disk after merge")
+        try expectEqual(try lab.sha256(laterPath, length: .mebibytes(16)), later, "the other snapshot after the merge")
+        let laterStatus = try lab.sh("dmsetup", "status", "snapstack-vol-later")
+        try expect(try StoreWatchScenarios.snapshotStatus(lab, "snapstack-vol-later") != nil, "the other snapshot after the merge: \(laterStatus)")
         let real = try lab.dm.info(try DMName("snapstack-vol-real"))!.number
         try expectEqual(try lab.sh("dmsetup", "table", "snapstack-vol").trimmingCharacters(in: .newlines),
-                        "0 \(disk.facts.sectors.rawValue) linear \(real) 0", "top table after merge")
-        try expectEqual(try cli.rows("snapshots").count, 0, "snapshots after merge")
+                        "0 \(disk.facts.sectors.rawValue) snapshot-origin \(real)", "top table after merge, with a snapshot left")
+        try expectEqual(try cli.rows("snapshots").compactMap { $0["name"] as? String }, ["vol-later"], "snapshots after merge")
+        try cli.ok("drop", "vol-later")
+        try expectEqual(try lab.sh("dmsetup", "table", "snapstack-vol").trimmingCharacters(in: .newlines),
+                        "0 \(disk.facts.sectors.rawValue) linear \(real) 0", "top table after the last snapshot went")
         try cli.ok("unprotect", "vol")
     }
 
