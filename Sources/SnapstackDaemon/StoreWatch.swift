@@ -235,8 +235,12 @@ struct StoreWatchPlanner {
     mutating func plan(_ stores: [StoreUsage], at now: Duration) -> (actions: [Action], wait: Duration) {
         var actions: [Action] = []
         var wait = settings.pollInterval
-        let live = Set(stores.map(\.snapshotID))
+        // What is remembered of a snapshot goes with it: a daemon that runs for years sees
+        // thousands of snapshots come and go.
+        let live = Set(stores.map(\.snapshotID)), liveNames = Set(stores.map(\.name))
         samples = samples.filter { live.contains($0.key) }
+        warned = warned.filter { live.contains($0.key) }
+        failures = failures.filter { liveNames.contains($0.key) }
         for store in stores {
             let allocated: Bytes, total: Bytes
             switch store.condition {
@@ -318,6 +322,9 @@ struct StoreWatchPlanner {
         }
         return "\(head); \(why), or it may overflow, and is then dropped"
     }
+
+    /// Snapshots the planner remembers something of (samples, warnings, failures).
+    var rememberedSnapshots: Int { samples.count + warned.count + failures.count }
 
     /// Forgets the failures of a snapshot that was handled.
     mutating func succeeded(_ snapshot: String) {

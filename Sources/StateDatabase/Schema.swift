@@ -125,6 +125,16 @@ enum Schema {
             }
         }
 
+        // The event log keeps its newest events only; how many of each kind there ever were
+        // (the metrics' counters, which must never go down) is counted apart.
+        migrator.registerMigration("v5-event-counts") { db in
+            try db.create(table: "eventCount") { t in
+                t.primaryKey("kind", .text)
+                t.column("total", .integer).notNull()
+            }
+            try db.execute(sql: "INSERT INTO eventCount (kind, total) SELECT kind, COUNT(*) FROM event GROUP BY kind")
+        }
+
         return migrator
     }()
 

@@ -345,10 +345,20 @@ public final class StateDatabase: Sendable {
     // MARK: - Events
 
     /// Appends a line to the history, stamped with the current time.
-    public func record(event kind: String, subject: String, message: String) throws {
+    /// How many events the log keeps: the newest; older ones are deleted as new ones come, so
+    /// that a daemon running for years (a store watch, hotplug) does not grow the state without
+    /// end. Their count by kind is kept (`eventCount(kind:)`).
+    public static let eventsKept: Int64 = 10_000
+
+    public func record(event kind: String, subject: String, message: String, keeping kept: Int64 = StateDatabase.eventsKept) throws {
         try write { db in
             var event = EventRecord(kind: kind, subject: subject, message: message)
             try event.insert(db)
+            try db.execute(sql: "INSERT INTO eventCount (kind, total) VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET total = total + 1",
+                           arguments: [kind])
+            if let id = event.id, id > kept {
+                try db.execute(sql: "DELETE FROM event WHERE id <= ?", arguments: [id - kept])
+            }
         }
     }
 

@@ -143,7 +143,7 @@ private func contents(_ path: String) throws -> Data {
             )
         }
         // Each migration applied exactly once, in the order they were released.
-        #expect(migrations == ["v1", "v2-exports", "v2-store-growth", "v3-adoption", "v4-snapshot-access"])
+        #expect(migrations == ["v1", "v2-exports", "v2-store-growth", "v3-adoption", "v4-snapshot-access", "v5-event-counts"])
         // Any DDL bumps schema_version, so an unchanged one shows no migration ran.
         #expect(schemaVersionAgain == schemaVersion)
     }
@@ -370,6 +370,23 @@ private func contents(_ path: String) throws -> Data {
         }
         let stored = try database.read { try String.fetchAll($0, sql: "SELECT state FROM snapshot") }
         #expect(Set(stored) == Set(SnapshotState.allCases.map(\.rawValue)))
+    }
+}
+
+@Test func theLogKeepsItsNewestEventsAndCountsEveryOne() throws {
+    try withScratch { _, dir in
+        let database = try StateDatabase(directory: dir)
+        for index in 1...250 {
+            try database.record(event: index % 5 == 0 ? "overflow" : "extend", subject: "data-s", message: "\(index)", keeping: 100)
+        }
+        let kept = try database.events(limit: 1000)
+        #expect(kept.count == 100)
+        #expect(kept.first?.message == "250")
+        #expect(kept.last?.message == "151")
+        // The counts behind the metrics' counters include what the log let go.
+        #expect(try database.eventCount(kind: "overflow") == 50)
+        #expect(try database.eventCount(kind: "extend") == 200)
+        #expect(try database.eventCount(kind: "never") == 0)
     }
 }
 

@@ -134,3 +134,19 @@ private func settings(enabled: Bool = true, threshold: Double = 0.8, step: Bytes
     let huge = planner.growthTarget(allocated: Bytes(1 << 63), total: Bytes((1 << 63) + (1 << 62)), rate: 1e30, cap: Bytes(.max))
     #expect(huge == Bytes(.max))
 }
+
+@Test func whatIsRememberedOfASnapshotGoesWithIt() {
+    var planner = StoreWatchPlanner(settings: settings(limit: .mebibytes(12)))
+    // Thousands of snapshots, each warned about at its limit and failing once, then dropped.
+    for round in 0..<1000 {
+        let id = String(format: "%08x", round), name = "data-s\(round)"
+        let atLimit = store(name, id: id, allocated: .mebibytes(11), total: .mebibytes(12))
+        let actions = planner.plan([atLimit], at: .seconds(Int64(round))).actions
+        #expect(actions.count == 1)
+        let new = planner.failed(name, "cannot grow")
+        #expect(new)
+    }
+    #expect(planner.rememberedSnapshots <= 3, "samples, a warning and a failure of the last snapshot only")
+    _ = planner.plan([], at: .seconds(2000))
+    #expect(planner.rememberedSnapshots == 0)
+}
