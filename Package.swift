@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "DeviceMapper", targets: ["DeviceMapper"]),
         .executable(name: "snapstack", targets: ["snapstack"]),
         .executable(name: "snapstack-vmsuite", targets: ["VMSuite"]),
+        .executable(name: "snapstack-fuzz", targets: ["SnapstackFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -169,6 +170,14 @@ let package = Package(
             dependencies: ["DeviceMapper", "Snapstack", "SnapstackDaemon", "BlockIO", "ChangeTracking", "Images", "SnapstackErrors",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/VMSuite"),
+        // Fuzz tier: the parsers of what others write, replayed from committed corpora (CI) or
+        // driven by libFuzzer when built with -sanitize=fuzzer -DFUZZING (Tests/fuzz/run.sh).
+        .executableTarget(
+            name: "SnapstackFuzz",
+            dependencies: ["BlockIO", "ChangeTracking", "CopyEngine", "DeviceMapper", "Images", "Policy",
+                           .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/fuzz",
+            exclude: ["run.sh", "corpus"]),
         // Benchmark tier: the copy-out core against dd and cp on host loop devices.
         .executableTarget(
             name: "CopyBench",

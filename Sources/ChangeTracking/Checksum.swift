@@ -65,3 +65,24 @@ enum Checksum {
         crc32c(0xFFFF_FFFF, UnsafeRawBufferPointer(rebasing: block[4...])) ^ kind.rawValue
     }
 }
+
+/// Recomputes the stored checksum of every whole 4 KiB block of era metadata held in `bytes`,
+/// guessing each block's kind as the reader will expect it: block 0 and the block the
+/// superblock names as its metadata snapshot are superblocks; a block whose header flags say
+/// internal or leaf (1 or 2, at byte 4) is a btree node; any other, an array block. For fuzzers
+/// and tests, so that mutated metadata gets past its checksums to the checks behind them.
+@_spi(Testing)
+public func resealEraMetadata(_ bytes: inout [UInt8]) {
+    let blockSize = 4096
+    let blocks = bytes.count / blockSize
+    guard blocks > 0 else { return }
+    let snapshotBlock = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 216, as: UInt64.self)) }
+    for index in 0..<blocks {
+        let start = index * blockSize
+        let flags = bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: start + 4, as: UInt32.self)) }
+        let kind: BlockKind = index == 0 || UInt64(index) == snapshotBlock ? .superblock
+            : (flags == 1 || flags == 2) ? .btreeNode : .arrayBlock
+        let sum = bytes.withUnsafeBytes { Checksum.block(UnsafeRawBufferPointer(rebasing: $0[start..<(start + blockSize)]), kind: kind) }
+        bytes.withUnsafeMutableBytes { $0.storeBytes(of: sum.littleEndian, toByteOffset: start, as: UInt32.self) }
+    }
+}

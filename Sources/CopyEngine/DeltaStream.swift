@@ -272,3 +272,35 @@ extension Array where Element == UInt8 {
         withUnsafeBytes { T(bigEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
     }
 }
+
+extension DeltaStreamFormat {
+    /// Recomputes, in place, every digest and check of a stream whose bytes were changed: the
+    /// header digest, each data record's data digest and each record's chained check, walking
+    /// the records as a reader would (as far as lengths in bounds lead). For fuzzers and tests,
+    /// so that a mutated stream gets past the checksums to the checks behind them.
+    @_spi(Testing)
+    public static func reseal(_ bytes: inout [UInt8]) {
+        guard bytes.count >= 40 else { return }
+        let payloadLength = bytes.bigEndian(UInt64.self, at: 32)
+        guard payloadLength <= UInt64(bytes.count), 40 + Int(payloadLength) + Digest128.byteCount <= bytes.count else { return }
+        let bodyEnd = 40 + Int(payloadLength)
+        let headerDigest = bytes.withUnsafeBytes { Digest128.of(UnsafeRawBufferPointer(rebasing: $0[0..<bodyEnd])) }
+        bytes.withUnsafeMutableBytes { headerDigest.writeCanonical(to: UnsafeMutableRawBufferPointer(rebasing: $0[bodyEnd..<(bodyEnd + 16)])) }
+        var check = headerDigest.low64
+        var position = bodyEnd + Digest128.byteCount
+        while position + recordHeaderSize <= bytes.count {
+            let start = position
+            let length = bytes.bigEndian(UInt64.self, at: start + 24)
+            var dataLength = 0
+            if bytes[start] == DeltaRecord.Kind.data.rawValue, length <= UInt64(bytes.count - start - recordHeaderSize) {
+                dataLength = Int(length)
+                let dataStart = start + recordHeaderSize
+                let digest = bytes.withUnsafeBytes { Digest128.of(UnsafeRawBufferPointer(rebasing: $0[dataStart..<(dataStart + dataLength)])) }
+                bytes.withUnsafeMutableBytes { digest.writeCanonical(to: UnsafeMutableRawBufferPointer(rebasing: $0[(start + 32)..<(start + 48)])) }
+            }
+            check = bytes.withUnsafeBytes { XXH3_64bits_withSeed($0.baseAddress! + start, 48, check) }
+            bytes.withUnsafeMutableBytes { $0.storeBytes(of: check.bigEndian, toByteOffset: start + 48, as: UInt64.self) }
+            position = start + recordHeaderSize + dataLength
+        }
+    }
+}

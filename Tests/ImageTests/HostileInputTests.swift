@@ -1,4 +1,4 @@
-import CopyEngine
+@_spi(Testing) import CopyEngine
 import Foundation
 import Images
 import SnapstackErrors
@@ -59,9 +59,7 @@ import Glibc
         try fd.close()
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path.string)))
         for index in 0..<8 { bytes[24 + index] = UInt8(truncatingIfNeeded: deviceSize >> (56 - 8 * UInt64(index))) }
-        let bodyEnd = 40 + payload.count
-        let digest = Digest128.of(bytes[0..<bodyEnd]).canonicalBytes
-        bytes.replaceSubrange(bodyEnd..<(bodyEnd + digest.count), with: digest)
+        DeltaStreamFormat.reseal(&bytes)
         try Data(bytes).write(to: URL(fileURLWithPath: path.string))
     }
 

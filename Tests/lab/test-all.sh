@@ -6,8 +6,10 @@
 #   3. swift test                unit tests (Swift Testing; no root, no dm)
 #   4. manuals and completions   Tests/lab/manuals-check.sh: man pages and
 #                                shell completions generated from the binary
-#   5. VM suite                  snapstack-vmsuite as root inside two VMs with
-#                                device-mapper (Tests/lab/vm.sh) sharing its scenarios
+#   5. fuzz corpora              every committed fuzz input replayed (Tests/fuzz)
+#   6. VM suite                  snapstack-vmsuite as root inside two VMs with
+#                                device-mapper (Tests/lab/vm.sh) sharing its scenarios,
+#                                and beside them a short libFuzzer pass (Tests/fuzz/run.sh)
 # Any argument is passed on to snapstack-vmsuite.
 set -euo pipefail
 
@@ -24,7 +26,8 @@ ships, and one that starts in a third of the debug build's time under emulation)
 ends with a line "N passed, M failed" with M = 0 and together they passed every
 scenario selected.
 Needs root (the installer and the VM suite do).
-Environment: SNAPSTACK_VM_WORKERS=N runs N VMs (default 2).
+Environment: SNAPSTACK_VM_WORKERS=N runs N VMs (default 2); SNAPSTACK_FUZZ_SECONDS=N
+fuzzes each parser N seconds beside them (default 10).
 EOF
 }
 
@@ -92,6 +95,12 @@ fi
 step "manuals and completions"
 bash Tests/lab/manuals-check.sh .build/debug/snapstack
 
+step "fuzz corpora"
+# Every committed fuzz input through its parser, in the build under test: none may trap.
+for target in delta manifest era table status policy template size; do
+    .build/debug/snapstack-fuzz "$target" "Tests/fuzz/corpus/$target"
+done
+
 step "release build for the VM suite"
 # The binary that ships: optimised, the Swift runtime linked in (it runs where /opt/swift is
 # not). Under emulation it also starts in about 0.9 s against the debug build's 2.5 s, and the
@@ -115,6 +124,14 @@ workers=${SNAPSTACK_VM_WORKERS:-2}
 vm_work=$(mktemp -d /tmp/snapstack-vmsuite.XXXXXX)
 vm_log=$vm_work # removed by finish()
 mkdir "$vm_work/queue"
+# A short libFuzzer pass over every parser (Tests/fuzz/run.sh), beside the VMs: its instrumented
+# build and its runs take host CPU the emulated guests leave between their bursts.
+(
+    set +e
+    bash Tests/fuzz/run.sh --seconds "${SNAPSTACK_FUZZ_SECONDS:-10}" >"$vm_work/fuzz.log" 2>&1
+    echo $? >"$vm_work/fuzz-status"
+) &
+fuzz_pid=$!
 pids=()
 for ((w = 1; w <= workers; w++)); do
     # stderr is merged so that each log holds everything its worker said, in order; the
@@ -132,6 +149,17 @@ for ((w = 1; w <= workers; w++)); do
     sleep 5 # the boots one after the other: two at once slow each other down
 done
 wait "${pids[@]}" || true
+wait "$fuzz_pid" || true
+grep '^fuzz ' "$vm_work/fuzz.log" || true
+if [[ $(cat "$vm_work/fuzz-status" 2>/dev/null) != 0 ]]; then
+    tail -40 "$vm_work/fuzz.log" >&2
+    echo "test-all: the fuzz pass failed" >&2
+    exit 1
+fi
+if (($(grep -c '^fuzz .* no crash$' "$vm_work/fuzz.log") != 8)); then
+    echo "test-all: the fuzz pass did not report all 8 targets" >&2
+    exit 1
+fi
 
 # Each worker's closing line is the only proof that it really ran: a VM that failed to
 # boot, a suite that crashed, or one that found nothing to run must never look like a pass.
@@ -165,4 +193,4 @@ if ((passed != expected)); then
 fi
 
 step "done"
-echo "test-all: PASSED: build, unit tests, manuals and completions, VM suite ($summary) in $((SECONDS - start)) s"
+echo "test-all: PASSED: build, unit tests, manuals and completions, fuzz corpora and pass, VM suite ($summary) in $((SECONDS - start)) s"
