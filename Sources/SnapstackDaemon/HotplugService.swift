@@ -93,7 +93,7 @@ struct HotplugService: Service {
         notifier.ready(status: "watching for block devices; \(count) protected device(s), \(policy.policy.rules.count) auto-protect rule(s)")
         logger.notice("ready", metadata: ["protected": "\(count)", "rules": "\(policy.policy.rules.count)"])
 
-        try await serve(monitor)
+        try await serve(monitor, dropped: { monitor.takeDropped() })
         notifier.stopping()
         logger.notice("stopping")
     }
@@ -102,7 +102,11 @@ struct HotplugService: Service {
     /// reason (the monitor thread could not start, or its socket failed) are an error: the
     /// daemon then exits non-zero and systemd restarts it (`Restart=on-failure`), instead of
     /// exiting 0 and leaving hotplug unwatched until the next boot.
-    func serve<Events: AsyncSequence & Sendable>(_ source: Events) async throws where Events.Element == UdevEvent {
+    ///
+    /// Events the monitor had to drop (`dropped` counts them; its queue is bounded) are made
+    /// up for by looking at every device again, as at boot: reconcile, then the policy.
+    func serve<Events: AsyncSequence & Sendable>(_ source: Events, dropped: @escaping @Sendable () -> Int = { 0 }) async throws
+        where Events.Element == UdevEvent {
         for try await event in source.cancelOnGracefulShutdown() {
             let received = ContinuousClock.now
             switch event.action {
@@ -114,6 +118,11 @@ struct HotplugService: Service {
             let handled = events.increment()
             logger.debug("event handled", metadata: ["action": "\(event.action)", "device": "\(event.device.sysName)",
                                                      "seqnum": "\(event.sequenceNumber)", "events": "\(handled)"])
+            let lost = dropped()
+            if lost > 0 {
+                logger.warning("\(lost) udev event(s) dropped: more than \(UdevMonitor.queueLimit) were waiting; looking at every block device again")
+                await resynchronize()
+            }
         }
         guard Task.isShuttingDownGracefully || Task.isCancelled else {
             logger.critical("the udev monitor stopped: hotplug events are no longer received")
@@ -160,12 +169,31 @@ struct HotplugService: Service {
         step("members republished")
         let idle = (try? await worker.perform { try UdevContext().waitUntilIdle(timeout: 30) }) ?? false
         step(idle ? "udev is idle" : "udev is still busy after 30 s")
-        // The policy applies to the disks that are present, as udev's coldplug replays `add`.
+        step("policy applied to \(await applyPolicyToPresentDevices()) present device(s)")
+    }
+
+    /// The policy applied to the disks that are present, as udev's coldplug replays `add`; returns
+    /// how many there were.
+    func applyPolicyToPresentDevices() async -> Int {
         let devices = (try? await worker.perform { try UdevContext().blockDevices() }) ?? []
         for device in devices where device.deviceNode != nil {
             await appeared(device, coldplug: true, received: .now)
         }
-        step("policy applied to \(devices.count) present device(s)")
+        return devices.count
+    }
+
+    /// After events were lost: what they would have done, found from the devices themselves.
+    func resynchronize() async {
+        do {
+            let actions = try await locked("reconcile") { orchestrator in
+                try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
+            }
+            for action in actions { logger.notice("reconcile: \(action)") }
+        } catch {
+            logger.error("reconcile after dropped events failed: \(error)")
+        }
+        let present = await applyPolicyToPresentDevices()
+        logger.notice("looked at \(present) present block device(s) again after dropped events")
     }
 
     // MARK: Events

@@ -1,5 +1,6 @@
 import BlockIO
 import CUdev
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -44,7 +45,13 @@ public struct UdevEvent: Sendable {
 public struct UdevMonitor: AsyncSequence, Sendable {
     public typealias Element = UdevEvent
 
+    /// Events waiting for the consumer at most: a storm of `change` events (a flapping disk, a
+    /// trigger loop) must not grow the daemon without end. Past it, events are dropped and
+    /// counted (`takeDropped`), and the consumer looks at every device again.
+    public static let queueLimit = 4096
+
     private let stream: AsyncStream<UdevEvent>
+    private let dropped: DropCounter
 
     /// Starts listening for `subsystem` (default: block devices).
     public init(subsystem: String = "block") throws {
@@ -72,15 +79,27 @@ public struct UdevMonitor: AsyncSequence, Sendable {
         }
         for fd in pipeEnds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         _ = fcntl(pipeEnds[1], F_SETFL, O_NONBLOCK)
-        let (stream, continuation) = AsyncStream.makeStream(of: UdevEvent.self, bufferingPolicy: .unbounded)
+        let (stream, continuation) = AsyncStream.makeStream(of: UdevEvent.self, bufferingPolicy: .bufferingOldest(Self.queueLimit))
         self.stream = stream
+        dropped = DropCounter()
         let handles = MonitorHandles(udev: udev, monitor: monitor, wake: pipeEnds[0], waker: pipeEnds[1])
         continuation.onTermination = { _ in handles.wakeUp() }
-        let thread = MonitorThread(handles: handles, continuation: continuation)
+        let thread = MonitorThread(handles: handles, continuation: continuation, dropped: dropped)
         thread.start()
     }
 
     public func makeAsyncIterator() -> AsyncStream<UdevEvent>.Iterator { stream.makeAsyncIterator() }
+
+    /// How many events were dropped since the last call (the queue was full), and starts
+    /// counting again.
+    public func takeDropped() -> Int { dropped.take() }
+}
+
+/// Events the monitor thread could not queue, counted for the consumer.
+final class DropCounter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add() { count.add(1, ordering: .relaxed) }
+    func take() -> Int { count.exchange(0, ordering: .relaxed) }
 }
 
 /// The libudev handles of one monitor. Made on the caller's thread, then used only by the
@@ -116,10 +135,12 @@ private final class MonitorHandles: @unchecked Sendable {
 private final class MonitorThread: @unchecked Sendable {
     let handles: MonitorHandles
     let continuation: AsyncStream<UdevEvent>.Continuation
+    let dropped: DropCounter
 
-    init(handles: MonitorHandles, continuation: AsyncStream<UdevEvent>.Continuation) {
+    init(handles: MonitorHandles, continuation: AsyncStream<UdevEvent>.Continuation, dropped: DropCounter) {
         self.handles = handles
         self.continuation = continuation
+        self.dropped = dropped
     }
 
     func start() {
@@ -156,7 +177,13 @@ private final class MonitorThread: @unchecked Sendable {
                 let event = UdevEvent(action: UdevEvent.Action(action), device: UdevContext.copy(device),
                                       sequenceNumber: udev_device_get_seqnum(device))
                 udev_device_unref(device)
-                if case .terminated = continuation.yield(event) { stopped = true; break }
+                switch continuation.yield(event) {
+                case .terminated: stopped = true
+                case .dropped: dropped.add()
+                case .enqueued: break
+                @unknown default: break
+                }
+                if stopped { break }
             }
             if stopped { break }
         }
