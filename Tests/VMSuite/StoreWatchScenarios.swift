@@ -16,7 +16,7 @@ enum StoreWatchScenarios {
                  extendGrowsStore).lasting(88),
         Scenario("extend interrupted at each failpoint is finished by reconcile to the size asked", extendFailpoints).lasting(68),
         Scenario("store watch: under a steady write load, while an export reads the snapshot, a small store is grown in time; the snapshot stays frozen and the image equals it",
-                 watchGrowsUnderLoad).lasting(110),
+                 watchGrowsUnderLoad).lasting(170),
         Scenario("store watch: with growth off an overflowed snapshot is dropped on the kernel's event, logged, the origin intact",
                  watchDropsOverflowed).lasting(58),
     ]

@@ -68,6 +68,7 @@ var allScenarios: [Scenario] {
         + AdoptionScenarios.all
         + PhysicalVolumeScenarios.all
         + VolumeStoreScenarios.all
+        + FaultScenarios.all
 }
 
 guard getuid() == 0, (try? DeviceMapperClient().driverVersion()) != nil else {
