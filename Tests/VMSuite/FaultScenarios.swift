@@ -9,7 +9,7 @@ import Foundation
 enum FaultScenarios {
     static let all: [Scenario] = [
         Scenario("faults: the image directory full (ENOSPC) or failing writes (dm-flakey EIO) mid-export and mid-apply: a clear error, the image incomplete, the origin intact, nothing suspended",
-                 imageDirectoryFaults).lasting(60),
+                 imageDirectoryFaults).lasting(100),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
