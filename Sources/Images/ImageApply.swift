@@ -1,11 +1,12 @@
 import CopyEngine
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import Locking
 import SnapstackErrors
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What `apply` did.
 public struct ApplyOutcome: Sendable {

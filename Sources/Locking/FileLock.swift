@@ -33,7 +33,7 @@ public final class FileLock {
                                          permissions: [.ownerReadWrite])
         } catch {
             throw SnapstackError(.failed, "cannot open the lock file \(path)", why: "\(error)",
-                                 remedy: "run as root, or name another state directory with --state-dir")
+                                 remedy: "check that \(directory) exists and may be written by this user (snapstack runs as root)")
         }
         let operation = (mode == .exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB
         let deadline = Date().addingTimeInterval(timeout)
