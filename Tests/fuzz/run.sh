@@ -55,7 +55,7 @@ for target in "${targets[@]}"; do
     fi
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     memory=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log")
-    coverage=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
+    coverage=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
     echo "fuzz $target: ${executions:-?} executions, ${coverage:-cov: ?}, peak ${memory:-?} MB, no crash"
     rm -f "$log"
 done
