@@ -15,8 +15,7 @@ public enum AtomicFile {
         guard let name = path.lastComponent?.string, name != ".", name != ".." else {
             throw BlockIOError(path: path, reason: .system(operation: "open", .isDirectory))
         }
-        let directory = path.removingLastComponent()
-        let temporary = (directory.isEmpty ? FilePath(".") : directory).appending(".\(name).\(getpid()).tmp")
+        let temporary = path.containingDirectory.appending(".\(name).\(getpid()).tmp")
         _ = unlink(temporary.string)
         do throws(BlockIOError) {
             let file: Int32
@@ -60,5 +59,13 @@ public enum AtomicFile {
         if case .failure(let error) = retryingInterrupts({ fsync(descriptor.rawValue) }) {
             throw BlockIOError(directory, "fsync", error)
         }
+    }
+}
+
+extension FilePath {
+    /// The directory that holds this path: `.` for a bare name.
+    public var containingDirectory: FilePath {
+        let directory = removingLastComponent()
+        return directory.isEmpty ? "." : directory
     }
 }

@@ -115,3 +115,11 @@ extension Bytes {
         return (value, index < 0 ? nil : units[index])
     }
 }
+
+extension UInt64 {
+    /// How many blocks of `divisor` cover this many bytes, the last one possibly short; no
+    /// overflow for any value (the rounding up comes after the division).
+    public func dividedRoundingUp(by divisor: UInt64) -> UInt64 {
+        self / divisor + (self % divisor == 0 ? 0 : 1)
+    }
+}

@@ -140,8 +140,7 @@ public struct EraGeometry: Hashable, Sendable, CustomStringConvertible {
 
     /// The geometry dm-era gives a device of `deviceBytes`: the last block may be short.
     public init(blockSize: Sectors, deviceBytes: UInt64) {
-        let blockBytes = blockSize.bytes.rawValue
-        self.init(blockSize: blockSize, blockCount: deviceBytes / blockBytes + (deviceBytes % blockBytes == 0 ? 0 : 1))
+        self.init(blockSize: blockSize, blockCount: deviceBytes.dividedRoundingUp(by: blockSize.bytes.rawValue))
     }
 
     public var description: String { "\(blockCount) blocks of \(blockSize.rawValue) sectors" }

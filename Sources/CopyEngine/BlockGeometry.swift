@@ -1,3 +1,5 @@
+import BlockIO
+
 /// The shape of an image or a delta stream: its block size and its device's size in bytes.
 ///
 /// Both numbers come from files and streams that someone else wrote, and both end up in sums,
@@ -28,10 +30,9 @@ public struct BlockGeometry: Hashable, Sendable {
     /// Blocks covering the device, the last one possibly short.
     public var blockCount: UInt64 { Self.blockCount(deviceSize: deviceSize, blockSize: blockSize) }
 
-    /// Without overflow for any size (the rounding up happens after the division).
+    /// Without overflow for any size.
     public static func blockCount(deviceSize: UInt64, blockSize: Int) -> UInt64 {
-        let block = UInt64(blockSize)
-        return deviceSize / block + (deviceSize % block == 0 ? 0 : 1)
+        deviceSize.dividedRoundingUp(by: UInt64(blockSize))
     }
 }
 

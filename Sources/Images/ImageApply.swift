@@ -1,3 +1,4 @@
+import BlockIO
 import CopyEngine
 import Foundation
 import Locking
@@ -140,7 +141,7 @@ extension Image {
     /// larger than the stream could ever fill is refused here, before it creates anything,
     /// instead of running the file system full one zero record at a time.
     private static func checkRoomForChecksums(_ manifest: ImageManifest, image: FilePath) throws {
-        let directory = image.removingLastComponent().isEmpty ? FilePath(".") : image.removingLastComponent()
+        let directory = image.containingDirectory
         var facts = statvfs()
         guard statvfs(directory.string, &facts) == 0 else { return }  // the open that follows names the problem
         let available = UInt64(facts.f_bavail).multipliedReportingOverflow(by: UInt64(facts.f_frsize))

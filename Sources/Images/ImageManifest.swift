@@ -224,8 +224,7 @@ public final class ImageWriterLock {
     init(image: FilePath) throws {
         self.image = image
         let path = ImageManifest.lockPath(forImage: image)
-        let directory = path.removingLastComponent()
-        lock = try FileLock(directory: directory.isEmpty ? "." : directory, name: path.lastComponent?.string ?? "",
+        lock = try FileLock(directory: path.containingDirectory, name: path.lastComponent?.string ?? "",
                             mode: .exclusive, timeout: 0, owner: "another export or apply", subject: image.string,
                             remedy: "wait for it to finish; two writers of one image would mix their blocks")
     }

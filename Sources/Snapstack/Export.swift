@@ -184,7 +184,7 @@ extension Orchestrator {
     /// export, or when the tracking cannot be read and `allowFull` says so).
     private func rangesToRead(of device: DeviceRecord, since base: ExportRecord?, blockSize: Int,
                               allowFull: Bool) throws -> (ranges: [Range<UInt64>], readEverything: Bool) {
-        let blockCount = (UInt64(device.sizeBytes) + UInt64(blockSize) - 1) / UInt64(blockSize)
+        let blockCount = UInt64(device.sizeBytes).dividedRoundingUp(by: UInt64(blockSize))
         guard let base else { return ([0..<blockCount], false) }
         do {
             try checkTrackingContinuous(device, since: base)

@@ -145,10 +145,7 @@ struct HotplugService: Service {
         // rebuilds are what local-fs-pre.target waits for.
         for attempt in 1...Self.bootReconcileAttempts {
             do {
-                let actions = try await locked("reconcile") { orchestrator in
-                    try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
-                }
-                for action in actions { logger.notice("reconcile: \(action)") }
+                try await reconcile()
                 break
             } catch {
                 guard attempt < Self.bootReconcileAttempts, !Task.isShuttingDownGracefully else {
@@ -182,13 +179,18 @@ struct HotplugService: Service {
         return devices.count
     }
 
+    /// One reconcile over every protected device, each repair logged.
+    func reconcile() async throws {
+        let actions = try await locked("reconcile") { orchestrator in
+            try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
+        }
+        for action in actions { logger.notice("reconcile: \(action)") }
+    }
+
     /// After events were lost: what they would have done, found from the devices themselves.
     func resynchronize() async {
         do {
-            let actions = try await locked("reconcile") { orchestrator in
-                try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
-            }
-            for action in actions { logger.notice("reconcile: \(action)") }
+            try await reconcile()
         } catch {
             logger.error("reconcile after dropped events failed: \(error)")
         }
