@@ -15,7 +15,7 @@ enum DaemonScenarios {
         Scenario("daemon: at start the stacks and snapshots that a reboot removed come back", bootRestore).lasting(130),
         Scenario("daemon: a broken configuration is reported with its line, and the last good policy stays", brokenConfiguration),
         Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity).lasting(75),
-        Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents).lasting(115),
+        Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents).lasting(115).nightly(),
     ]
 
     // MARK: The daemon as a child process

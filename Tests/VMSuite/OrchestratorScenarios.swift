@@ -564,14 +564,14 @@ enum OrchestratorScenarios {
         // behaviour decides the outcome: every step of the freeze window (suspended devices,
         // era checkpoints, snapshot-origin), a merge the kernel is running, and the step of
         // each other verb that leaves a half-built stack. Extend's have a scenario of their
-        // own. SNAPSTACK_VM_EVERY_FAILPOINT=1 runs them all.
+        // own. The nightly tier, or SNAPSTACK_VM_EVERY_FAILPOINT=1, runs them all.
         let kernelBound: Set<String> = [
             "protect.real-created", "protect.top-created",
             "snapshot.recorded", "snapshot.store-attached", "snapshot.preloaded", "snapshot.activated",
             "snapshot.checkpointed", "snapshot.suspended", "snapshot.resumed",
             "drop.snapshot-removed", "merge.started", "unprotect.top-removed",
         ]
-        let every = ProcessInfo.processInfo.environment["SNAPSTACK_VM_EVERY_FAILPOINT"] == "1"
+        let every = Tier.current == .nightly || ProcessInfo.processInfo.environment["SNAPSTACK_VM_EVERY_FAILPOINT"] == "1"
         let names = listed.filter { every || kernelBound.contains($0) }
         try expect(every || names.count == kernelBound.count, "failpoints gone from `snapstack failpoints`: \(kernelBound.subtracting(names).sorted())")
         let disk = try lab.loopDevice("disk", size: .mebibytes(16), random: true)

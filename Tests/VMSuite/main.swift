@@ -9,6 +9,7 @@ struct Scenario: Sendable {
     /// claim scenarios uses it: the longest go first, so that no worker is left with a long
     /// one at the end while the other idles.
     var seconds: Int = 30
+    var tier: Tier = .ci
     init(_ name: String, _ body: @escaping @Sendable (Lab) throws -> Void) {
         self.name = name
         self.body = body
@@ -19,13 +20,31 @@ struct Scenario: Sendable {
         copy.seconds = seconds
         return copy
     }
+
+    /// Runs only in the nightly tier: a long repetition or measurement of what CI scenarios
+    /// already cover once.
+    func nightly() -> Scenario {
+        var copy = self
+        copy.tier = .nightly
+        return copy
+    }
+}
+
+/// Which scenarios run, and how long their repetitions are. CI runs `ci`: every property once.
+/// `nightly` adds the long repetitions and measurements (see `Scenario.nightly()`) and runs the
+/// repeated scenarios at full length (every failpoint, 25 signal rounds a series).
+enum Tier: String {
+    case ci, nightly
+    nonisolated(unsafe) static var current = Tier.ci
 }
 
 let usage = """
-    usage: snapstack-vmsuite [--capture DIR] [--filter TEXT] [--queue DIR] [--list]
+    usage: snapstack-vmsuite [--capture DIR] [--filter TEXT] [--tier ci|nightly] [--queue DIR] [--list]
     Runs the VM tier as root against the real kernel's device-mapper (see Tests/lab/vm.sh).
     --capture DIR   write the kernel's table and status lines to DIR (unit-test fixtures)
     --filter TEXT   run only the scenarios whose name contains TEXT (A|B: either)
+    --tier TIER     ci (the default): what CI runs; nightly: also the long repetitions and
+                    measurements, and every repeated scenario at full length
     --queue DIR     share the scenarios with other workers given the same DIR (a directory
                     every VM can write): each runs the ones it claims first, longest first
     --list          print the names of the scenarios selected
@@ -41,6 +60,12 @@ while let argument = arguments.popFirst() {
     case "--capture": captureDirectory = arguments.popFirst().map { URL(fileURLWithPath: $0) }
     case "--filter": filter = arguments.popFirst().flatMap { $0.isEmpty ? nil : $0 }
     case "--queue": queue = arguments.popFirst()
+    case "--tier":
+        guard let tier = arguments.popFirst().flatMap(Tier.init(rawValue:)) else {
+            FileHandle.standardError.write(Data("snapstack-vmsuite: --tier takes ci or nightly\n".utf8))
+            exit(64)
+        }
+        Tier.current = tier
     case "--list": listOnly = true
     default:
         FileHandle.standardError.write(Data((usage + "\n").utf8))
@@ -49,7 +74,7 @@ while let argument = arguments.popFirst() {
 }
 
 let selected = allScenarios.filter { scenario in
-    filter.map { $0.split(separator: "|").contains { scenario.name.contains($0) } } ?? true
+    (scenario.tier == .ci || Tier.current == .nightly) && filter.map { $0.split(separator: "|").contains { scenario.name.contains($0) } } ?? true
 }
 if listOnly {
     for scenario in selected { print(scenario.name) }
