@@ -14,6 +14,9 @@ public struct DeviceSummary: Sendable {
         case suspended
         /// A protect or unprotect that a crash interrupted: `reconcile` finishes or undoes it.
         case protecting, unprotecting
+        /// Protected with `--at-boot`: the daemon builds its stack at the next boot, before
+        /// anything mounts the device.
+        case pending
     }
 
     public var id: String
@@ -180,6 +183,7 @@ extension Orchestrator {
         case .protected: state = info == nil ? .unstacked : info!.suspended ? .suspended : .protected
         case .protecting: state = .protecting
         case .unprotecting: state = .unprotecting
+        case .pending: state = .pending
         }
         var tracking = DeviceSummary.Tracking.off
         var interruptedAt: Date?, interruptedReason: String?

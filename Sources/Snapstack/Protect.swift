@@ -15,6 +15,10 @@ public struct ProtectOptions: Sendable {
     /// of a file in the state directory attached through a loop device: readable wherever LVM
     /// runs, before any file system is mounted.
     public var cbtMetadataGroup: String?
+    /// For a device in use that cannot be adopted online (a mounted partition or disk): record
+    /// it, and build its stack at the next boot, before anything mounts it. A device not in use
+    /// is protected at once.
+    public var atBoot = false
     /// Stands for "as the device's size asks" (no real block has zero bytes).
     public static let automaticCBTBlock = Bytes.zero
     public static let defaultCBTBlock = automaticCBTBlock
@@ -92,8 +96,13 @@ extension Orchestrator {
                                  remedy: "use \(try other.topName().devicePath)")
         }
         let live = try foreignDeviceMapperName(of: facts.number)
-        if live == nil {
-            try checkUnused(devicePath, facts.number)
+        var pendingBecause: String?
+        if live == nil, let why = try inUse(devicePath, facts.number) {
+            guard options.atBoot else {
+                throw SnapstackError(.refused, "cannot protect \(devicePath)", why: why + "; device-mapper can slide under a device in use only when it is a device-mapper device itself (an LVM volume)",
+                                     remedy: "protect it with --at-boot (its stack is then built at the next boot, before anything mounts it), or unmount it and stop what uses it first")
+            }
+            pendingBecause = why
         }
         var options = options
         if options.cbtBlock == ProtectOptions.automaticCBTBlock {
@@ -121,6 +130,10 @@ extension Orchestrator {
             return try adopt(devicePath: devicePath, live: live, name: name, facts: facts, cbtBlock: cbtBlock, metadataGroup: metadataGroup)
         }
         let identity = host.identity(of: facts.number, size: facts.size) ?? DeviceIdentity(size: facts.size)
+        if let why = pendingBecause {
+            return try protectAtBoot(devicePath: devicePath, name: name, facts: facts, identity: identity, inUse: why,
+                                     cbtBlock: cbtBlock, metadataGroup: metadataGroup)
+        }
         if identity.isAnonymous {
             notice("warning: \(devicePath) has no serial, WWN, PARTUUID or filesystem UUID; after a reboot it is found again only at \(facts.number)")
         }
@@ -177,15 +190,12 @@ extension Orchestrator {
         return name
     }
 
-    /// Refuses a device that is not a dm device and is mounted, open or held: it cannot be
-    /// stacked under whoever uses it.
-    private func checkUnused(_ devicePath: String, _ number: DeviceNumber) throws {
+    /// Why a device that is not a dm device cannot take a stack now (mounted, open, held), in
+    /// one sentence; nil when it can.
+    func inUse(_ devicePath: String, _ number: DeviceNumber) throws -> String? {
         var usage = DeviceUsage()
         try failing("cannot tell whether \(devicePath) is in use") { usage = try host.usage(of: FilePath(devicePath)) }
-        if let reason = usage.reason {
-            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: reason + "; device-mapper can slide under a device in use only when it is a device-mapper device itself (an LVM volume)",
-                                 remedy: "unmount it and stop what uses it first, or protect it before anything mounts or opens it (the daemon does so at boot and on hotplug)")
-        }
+        if let reason = usage.reason { return reason }
         // udev's probe of a disk that just appeared holds it for a moment: only a holder that
         // stays for a second counts.
         var openers = host.openers(of: number)
@@ -193,10 +203,46 @@ extension Orchestrator {
             usleep(100_000)
             openers = host.openers(of: number)
         }
-        if let opener = openers.first {
-            throw SnapstackError(.refused, "cannot protect \(devicePath)", why: "it is open by process \(opener)",
-                                 remedy: "stop what uses it first")
+        return openers.first.map { "it is open by process \($0)" }
+    }
+
+    /// Records a device in use as pending (`--at-boot`): nothing changes on it now; reconcile,
+    /// which the daemon runs at start, builds its stack at the next boot before the local file
+    /// systems are mounted (`buildPendingStack`).
+    private func protectAtBoot(devicePath: String, name: String, facts: BlockDeviceFacts, identity: DeviceIdentity, inUse why: String,
+                               cbtBlock: Sectors?, metadataGroup: String?) throws -> DeviceSummary {
+        if try host.usage(of: FilePath(devicePath)).mountPoints.contains("/") {
+            throw SnapstackError(.refused, "cannot protect \(devicePath) --at-boot", why: "it holds the root file system, which the initramfs mounts before snapstack's daemon starts",
+                                 remedy: "if / is on an LVM volume, protect that volume: it is adopted online")
         }
+        guard !identity.isAnonymous else {
+            throw SnapstackError(.refused, "cannot protect \(devicePath) --at-boot", why: "it has no serial, WWN, PARTUUID or filesystem UUID to be recognised by at the next boot")
+        }
+        var record = newRecord(name: name, devicePath: devicePath, facts: facts, identity: identity, cbtBlock: cbtBlock,
+                               metadataGroup: metadataGroup)
+        record.state = .pending
+        try database.insert(record)
+        event("protect", name, "pending: cannot stack \(devicePath) (\(facts.number)) now (\(why)); its stack is built at the next boot")
+        notice("cannot stack \(devicePath) now (\(why)): its stack is built at the next boot, before anything mounts it; until then no change is tracked")
+        return try summary(of: record)
+    }
+
+    /// The first stack of a device protected `--at-boot`, over its disk found at `source`, with
+    /// new era metadata. A failure removes what was built: the device stays pending.
+    func buildPendingStack(_ device: DeviceRecord, sourcePath: String, source: DeviceNumber) throws {
+        var record = device
+        record.sourcePath = sourcePath
+        record.sourceMajor = Int(source.major)
+        record.sourceMinor = Int(source.minor)
+        if record != device { try database.update(record) }
+        do {
+            try buildStack(record, source: source, newMetadata: true)
+        } catch {
+            throw rollingBack(error, [("remove the stack", { try self.removeStack(record) })])
+        }
+        record.state = .protected
+        try database.update(record)
+        event("protect", record.name, "protected \(sourcePath) (\(source)) as \(try record.topName().devicePath), as protect --at-boot asked")
     }
 
     /// Era metadata size for `blocks` tracked blocks: the era array takes 4 bytes a block in a

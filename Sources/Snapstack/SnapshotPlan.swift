@@ -138,7 +138,12 @@ extension Orchestrator {
 
     private func planMember(_ name: String, snapshotName: String, options: SnapshotOptions) throws -> SnapshotSetPlan.Member {
         var device = try device(named: name)
-        guard device.state == .protected else {
+        switch device.state {
+        case .protected: break
+        case .pending:
+            throw SnapstackError(.refused, "\(name) has no stack yet", why: "it was protected --at-boot: its stack is built at the next boot",
+                                 remedy: "reboot (or unmount \(device.sourcePath) and run `snapstack reconcile`)")
+        case .protecting, .unprotecting:
             throw SnapstackError(.refused, "\(name) is being \(device.state == .protecting ? "protected" : "unprotected")",
                                  remedy: "run `snapstack reconcile`")
         }

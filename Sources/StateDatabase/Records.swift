@@ -11,6 +11,9 @@ public enum DeviceState: String, Codable, Sendable, CaseIterable, DatabaseValueC
     case protected
     /// The origin stack is being taken down; it may be half gone after a crash.
     case unprotecting
+    /// Recorded by `protect --at-boot` while something used the device: its stack is built at
+    /// the next boot, before anything mounts it (reconcile, run by the daemon at start).
+    case pending
 }
 
 /// Where a snapshot set is in its creation.

@@ -32,9 +32,16 @@ struct ProtectCommand: ParsableCommand {
             shows the tracking as interrupted until the next full export (an incremental \
             across it exits 10). `unprotect` gives the volume its table back.
 
+            A mounted partition or disk that is not a device-mapper device cannot be stacked \
+            while in use. With --at-boot it is recorded as pending (`devices` shows it so) and \
+            its stack is built at the next boot by the daemon, before the local file systems \
+            are mounted: an fstab entry by UUID= or LABEL= then mounts the top device. The \
+            root file system, which the initramfs mounts, is refused.
+
             Examples:
               snapstack protect /dev/sdb1 --name data && mount /dev/mapper/snapstack-data /srv
               snapstack protect vg0/home --name home     (mounted: adopted online)
+              snapstack protect /dev/sdc1 --name srv --at-boot   (mounted from fstab: at the next boot)
             """)
 
     @Argument(help: "The block device to protect, e.g. /dev/sdb1, or an LVM volume (/dev/vg/lv or vg/lv).", completion: .file())
@@ -56,6 +63,9 @@ struct ProtectCommand: ParsableCommand {
         valueName: "vg"))
     var cbtMetadata: String?
 
+    @Flag(name: .customLong("at-boot"), help: "When the device is in use and not a device-mapper device (a mounted partition), build its stack at the next boot instead of refusing; a device not in use is protected now.")
+    var atBoot = false
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
@@ -68,6 +78,7 @@ struct ProtectCommand: ParsableCommand {
             let orchestrator = try global.orchestrator()
             var options = ProtectOptions(cbtBlock: noCBT ? nil : (cbtBlock?.bytes ?? ProtectOptions.defaultCBTBlock))
             options.cbtMetadataGroup = cbtMetadata
+            options.atBoot = atBoot
             Output.print(try orchestrator.protect(devicePath: device, name: name, options: options).path)
         }
     }

@@ -46,12 +46,14 @@ extension Orchestrator {
             var mergeStatus: SnapshotStatus?
             if info != nil, case .snapshotMerge(let status)? = try? dm.status(top).first?.status { mergeStatus = status }
             let snapshots = try database.snapshots(deviceID: record.id)
+            let source = record.state == .protected || record.state == .pending ? try locate(record) : nil
             devices.append(ReconcileObservation.Device(
                 record: record, snapshots: snapshots,
                 growths: growths.filter { growth in snapshots.contains { $0.id == growth.snapshotID } },
-                source: record.state == .protected ? try locate(record) : nil,
+                source: source,
                 topOpenCount: info?.openCount, topMergeStatus: mergeStatus,
-                tracking: try trackingCheck(record)))
+                tracking: try trackingCheck(record),
+                sourceInUse: record.state == .pending ? try source.flatMap { try inUse($0.path, $0.number) } : nil))
         }
         let prefix = stateDirectory.string + "/"
         let loops = ((try? host.allLoops()) ?? []).filter { $0.backingFile?.hasPrefix(prefix) == true }
@@ -82,7 +84,7 @@ extension Orchestrator {
             try run(try Teardown.unprotect(device))
         case .finishUnprotect(let device, let snapshots):
             try run(snapshots.map { .removeSnapshotArtifacts($0, of: device) } + (try Teardown.unprotect(device)))
-        case .waitForDisk, .mergeInProgress, .leaveOpenOrphan:
+        case .waitForDisk, .waitForBoot, .mergeInProgress, .leaveOpenOrphan:
             break
         case .rebuildStack(let device, let path, let number):
             var updated = device
@@ -91,6 +93,8 @@ extension Orchestrator {
             updated.sourceMinor = Int(number.minor)
             if updated != device { try database.update(updated) }
             try buildStack(updated, source: number, newMetadata: false)
+        case .buildPendingStack(let device, let path, let number):
+            try buildPendingStack(device, sourcePath: path, source: number)
         case .readopt(let device, let table, let why):
             try readopt(device, table: table, why: why)
         case .undoSnapshot(let snapshot, let device):

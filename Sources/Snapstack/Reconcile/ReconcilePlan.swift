@@ -26,6 +26,9 @@ struct ReconcileObservation {
         var topMergeStatus: SnapshotStatus?
         /// Whether an adopted device's live device maps through its stack.
         var tracking: TrackingCheck = .inPlace
+        /// For a device protected `--at-boot`: why its disk cannot take a stack now (mounted,
+        /// open); nil when it can.
+        var sourceInUse: String?
     }
 
     /// dm devices carrying snapstack's UUID prefix.
@@ -48,6 +51,11 @@ enum ReconcileStep: Equatable {
     case finishUnprotect(DeviceRecord, snapshots: [SnapshotRecord])
     case waitForDisk(DeviceRecord)
     case rebuildStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
+    /// A device protected `--at-boot` whose disk is present and unused: its first stack, with
+    /// new era metadata.
+    case buildPendingStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
+    /// A device protected `--at-boot` whose disk is still in use: left for the next boot.
+    case waitForBoot(DeviceRecord, why: String)
     /// An adopted device whose live device bypasses its stack (a foreign reload, a reboot):
     /// adopted again over its current table, its change tracking marked interrupted.
     case readopt(DeviceRecord, table: Table, why: String)
@@ -77,6 +85,8 @@ enum ReconcileStep: Equatable {
         case .finishUnprotect: "finish-unprotect"
         case .waitForDisk: "wait-for-disk"
         case .rebuildStack: "rebuild-stack"
+        case .buildPendingStack: "build-pending-stack"
+        case .waitForBoot: "wait-for-boot"
         case .readopt: "readopt"
         case .undoSnapshot: "undo-snapshot"
         case .finishDrop: "finish-drop"
@@ -108,6 +118,10 @@ enum ReconcileStep: Equatable {
         case .waitForDisk(let d): (d.name, "wait: its disk is not present (identity \(d.sourcePath), \(d.sizeBytes) bytes)")
         case .rebuildStack(let d, let path, let number):
             (d.name, "rebuild the stack over \(path) (\(number)), keeping its change tracking")
+        case .buildPendingStack(let d, let path, let number):
+            (d.name, "build the stack protect --at-boot asked for over \(path) (\(number)), with new change tracking")
+        case .waitForBoot(let d, let why):
+            (d.name, "wait for the next boot: protected --at-boot, but \(why)")
         case .readopt(let d, _, let why):
             (d.name, "adopt again over its current table; change tracking interrupted: \(why)")
         case .undoSnapshot(let s, let d): (label(s, d), "undo the interrupted snapshot")
@@ -193,6 +207,10 @@ enum ReconcileStep: Equatable {
         case .protecting: return [.undoProtect(device)]
         case .unprotecting: return [.finishUnprotect(device, snapshots: observed.snapshots)]
         case .protected: break
+        case .pending:
+            guard let source = observed.source else { return [.waitForDisk(device)] }
+            if let why = observed.sourceInUse { return [.waitForBoot(device, why: why)] }
+            return [.buildPendingStack(device, sourcePath: source.path, source: source.number)]
         }
         guard let source = observed.source else { return [.waitForDisk(device)] }
         var plan: [ReconcileStep] = []
