@@ -94,7 +94,7 @@ let package = Package(
         .target(
             name: "Snapstack",
             dependencies: ["DeviceMapper", "Udev", "BlockIO", "StateDatabase", "ChangeTracking", "CopyEngine", "Exposition",
-                           "Images", "Locking", "SnapstackErrors",
+                           "Images", "Locking", "SnapstackErrors", "CShims",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // A kernel in memory behind the same seam (device-mapper, loop devices, disks), for
         // running and crashing every verb without root.

@@ -202,3 +202,11 @@ int snapstack_sync_file_range(int fd, int64_t offset, int64_t length, unsigned i
 const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_BEFORE = SYNC_FILE_RANGE_WAIT_BEFORE;
 const unsigned int snapstack_SYNC_FILE_RANGE_WRITE = SYNC_FILE_RANGE_WRITE;
 const unsigned int snapstack_SYNC_FILE_RANGE_WAIT_AFTER = SYNC_FILE_RANGE_WAIT_AFTER;
+
+int snapstack_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+int snapstack_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}

@@ -122,16 +122,7 @@ public struct Doctor: Sendable {
     }
 
     private static func modprobe(_ modules: [String]) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/sbin/modprobe")
-        process.arguments = ["-q", "-a"] + modules
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        do {
-            try process.run()
-            process.waitUntilExit()
-        } catch {
-            // Reported through the targets that stay missing.
-        }
+        // A failure is reported through the targets that stay missing.
+        _ = try? ChildProcess.run("/sbin/modprobe", ["-q", "-a"] + modules)
     }
 }

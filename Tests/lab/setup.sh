@@ -21,6 +21,7 @@ readonly VIRTME_NG_VERSION=1.42
 # python3-prometheus-client: a real Prometheus text-format parser for the
 # metrics scenario, for the guest's /usr/bin/python3 (the guest's PATH has no
 # pyenv). strace: the witness of whether a command locks its memory.
+# mmdebstrap, fdisk (sfdisk): the boot lab makes a partitioned Debian image.
 readonly APT_PACKAGES=(
     libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
@@ -28,6 +29,7 @@ readonly APT_PACKAGES=(
     e2fsprogs btrfs-progs fio util-linux file sqlite3 xxhash strace
     restic python3-prometheus-client
     man-db groff-base bash-completion zsh fish
+    mmdebstrap fdisk
 )
 
 usage() {

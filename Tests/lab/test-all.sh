@@ -9,6 +9,9 @@
 #   5. fuzz corpora              every committed fuzz input replayed (Tests/fuzz)
 #   6. VM suite                  snapstack-vmsuite as root inside two VMs with
 #                                device-mapper (Tests/lab/vm.sh) sharing its scenarios
+#   7. boot lab                  Tests/lab/bootlab.sh: a Debian image (made once, cached in
+#                                .build/bootlab) booted with systemd as PID 1, snapstack
+#                                installed by systemd/install.sh, its scenarios over real reboots
 # With --nightly, step 6 runs the VM suite's nightly tier (its long repetitions and
 # measurements too) and, beside the VMs, a libFuzzer pass over every parser (Tests/fuzz/run.sh).
 # Any other argument is passed on to snapstack-vmsuite.
@@ -145,6 +148,14 @@ if [[ $tier == nightly ]]; then
     ) &
     fuzz_pid=$!
 fi
+# The boot lab's image is made (or found in its cache) beside the VMs: mostly downloads and
+# package unpacking, which leave the emulated guests their CPU.
+(
+    set +e
+    bash Tests/lab/bootlab.sh --image-only >"$vm_work/bootlab-image.log" 2>&1
+    echo $? >"$vm_work/bootlab-image-status"
+) &
+image_pid=$!
 pids=()
 for ((w = 1; w <= workers; w++)); do
     # stderr is merged so that each log holds everything its worker said, in order; the
@@ -207,11 +218,27 @@ if ((passed != expected)); then
     exit 1
 fi
 
+step "boot lab"
+wait "$image_pid" || true
+cat "$vm_work/bootlab-image.log"
+if [[ $(cat "$vm_work/bootlab-image-status" 2>/dev/null) != 0 ]]; then
+    echo "test-all: the boot lab's image could not be made" >&2
+    exit 1
+fi
+boot_expected=$(find Tests/lab/boot -name '*.sh' ! -name lib.sh | wc -l)
+boot_log=$vm_work/bootlab.log
+bash Tests/lab/bootlab.sh --binary "$release_binary" 2>&1 | tee "$boot_log" || true
+boot_summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$boot_log" | tail -n 1 || true)
+if [[ $boot_summary != "$boot_expected passed, 0 failed" ]]; then
+    echo "test-all: the boot lab did not pass its $boot_expected scenarios: '${boot_summary:-no closing line}'" >&2
+    exit 1
+fi
+
 step "done"
 if [[ $tier == nightly ]]; then
-    echo "test-all: PASSED: build, unit tests, manuals and completions, fuzz corpora and pass, VM suite's nightly tier ($summary) in $((SECONDS - start)) s"
+    echo "test-all: PASSED: build, unit tests, manuals and completions, fuzz corpora and pass, VM suite's nightly tier ($summary), boot lab ($boot_summary) in $((SECONDS - start)) s"
 else
     more=$(($("$vmsuite" --list --tier nightly "$@" | wc -l) - expected))
-    echo "test-all: PASSED: build, unit tests, manuals and completions, fuzz corpora, VM suite's CI tier ($summary) in $((SECONDS - start)) s"
+    echo "test-all: PASSED: build, unit tests, manuals and completions, fuzz corpora, VM suite's CI tier ($summary), boot lab ($boot_summary) in $((SECONDS - start)) s"
     echo "test-all: not run here: $more nightly scenarios, the long repetitions and the libFuzzer pass (Tests/lab/test-all.sh --nightly)"
 fi

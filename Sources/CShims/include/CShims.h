@@ -1,6 +1,7 @@
 #ifndef SNAPSTACK_CSHIMS_H
 #define SNAPSTACK_CSHIMS_H
 
+#include <spawn.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <libdevmapper.h>
@@ -110,5 +111,14 @@ int snapstack_dm_suspend(int control_fd, const char *name, int suspend, int skip
 /// DM_TARGET_MSG: sends `message` to the target at `sector` of `name`, ignoring any answer.
 /// Safe to call from several threads at once. Returns 0, or -1 with errno set.
 int snapstack_dm_message(int control_fd, const char *name, uint64_t sector, const char *message);
+
+// ---- processes -----------------------------------------------------------------------------
+/// pipe2(fds, O_CLOEXEC), which Glibc's module map does not show to Swift: both ends close at
+/// exec, with no moment in which another thread's spawn could inherit them.
+int snapstack_pipe_cloexec(int fds[2]);
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): the child closes every descriptor
+/// from `from` up, so that none this process opened without close-on-exec (a lock, another
+/// thread's pipe) lives on in it.
+int snapstack_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
 #endif

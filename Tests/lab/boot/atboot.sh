@@ -1,0 +1,62 @@
+#!/bin/bash
+# protect --at-boot of a partition mounted from fstab: recorded as pending, stacked by the daemon
+# at the next boot before fstab mounts it (so the mount is the top device), then backed up:
+# a full export, and over clean reboots incrementals, each equal to its snapshot (sha256).
+. /root/bootlab/lib.sh
+
+# One backup: a snapshot, an export (incremental when a base is given), the image against the
+# snapshot, the snapshot dropped; prints the export's id.
+backup() {
+    local tag=$1 base=${2:-} snap id
+    snap=$(snapstack snapshot srv --as "$tag" 2>&1) || { say "FAIL snapshot $tag: $snap"; done_now; }
+    if ! id=$(snapstack export "srv-$tag" --to /root/srv.img --no-progress ${base:+--since "$base"} 2>/root/export.err | tail -n 1); then
+        say "FAIL export of $tag ${base:+since $base}: $(cat /root/export.err)"
+        done_now
+    fi
+    check "export $tag ${base:+(incremental since $base) }equals its snapshot (sha256)" \
+        test "$(sha256sum </root/srv.img | cut -c1-64)" = "$(sha256sum <"$snap" | cut -c1-64)"
+    check "export $tag is ${base:+an incremental}${base:-a full}" sh -c "snapstack exports -o name,kind --noheadings | grep -q '^ *$id  *${base:+incremental}${base:-full}'"
+    run snapstack drop "srv-$tag"
+    echo "$id" >/root/last-export
+}
+
+case $boot in
+1)
+    run sfdisk --quiet /dev/vdb <<<'label: gpt
+start=2048, size=256MiB, type=linux'
+    run udevadm settle
+    run mkfs.ext4 -q -L srv /dev/vdb1
+    mkdir -p /srv
+    echo "LABEL=srv /srv ext4 defaults 0 2" >>/etc/fstab
+    systemctl daemon-reload
+    run mount /srv
+    run dd if=/dev/urandom of=/srv/first bs=1M count=16 conv=fsync status=none
+    sha256sum /srv/first >/root/first.sum
+    check "protect without --at-boot is refused (exit 6) and names --at-boot" sh -c '
+        snapstack protect /dev/vdb1 --name srv 2>/root/refusal; status=$?
+        cat /root/refusal; [ $status = 6 ] && grep -q -- --at-boot /root/refusal'
+    run snapstack protect /dev/vdb1 --name srv --at-boot
+    check "devices shows srv pending" sh -c 'snapstack devices -o name,state --noheadings | grep -q "^ *srv  *pending"'
+    check "nothing is stacked yet" sh -c '! dmsetup ls | grep snapstack'
+    run systemctl enable snapstack.service
+    reboot_now
+    ;;
+2)
+    check "snapstack.service is active" systemctl is-active snapstack.service
+    check "/srv is mounted from the top device /dev/mapper/snapstack-srv" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
+    check "devices shows srv protected" sh -c 'snapstack devices -o name,state --noheadings | grep -q "^ *srv  *protected"'
+    check "the files written before are intact" sha256sum -c --quiet /root/first.sum
+    snapstack devices -o name,source,state,tracking | sed 's/^/bootlab:   /'
+    backup b2
+    run dd if=/dev/urandom of=/srv/second bs=1M count=4 conv=fsync status=none
+    reboot_now
+    ;;
+3 | 4)
+    check "/srv is mounted from the top device after a clean reboot" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
+    snapstack devices -o name,state,tracking | sed 's/^/bootlab:   /'
+    backup "b$boot" "$(cat /root/last-export)"
+    run dd if=/dev/urandom of=/srv/second bs=64K count=8 seek=$((boot * 8)) conv=notrunc,fsync status=none
+    if [ "$boot" = 4 ]; then done_now; fi
+    reboot_now
+    ;;
+esac

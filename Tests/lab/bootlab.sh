@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# The real-boot lab: a Debian 12 disk image made with mmdebstrap from this machine's own apt
+# sources, booted by qemu (TCG) from the image's own kernel and initramfs with systemd as PID 1,
+# with snapstack installed as a package would install it (systemd/install.sh). A scenario is a
+# guest script run at the end of every boot by a oneshot unit; it reboots (qemu exits, the lab
+# boots the image again) until it says it is done.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: Tests/lab/bootlab.sh [--binary FILE] [--boot-timeout S] [SCENARIO...]
+       Tests/lab/bootlab.sh --image-only
+
+Boots a Debian 12 image with systemd as PID 1 and runs each SCENARIO (a script in
+Tests/lab/boot/, without its .sh; default: all of them) inside it, over as many boots as
+it asks for. Prints each guest check as it comes and ends with "N passed, M failed"; exits
+non-zero unless every scenario passed.
+
+The image (mmdebstrap minbase + systemd, udev, lvm2, dmsetup, linux-image-amd64,
+initramfs-tools, the libraries snapstack links) is made once and kept under
+.build/bootlab/, named by a hash of its recipe: a later run, or a later CI step of the same
+job, reuses it (about 100 s to make, 700 MB). --image-only makes it and stops.
+
+--binary FILE      the snapstack to install (default: .build/release/snapstack, the
+                   release build with the Swift runtime linked in: the image has no Swift)
+--boot-timeout S   the longest one boot may take, from qemu's start to its exit (default 300)
+Needs root (loop devices, mkfs from a tree) and qemu-system-x86_64, mmdebstrap, sfdisk.
+EOF
+}
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+binary=$PWD/.build/release/snapstack
+boot_timeout=300
+image_only=0
+scenarios=()
+while (($#)); do
+    case "$1" in
+        --binary) binary=$(realpath "${2:?--binary needs a file}"); shift 2 ;;
+        --boot-timeout) boot_timeout=${2:?--boot-timeout needs seconds}; shift 2 ;;
+        --image-only) image_only=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        -*) usage >&2; echo "bootlab: unknown option $1" >&2; exit 64 ;;
+        *) scenarios+=("$1"); shift ;;
+    esac
+done
+[[ $boot_timeout =~ ^[1-9][0-9]*$ ]] || { echo "bootlab: --boot-timeout takes whole seconds, not '$boot_timeout'" >&2; exit 64; }
+((EUID == 0)) || { echo "bootlab: needs root (loop devices, an image made from a tree)" >&2; exit 77; }
+
+lab=$PWD/.build/bootlab
+mkdir -p "$lab"
+
+# The image's recipe. Anything that changes what the image holds must change this text, which
+# names the cached image.
+packages=(systemd systemd-sysv udev dmsetup lvm2 kmod e2fsprogs mount util-linux procps man-db
+    linux-image-amd64 initramfs-tools thin-provisioning-tools
+    libdevmapper1.02.1 liblvm2cmd2.03 libsqlite3-0 libudev1)
+image_size=3G
+recipe="bookworm minbase ${packages[*]} size=$image_size gpt-root-vda1 v1"
+key=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
+base=$lab/base-$key.img
+
+# The root partition: from 1 MiB to the end of the disk.
+part_offset=$((1024 * 1024))
+
+make_image() {
+    local tree=$lab/tree-$key tmp=$lab/base-$key.tmp
+    rm -rf "$tree" "$tmp"
+    echo "bootlab: making the image ($recipe)"
+    local started=$SECONDS
+    # The host's own deb822 sources file as the mirror: the same registry the machine uses.
+    local sources=/etc/apt/sources.list.d/debian.sources
+    [[ -f $sources ]] || sources=/etc/apt/sources.list
+    mmdebstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
+        --customize-hook='echo bootlab > "$1/etc/hostname"' \
+        --customize-hook='passwd --root "$1" -d root' \
+        bookworm "$tree" "$sources" >"$lab/mmdebstrap.log" 2>&1 ||
+        { tail -30 "$lab/mmdebstrap.log" >&2; echo "bootlab: mmdebstrap failed (log: $lab/mmdebstrap.log)" >&2; exit 1; }
+    truncate -s "$image_size" "$tmp"
+    echo 'label: gpt
+start=2048, type=linux, name=root' | sfdisk --quiet "$tmp"
+    # The filesystem's size from the partition's, not the file's: the kernel refuses an ext4
+    # larger than its partition.
+    local sectors
+    sectors=$(sfdisk --json "$tmp" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][0]["size"])')
+    local fs=$lab/root-$key.ext4
+    rm -f "$fs"
+    truncate -s $((sectors * 512)) "$fs"
+    local uuid
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    printf 'UUID=%s / ext4 rw,errors=remount-ro 0 1\n' "$uuid" >"$tree/etc/fstab"
+    mkfs.ext4 -q -U "$uuid" -L bootlab-root -d "$tree" "$fs"
+    dd if="$fs" of="$tmp" bs=1M seek=1 conv=notrunc,sparse status=none
+    rm -rf "$fs" "$tree"
+    mv "$tmp" "$base"
+    echo "bootlab: image made in $((SECONDS - started)) s: $base ($(du -h "$base" | cut -f1) used)"
+}
+
+[[ -f $base ]] || make_image
+((image_only == 0)) || exit 0
+
+[[ -x $binary ]] || { echo "bootlab: no snapstack binary at $binary (swift build -c release --product snapstack --static-swift-stdlib)" >&2; exit 1; }
+if ((${#scenarios[@]} == 0)); then
+    for file in Tests/lab/boot/*.sh; do scenarios+=("$(basename "$file" .sh)"); done
+fi
+
+work=$(mktemp -d /tmp/snapstack-bootlab.XXXXXX)
+loop=
+mounted=
+cleanup() {
+    set +e
+    [[ -z $mounted ]] || umount "$mounted"
+    [[ -z $loop ]] || losetup -d "$loop"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Opens the image's root partition on the host: mounted read-write at $work/root, or read-only.
+open_root() {
+    loop=$(losetup --find --show --offset "$part_offset" ${2:+--read-only} "$1")
+    mkdir -p "$work/root"
+    mount ${2:+-o ro} "$loop" "$work/root"
+    mounted=$work/root
+}
+close_root() {
+    umount "$mounted" && mounted=
+    losetup -d "$loop" && loop=
+}
+
+# Puts snapstack into the image as its package would, and the scenario's script with the unit
+# that runs it at the end of each boot.
+prepare() {
+    local image=$1 scenario=$2
+    open_root "$image"
+    bash systemd/install.sh --root "$work/root" --binary "$binary" --no-reload >"$work/install.log" 2>&1 ||
+        { cat "$work/install.log" >&2; echo "bootlab: systemd/install.sh failed" >&2; return 1; }
+    mkdir -p "$work/root/root/bootlab"
+    install -m 0755 "Tests/lab/boot/$scenario.sh" "$work/root/root/bootlab/scenario"
+    install -m 0644 Tests/lab/boot/lib.sh "$work/root/root/bootlab/lib.sh"
+    cat >"$work/root/etc/systemd/system/bootlab.service" <<'EOF'
+[Unit]
+Description=boot lab scenario step
+After=multi-user.target
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+StandardError=journal+console
+ExecStart=/root/bootlab/scenario
+[Install]
+WantedBy=multi-user.target
+EOF
+    ln -sf /etc/systemd/system/bootlab.service "$work/root/etc/systemd/system/multi-user.target.wants/bootlab.service"
+    # The console is the lab's only channel out: no login prompt to share it with.
+    ln -sf /dev/null "$work/root/etc/systemd/system/serial-getty@ttyS0.service"
+    close_root
+}
+
+# The kernel and initramfs the image's /boot holds now: a guest that rebuilt its initramfs boots
+# the new one, as a real machine would.
+kernel_of() {
+    local image=$1 out=$2
+    open_root "$image" ro
+    cp "$(ls "$work"/root/boot/vmlinuz-* | sort -V | tail -n 1)" "$out/vmlinuz"
+    cp "$(ls "$work"/root/boot/initrd.img-* | sort -V | tail -n 1)" "$out/initrd"
+    close_root
+}
+
+passed=0
+failed=0
+for scenario in "${scenarios[@]}"; do
+    [[ -f Tests/lab/boot/$scenario.sh ]] || { echo "bootlab: no scenario Tests/lab/boot/$scenario.sh" >&2; failed=$((failed + 1)); continue; }
+    started=$SECONDS
+    dir=$work/$scenario
+    mkdir -p "$dir"
+    cp --sparse=always "$base" "$dir/root.img"
+    truncate -s 1G "$dir/data.img"
+    prepare "$dir/root.img" "$scenario"
+    outcome=
+    boots=0
+    while [[ -z $outcome ]]; do
+        boots=$((boots + 1))
+        if ((boots > 8)); then outcome="FAIL (more than 8 boots without an end)"; break; fi
+        kernel_of "$dir/root.img" "$dir"
+        echo "bootlab: $scenario: boot $boots"
+        set +e
+        # -no-reboot: a guest reboot ends qemu, and the loop boots the image again.
+        timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel tcg -m 2G -smp 2 -nographic -no-reboot \
+            -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
+            -append "root=/dev/vda1 rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 panic=-1" \
+            -drive "file=$dir/root.img,format=raw,if=virtio" -drive "file=$dir/data.img,format=raw,if=virtio" \
+            -nic none </dev/null >"$dir/console-$boots.log" 2>&1
+        status=$?
+        set -e
+        # The scenario's lines reach the console through the journal, behind a timestamp and
+        # the unit's name.
+        tr -d '\r' <"$dir/console-$boots.log" | grep -ao 'bootlab: .*' >"$dir/said-$boots" || true
+        sed "s/^/  /" "$dir/said-$boots"
+        if ((status == 124 || status == 137)); then
+            tail -n 30 "$dir/console-$boots.log" | tr -d '\r' >&2
+            outcome="FAIL (boot $boots did not end within $boot_timeout s)"
+        elif grep -q '^bootlab: FAIL' "$dir/said-$boots"; then
+            outcome=FAIL
+        elif grep -qx 'bootlab: done' "$dir/said-$boots"; then
+            outcome=PASS
+        elif ! grep -qx 'bootlab: reboot' "$dir/said-$boots"; then
+            tail -n 30 "$dir/console-$boots.log" | tr -d '\r' >&2
+            outcome="FAIL (boot $boots ended without the scenario's word)"
+        fi
+    done
+    if [[ $outcome == PASS ]]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+    echo "$outcome  boot: $scenario ($boots boots, $((SECONDS - started)) s)"
+done
+echo "$passed passed, $failed failed"
+((failed == 0))
