@@ -89,13 +89,17 @@ struct WatchdogService: Service {
     func run() async throws {
         guard let interval else { return }
         logger.debug("watchdog enabled", metadata: ["interval": "\(interval)"])
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            if let busy = worker.busyFor(), busy > stuckAfter {
-                logger.error("an operation has run for \(busy); not pinging the watchdog")
-            } else {
-                notifier.notify([("WATCHDOG", "1")])
+        // The sleep between pings ends at a graceful shutdown too: a stop (and with it every
+        // shutdown of the machine) must not wait up to half the watchdog period for the next ping.
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                if let busy = worker.busyFor(), busy > stuckAfter {
+                    logger.error("an operation has run for \(busy); not pinging the watchdog")
+                } else {
+                    notifier.notify([("WATCHDOG", "1")])
+                }
+                try await Task.sleep(for: interval)
             }
-            try? await Task.sleep(for: interval)
         }
     }
 }

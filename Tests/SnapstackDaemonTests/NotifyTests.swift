@@ -1,4 +1,5 @@
 import Foundation
+import ServiceLifecycleTestKit
 import Testing
 @testable import SnapstackDaemon
 
@@ -70,6 +71,25 @@ private final class Receiver {
         #expect(interval(["WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"]) == nil)
         #expect(interval([:]) == nil)
         #expect(interval(["WATCHDOG_USEC": "0"]) == nil)
+    }
+
+    @Test("a graceful shutdown ends the watchdog between two pings, not at the next one")
+    func watchdogStopsAtShutdown() async throws {
+        let logger = DaemonLogging.makeLogger(level: .critical, environment: [:])
+        // A ping every 5 minutes: the stop must not wait for the next.
+        let watchdog = WatchdogService(notifier: SystemdNotifier(environment: [:]), worker: Worker(), stuckAfter: .seconds(60),
+                                       logger: logger, environment: ["WATCHDOG_USEC": "600000000"])
+        let clock = ContinuousClock()
+        let started = clock.now
+        try await testGracefulShutdown { trigger in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await watchdog.run() }
+                try await Task.sleep(for: .milliseconds(100))
+                trigger.triggerGracefulShutdown()
+                try await group.waitForAll()
+            }
+        }
+        #expect(clock.now - started < .seconds(60))
     }
 }
 
