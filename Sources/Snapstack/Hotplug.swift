@@ -55,12 +55,23 @@ extension Orchestrator {
     /// whose stack is missing — plugged in again, or present at boot — rebuilds the stack over
     /// it, as `reconcile` would: over the existing era metadata (change tracking continues; the
     /// kernel starts a new era), with its persistent snapshots re-activated before the top
-    /// device opens to I/O, and the top table its snapshots need.
+    /// device opens to I/O, and the top table its snapshots need. The disk of a device
+    /// protected `--at-boot` gets its first stack, when nothing uses it.
     public func restack(_ candidate: UdevDevice) throws -> AppearedOutcome {
         guard let node = candidate.deviceNode, let facts = try? host.facts(of: FilePath(node)),
               host.dmUUID(of: candidate.number)?.hasPrefix(Layout.uuidPrefix) != true else { return .notProtected }
-        guard let device = try database.devices().first(where: { $0.state == .protected && !$0.isAdopted && Self.isDisk(of: $0, candidate, size: facts.size) })
+        guard let device = try database.devices().first(where: {
+            ($0.state == .protected || $0.state == .pending) && !$0.isAdopted && Self.isDisk(of: $0, candidate, size: facts.size)
+        })
         else { return .notProtected }
+        if device.state == .pending {
+            if let why = try inUse(node, facts.number) {
+                return .waiting(name: device.name, why: "protected --at-boot, but \(why)")
+            }
+            try buildPendingStack(device, sourcePath: node, source: facts.number)
+            refreshLVMFilter()
+            return .rebuilt(name: device.name)
+        }
         let real = try Layout.realName(device.name), top = try device.topName()
         let under = try dm.info(real) != nil ? try underlyingDisk(of: real) : nil
         if under == facts.number {

@@ -51,7 +51,7 @@ mkdir -p "$lab"
 
 # The image's recipe. Anything that changes what the image holds must change this text, which
 # names the cached image.
-packages=(systemd systemd-sysv udev dmsetup lvm2 kmod e2fsprogs mount util-linux procps man-db
+packages=(systemd systemd-sysv udev dmsetup lvm2 kmod e2fsprogs mount util-linux procps man-db fdisk
     linux-image-amd64 initramfs-tools thin-provisioning-tools
     libdevmapper1.02.1 liblvm2cmd2.03 libsqlite3-0 libudev1)
 image_size=3G
@@ -67,6 +67,8 @@ make_image() {
     rm -rf "$tree" "$tmp"
     echo "bootlab: making the image ($recipe)"
     local started=$SECONDS
+    # Images of other recipes are stale now: 3 GB each (sparse, about 700 MB used).
+    rm -f "$lab"/base-*.img
     # The host's own deb822 sources file as the mirror: the same registry the machine uses.
     local sources=/etc/apt/sources.list.d/debian.sources
     [[ -f $sources ]] || sources=/etc/apt/sources.list
@@ -118,7 +120,9 @@ trap cleanup EXIT
 open_root() {
     loop=$(losetup --find --show --offset "$part_offset" ${2:+--read-only} "$1")
     mkdir -p "$work/root"
-    mount ${2:+-o ro} "$loop" "$work/root"
+    # noload: a guest killed mid-boot leaves a journal to replay, which a read-only mount
+    # cannot; what is read here (/boot, the journal's files) does not need it.
+    mount ${2:+-o ro,noload} "$loop" "$work/root"
     mounted=$work/root
 }
 close_root() {
@@ -134,6 +138,8 @@ prepare() {
     bash systemd/install.sh --root "$work/root" --binary "$binary" --no-reload >"$work/install.log" 2>&1 ||
         { cat "$work/install.log" >&2; echo "bootlab: systemd/install.sh failed" >&2; return 1; }
     mkdir -p "$work/root/root/bootlab"
+    # A persistent journal: what the lab prints of a failed scenario's units.
+    mkdir -p "$work/root/var/log/journal"
     install -m 0755 "Tests/lab/boot/$scenario.sh" "$work/root/root/bootlab/scenario"
     install -m 0644 Tests/lab/boot/lib.sh "$work/root/root/bootlab/lib.sh"
     cat >"$work/root/etc/systemd/system/bootlab.service" <<'EOF'
@@ -185,7 +191,7 @@ for scenario in "${scenarios[@]}"; do
         # -no-reboot: a guest reboot ends qemu, and the loop boots the image again.
         timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel tcg -m 2G -smp 2 -nographic -no-reboot \
             -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
-            -append "root=/dev/vda1 rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 panic=-1" \
+            -append "root=/dev/vda1 rw console=ttyS0 quiet loglevel=3 systemd.show_status=1 panic=-1" \
             -drive "file=$dir/root.img,format=raw,if=virtio" -drive "file=$dir/data.img,format=raw,if=virtio" \
             -nic none </dev/null >"$dir/console-$boots.log" 2>&1
         status=$?
@@ -210,6 +216,13 @@ for scenario in "${scenarios[@]}"; do
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
+        # The guest's own account of its last boot: snapstack's unit and the scenario's.
+        open_root "$dir/root.img" ro
+        journalctl --directory="$work/root/var/log/journal" -b -1 --no-pager -o short-monotonic \
+            -u snapstack.service -u bootlab.service 2>/dev/null | tail -n 60 | sed 's/^/  journal: /' || true
+        journalctl --directory="$work/root/var/log/journal" -b 0 --no-pager -o short-monotonic \
+            -u snapstack.service -u bootlab.service 2>/dev/null | tail -n 60 | sed 's/^/  journal: /' || true
+        close_root
     fi
     echo "$outcome  boot: $scenario ($boots boots, $((SECONDS - started)) s)"
 done

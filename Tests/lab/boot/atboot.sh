@@ -13,9 +13,11 @@ backup() {
         say "FAIL export of $tag ${base:+since $base}: $(cat /root/export.err)"
         done_now
     fi
-    check "export $tag ${base:+(incremental since $base) }equals its snapshot (sha256)" \
+    local kind=full
+    [ -z "$base" ] || kind=incremental
+    check "export $tag ($kind${base:+ since $base}) equals its snapshot (sha256)" \
         test "$(sha256sum </root/srv.img | cut -c1-64)" = "$(sha256sum <"$snap" | cut -c1-64)"
-    check "export $tag is ${base:+an incremental}${base:-a full}" sh -c "snapstack exports -o name,kind --noheadings | grep -q '^ *$id  *${base:+incremental}${base:-full}'"
+    check "export $tag is recorded as $kind" sh -c "snapstack exports -o name,kind --noheadings | grep -q '^ *$id  *$kind'"
     run snapstack drop "srv-$tag"
     echo "$id" >/root/last-export
 }

@@ -23,12 +23,14 @@ check() {
     fi
 }
 
-# run COMMAND...: a step the checks need; its failure fails the scenario and ends the boot.
+# run COMMAND...: a step the checks need; its failure fails the scenario and ends the boot,
+# with what snapstack's unit logged last.
 run() {
     local output
-    if ! output=$("$@" 2>&1); then
+    if ! output=$(timeout 240 "$@" 2>&1); then
         say "FAIL $*"
         printf '%s\n' "$output" | sed 's/^/bootlab:      /'
+        journalctl -b -u snapstack.service --no-pager -o short-monotonic | tail -n 40 | sed 's/^/bootlab:      journal: /'
         done_now
     fi
     [ -z "$output" ] || printf '%s\n' "$output"

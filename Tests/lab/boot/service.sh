@@ -50,7 +50,7 @@ case $boot in
     mkdir -p /etc/systemd/system/snapstack.service.d
     printf '[Service]\nWatchdogSec=4s\n' >/etc/systemd/system/snapstack.service.d/watchdog.conf
     run systemctl daemon-reload
-    run systemctl restart snapstack.service
+    run timeout 120 systemctl restart snapstack.service
     first=$(systemctl show -P WatchdogTimestampMonotonic snapstack.service)
     sleep 12
     last=$(systemctl show -P WatchdogTimestampMonotonic snapstack.service)
