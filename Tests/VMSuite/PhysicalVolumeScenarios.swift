@@ -23,8 +23,22 @@ enum PhysicalVolumeScenarios {
             vg.cli = cli
             let pv = vg.pvs[0].path
             _ = try vg.createLV("data", size: "64M")
-            try vg.lvm(["vgchange", "-q", "-an", vg.name])
-            try lab.sh("udevadm", "settle")
+            // LVM's event activation can map the LV again behind `vgchange -an` (a change event
+            // of the PV, after its last writer closed it, is handled later than `udevadm settle`
+            // returns): deactivate until the PV has stayed free for a second.
+            let holders = "/sys/class/block/\((pv as NSString).lastPathComponent)/holders"
+            var free = 0
+            for _ in 0..<40 where free < 4 {
+                if ((try? FileManager.default.contentsOfDirectory(atPath: holders)) ?? []).isEmpty {
+                    free += 1
+                } else {
+                    try vg.lvm(["vgchange", "-q", "-an", vg.name])
+                    free = 0
+                }
+                try lab.sh("udevadm", "settle")
+                usleep(250_000)
+            }
+            try expect(free >= 4, "\(pv) is still held after vgchange -an: \((try? FileManager.default.contentsOfDirectory(atPath: holders)) ?? [])")
 
             try cli.ok("protect", pv, "--name", "pv0")
             let top = try AdoptionScenarios.number(lab, "snapstack-pv0")
