@@ -102,7 +102,10 @@ start=2048, type=linux, name=root' | sfdisk --quiet "$tmp"
 
 [[ -x $binary ]] || { echo "bootlab: no snapstack binary at $binary (swift build -c release --product snapstack --static-swift-stdlib)" >&2; exit 1; }
 if ((${#scenarios[@]} == 0)); then
-    for file in Tests/lab/boot/*.sh; do scenarios+=("$(basename "$file" .sh)"); done
+    # Every script there but lib.sh, which they all source.
+    for file in Tests/lab/boot/*.sh; do
+        [[ $file == */lib.sh ]] || scenarios+=("$(basename "$file" .sh)")
+    done
 fi
 
 work=$(mktemp -d /tmp/snapstack-bootlab.XXXXXX)
