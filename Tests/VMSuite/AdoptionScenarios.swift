@@ -15,19 +15,22 @@ import Foundation
 /// host: the dm-crypt device is made with dmsetup and a fixed key.
 enum AdoptionScenarios {
     static let all: [Scenario] = [
-        Scenario("adopt a mounted LV under a writer: same node, fs stays mounted; snapshot fsck-clean; full + 3 incrementals equal each snapshot; changes agree with era_invalidate; unprotect gives LVM's table back",
-                 mountedLV).lasting(260),
+        Scenario("adopt a mounted LV under a writer: same node, fs stays mounted; snapshot fsck-clean; full + \(mountedRounds) incremental\(mountedRounds == 1 ? "" : "s") equal\(mountedRounds == 1 ? "" : "s") each snapshot; changes agree with era_invalidate; unprotect gives LVM's table back",
+                 mountedLV).lasting(Tier.length(ci: 330, nightly: 480)),
         Scenario("adopt a striped LV by its /dev/mapper path: clone carries the striped table; full + 1 incremental equal each snapshot",
-                 stripedLV).lasting(140),
+                 stripedLV).lasting(280).nightly(),
         Scenario("adopt: lvchange --refresh, then lvextend, of an adopted LV interrupt tracking; reconcile re-adopts (at the new size); held snapshots invalid; export --since refused (10), --allow-full reads all; unprotect gives the grown table back",
-                 foreignReload).lasting(190),
+                 foreignReload).lasting(290),
         Scenario("adopt: the running daemon leaves its own reloads alone and re-adopts an LV that lvextend reloaded (udev change)",
-                 daemonReadopts).lasting(70),
+                 daemonReadopts).lasting(170),
         Scenario("adopt: a thin LV, a dm-crypt device, a zero-target device and a mounted loop device are refused (6), every table untouched",
-                 refusals).lasting(90),
+                 refusals).lasting(130),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
+
+    /// Incrementals of the mounted LV under its writer: one in CI, three in the nightly tier.
+    static let mountedRounds = Tier.length(ci: 1, nightly: 3)
 
     // MARK: LVM in the lab
 
@@ -412,7 +415,7 @@ enum AdoptionScenarios {
 
             let image = lab.scratch.appendingPathComponent("data.img").path
             let (last, era) = try exportRounds(lab, cli, lv: lv, name: "data", mountPoint: mountPoint, sectors: sectors,
-                                               rounds: 3, image: image)
+                                               rounds: mountedRounds, image: image)
             try writer.finish()
             print("      the writer made \(writer.passes) passes of 256 KiB")
             try changesAgree(lab, cli, name: "data", mountPoint: mountPoint, since: last, era: era)

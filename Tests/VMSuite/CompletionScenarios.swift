@@ -7,7 +7,7 @@ import Foundation
 enum CompletionScenarios {
     static let all: [Scenario] = [
         Scenario("completion: bash completes device and snapshot names from the state, honouring --state-dir and SNAPSTACK_STATE_DIR",
-                 bashCompletesNames).lasting(58),
+                 bashCompletesNames).lasting(90).nightly(),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

@@ -12,14 +12,14 @@ enum CrashCutScenarios {
 
     static let all: [Scenario] = [
         Scenario("sets under a writer stamping counters into three devices in turn: every set is a crash cut (\(sets) sets)",
-                 crashCuts).lasting(Tier.current == .nightly ? 220 : 140),
+                 crashCuts).lasting(Tier.length(ci: 110, nightly: 220)),
     ]
 
     /// Where the writer stamps its counter on every member: one 4 KiB block at 1 MiB. Each
     /// snapshot copies that one chunk on write, so a small store holds it.
     static let stampOffset: Int64 = 1 << 20
-    /// Each set is one more chance to catch a member frozen late; the nightly tier takes 14.
-    static let sets = Tier.current == .nightly ? 14 : 8
+    /// Each set is one more chance to catch a member frozen late: CI takes 4, the nightly tier 14.
+    static let sets = Tier.length(ci: 4, nightly: 14)
 
     /// Write n goes to member n % 3, as 512 copies of n (little-endian UInt64) filling the block;
     /// each write is O_DIRECT|O_SYNC, so it has reached the device when the next one starts.

@@ -12,9 +12,9 @@ import Glibc
 enum DaemonScenarios {
     static let all: [Scenario] = [
         Scenario("daemon: a hot-added disk a rule matches is protected, by-uuid points at the top; hot-remove tears it down", hotplug),
-        Scenario("daemon: at start the stacks and snapshots that a reboot removed come back", bootRestore).lasting(130),
+        Scenario("daemon: at start the stacks and snapshots that a reboot removed come back", bootRestore).lasting(190),
         Scenario("daemon: a broken configuration is reported with its line, and the last good policy stays", brokenConfiguration),
-        Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity).lasting(75),
+        Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity).lasting(Tier.length(ci: 160, nightly: 280)),
         Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents).lasting(115).nightly(),
     ]
 
@@ -573,7 +573,8 @@ enum DaemonScenarios {
         let names = ["snapstack-busy-s2", "snapstack-busy-s1", "snapstack-busy", "snapstack-busy-real"]
         let config = try writeConfig(lab, "rules:\n")
         var outcomes: [String] = []
-        for round in 0..<4 {
+        // Each round gives the rebuild 200 ms more before the SIGTERM: CI takes 2, nightly 4.
+        for round in 0..<Tier.length(ci: 2, nightly: 4) {
             // A stack to rebuild, as after a reboot, while the daemon already runs.
             let daemon = try Daemon(lab, state: cli.state, config: config, label: "daemon\(round)")
             try daemon.waitReady()

@@ -8,16 +8,16 @@ import SystemPackage
 /// Copy-out end to end: `export`, `verify`, `apply`, `restore`, `changes`, checked with
 /// sha256sum against the snapshot device and with era_invalidate against the change tracking.
 enum ExportScenarios {
-    /// Incrementals in a row: each goes through the same path, so CI runs 3; the nightly tier 5.
-    static let incrementals = Tier.current == .nightly ? 5 : 3
+    /// Incrementals in a row: each goes through the same path, so CI runs 2; the nightly tier 5.
+    static let incrementals = Tier.length(ci: 2, nightly: 5)
 
     static let all: [Scenario] = [
         Scenario("export: full then \(incrementals) incrementals of ext4 under writes equal each snapshot, reading only changed blocks",
-                 incrementalRounds).lasting(Tier.current == .nightly ? 140 : 100),
+                 incrementalRounds).lasting(Tier.length(ci: 170, nightly: 280)),
         Scenario("export: killed mid-copy is incomplete, a re-run finishes it; verify names a flipped byte's block",
                  interruptedExport),
         Scenario("export: streams through apply equal direct exports; raw stream equals the snapshot; restore writes the device it checked",
-                 streamsAndRestore).lasting(75),
+                 streamsAndRestore).lasting(230),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

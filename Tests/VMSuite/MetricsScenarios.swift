@@ -10,7 +10,7 @@ import Glibc
 enum MetricsScenarios {
     static let all: [Scenario] = [
         Scenario("metrics: the daemon's textfile, parsed by prometheus_client, equals the devices/snapshots/exports/events reports; replaced atomically",
-                 daemonTextfile).lasting(150),
+                 daemonTextfile).lasting(220).nightly(),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

@@ -6,7 +6,7 @@ import Foundation
 /// (SIGINT), `kill`/`systemctl stop` (SIGTERM), a closing SSH session (SIGHUP).
 enum SignalScenarios {
     static let all: [Scenario] = [
-        // CI runs one series of 4 rounds (about 20 s a round under TCG); the nightly tier runs
+        // CI runs one series of 3 rounds (about 20 s a round under TCG); the nightly tier runs
         // two of 25, each well inside the suite's per-scenario limit. SNAPSTACK_SIGNAL_ROUNDS=N
         // runs N rounds in each series.
         Scenario("signals: SIGINT, SIGTERM, SIGHUP at random moments of 3-device snapshots (first series): nothing suspended or frozen, no repair needed",
@@ -17,7 +17,7 @@ enum SignalScenarios {
 
     typealias CLI = OrchestratorScenarios.CLI
 
-    static let roundsPerSeries = ProcessInfo.processInfo.environment["SNAPSTACK_SIGNAL_ROUNDS"].flatMap(Int.init).map { max($0, 1) } ?? (Tier.current == .nightly ? 25 : 4)
+    static let roundsPerSeries = ProcessInfo.processInfo.environment["SNAPSTACK_SIGNAL_ROUNDS"].flatMap(Int.init).map { max($0, 1) } ?? Tier.length(ci: 3, nightly: 25)
 
     static func signalsDuringSnapshots(_ lab: Lab, rounds: Range<Int>) throws {
         let cli = CLI(lab)

@@ -36,6 +36,11 @@ struct Scenario: Sendable {
 enum Tier: String {
     case ci, nightly
     nonisolated(unsafe) static var current = Tier.ci
+
+    /// How long a repetition is in the tier that runs: `ci` in CI, `nightly` in the nightly run.
+    static func length<T>(ci: T, nightly: T) -> T {
+        current == .nightly ? nightly : ci
+    }
 }
 
 let usage = """

@@ -57,16 +57,24 @@ fi
 
 start=$SECONDS
 step_name=
+step_start=$SECONDS
 vm_log=
+image_pid=
 
+# Each step's time is printed as the next one starts: CI's budget is spent where these say.
 step() {
+    [[ -z $step_name ]] || echo "test-all: '$step_name' took $((SECONDS - step_start)) s"
     step_name=$1
+    step_start=$SECONDS
     echo "==> $step_name"
 }
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 finish() {
     local status=$?
+    # The boot lab's image build runs in the background, in a session of its own: it must not
+    # outlive a failed run.
+    [[ -z $image_pid ]] || kill -- -"$image_pid" 2>/dev/null || true
     [[ -z $vm_log ]] || rm -rf "$vm_log"
     if [[ -n ${extent_tmp:-} ]]; then umount "$extent_tmp" 2>/dev/null; rm -rf "$extent_tmp" "$extent_tmp.img"; fi
     if ((status != 0)); then
@@ -150,11 +158,8 @@ if [[ $tier == nightly ]]; then
 fi
 # The boot lab's image is made (or found in its cache) beside the VMs: mostly downloads and
 # package unpacking, which leave the emulated guests their CPU.
-(
-    set +e
-    bash Tests/lab/bootlab.sh --image-only >"$vm_work/bootlab-image.log" 2>&1
-    echo $? >"$vm_work/bootlab-image-status"
-) &
+setsid bash -c 'bash Tests/lab/bootlab.sh --image-only >"$1/bootlab-image.log" 2>&1; echo $? >"$1/bootlab-image-status"' \
+    image "$vm_work" &
 image_pid=$!
 pids=()
 for ((w = 1; w <= workers; w++)); do
@@ -220,6 +225,7 @@ fi
 
 step "boot lab"
 wait "$image_pid" || true
+image_pid=
 cat "$vm_work/bootlab-image.log"
 if [[ $(cat "$vm_work/bootlab-image-status" 2>/dev/null) != 0 ]]; then
     echo "test-all: the boot lab's image could not be made" >&2
