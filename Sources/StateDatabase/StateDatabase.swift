@@ -163,7 +163,12 @@ public final class StateDatabase: Sendable {
         guard let error = error as? DatabaseError else {
             return error
         }
-        let reason = error.message ?? error.resultCode.description
+        var reason = error.message ?? error.resultCode.description
+        // "disk I/O error" covers a dozen failures; SQLite's extended code names which
+        // (https://sqlite.org/rescode.html), for the operator's report.
+        if error.extendedResultCode != error.resultCode {
+            reason += " (SQLite extended code \(error.extendedResultCode.rawValue))"
+        }
         switch error.resultCode {
         case .SQLITE_CORRUPT, .SQLITE_NOTADB:
             return StateDatabaseError.corrupt(path: path, reason: reason)
