@@ -20,7 +20,7 @@ enum AdoptionScenarios {
         Scenario("adopt a striped LV by its /dev/mapper path: clone carries the striped table; full + 1 incremental equal each snapshot",
                  stripedLV).lasting(280).nightly(),
         Scenario("adopt: lvchange --refresh, then lvextend, of an adopted LV interrupt tracking; reconcile re-adopts (at the new size); held snapshots invalid; export --since refused (10), --allow-full reads all; unprotect gives the grown table back",
-                 foreignReload).lasting(290),
+                 foreignReload).lasting(500).nightly(),
         Scenario("adopt: the running daemon leaves its own reloads alone and re-adopts an LV that lvextend reloaded (udev change)",
                  daemonReadopts).lasting(170),
         Scenario("adopt: a thin LV, a dm-crypt device, a zero-target device and a mounted loop device are refused (6), every table untouched",

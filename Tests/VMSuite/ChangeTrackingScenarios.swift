@@ -14,12 +14,12 @@ import SystemPackage
 /// reader reads the held snapshot, which must still give the captured answer.
 enum ChangeTrackingScenarios {
     static let all: [Scenario] = [
-        Scenario("change tracking: native reader equals era_invalidate on randomised workloads", randomised).lasting(Tier.length(ci: 140, nightly: 320)),
+        Scenario("change tracking: native reader equals era_invalidate on randomised workloads", randomised).lasting(320).nightly(),
         Scenario("change tracking: fixture workloads (captured for the unit tests with --capture)", fixtures),
     ]
 
     /// The number of randomised workloads; each takes one or two snapshots.
-    static let workloadCount = Tier.length(ci: 8, nightly: 20)
+    static let workloadCount = 20
 
     // MARK: Randomised workloads
 
