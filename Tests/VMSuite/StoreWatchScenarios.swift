@@ -13,12 +13,12 @@ enum StoreWatchScenarios {
         Scenario("kernel: a COW loop grown under a live snapshot is used without a reload; a full one invalidates and raises an event",
                  kernelUsesGrownStore),
         Scenario("extend grows a live snapshot's store: dmsetup status shows it, the snapshot stays valid and unchanged; refusals change nothing",
-                 extendGrowsStore).lasting(260),
+                 extendGrowsStore).lasting(260).nightly(),
         Scenario("extend interrupted at each failpoint is finished by reconcile to the size asked", extendFailpoints).lasting(210).nightly(),
         Scenario("store watch: under a steady write load, while an export reads the snapshot, a small store is grown in time; the snapshot stays frozen and the image equals it",
                  watchGrowsUnderLoad).lasting(250).nightly(),
         Scenario("store watch: with growth off an overflowed snapshot is dropped on the kernel's event, logged, the origin intact",
-                 watchDropsOverflowed).lasting(58),
+                 watchDropsOverflowed).lasting(130).nightly(),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI

@@ -12,7 +12,7 @@ enum VolumeStoreScenarios {
         Scenario("snapshot --store VG: the store is an LV that lvs shows and dmsetup deps names; reconcile activates it after a reboot-like loss; the store watch grows it with lvextend under load while the snapshot stays frozen; drop removes it; a crash after the store is made is repaired by reconcile; refusals change nothing",
                  volumeStore).lasting(270).nightly(),
         Scenario("protect --cbt-metadata VG of a mounted LV: era metadata on an LV of the same group (dmsetup table, lvs), no file or loop device; full + 2 incrementals equal their snapshots, era_invalidate on the LV agrees; unprotect removes it; a missing group is refused with nothing changed",
-                 metadataVolume).lasting(240),
+                 metadataVolume).lasting(270).nightly(),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
