@@ -94,7 +94,7 @@ let package = Package(
         .target(
             name: "Snapstack",
             dependencies: ["DeviceMapper", "Udev", "BlockIO", "StateDatabase", "ChangeTracking", "CopyEngine", "Exposition",
-                           "Images", "Locking", "SnapstackErrors", "CShims",
+                           "Images", "Locking", "SnapstackErrors", "CShims", "CXXHash",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // A kernel in memory behind the same seam (device-mapper, loop devices, disks), for
         // running and crashing every verb without root.
@@ -162,7 +162,7 @@ let package = Package(
         // The orchestrator on a simulated kernel: every verb, crash and rollback, no root.
         .testTarget(
             name: "OrchestrationTests",
-            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO", "StateDatabase", "Locking", "SnapstackErrors",
+            dependencies: ["Snapstack", "KernelSimulator", "DeviceMapper", "BlockIO", "StateDatabase", "Locking", "SnapstackErrors", "Udev",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // VM tier: runs as root inside the lab VM against the real kernel (Tests/lab/vm.sh).
         .executableTarget(

@@ -60,3 +60,26 @@ extension BlockDeviceFacts {
             logicalBlockSize: Bytes(UInt64(logical)), physicalBlockSize: Bytes(UInt64(physical)))
     }
 }
+
+/// The first bytes of a block device, where filesystems keep their superblocks.
+public enum DeviceHead {
+    /// Reads the first `count` bytes (at most 64 KiB) of the device at `path` with O_DIRECT,
+    /// past the page cache of its node: another node of the same disk (a dm device over it)
+    /// may have written them since this node's cache was filled.
+    public static func read(_ path: String, count: Int) throws -> [UInt8] {
+        // A whole number of 4 KiB blocks, aligned to 4 KiB: right for any logical block size.
+        let length = max(4096, (min(count, 65536) + 4095) / 4096 * 4096)
+        let descriptor: FileDescriptor
+        switch openDescriptor(path, O_RDONLY | snapstack_O_DIRECT) {
+        case .success(let opened): descriptor = opened
+        case .failure(let errno): throw BlockIOError(path, "open", errno)
+        }
+        defer { _ = closeDescriptor(descriptor) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+        defer { buffer.deallocate() }
+        switch retryingInterrupts({ pread(descriptor.rawValue, buffer.baseAddress, length, 0) }) {
+        case .success(let read): return Array(buffer.prefix(min(read, count)))
+        case .failure(let errno): throw BlockIOError(path, "read", errno)
+        }
+    }
+}

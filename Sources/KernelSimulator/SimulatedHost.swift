@@ -58,6 +58,16 @@ extension SimulatedKernel: HostDevices {
         }
     }
 
+    public func firstBytes(of number: DeviceNumber, count: Int) -> [UInt8]? {
+        // Through a stack, the disk at its bottom: every layer maps sector 0 to the disk's.
+        let under = underlyingDevices(of: number)
+        return state.withLock { state in
+            state.disks.values.first { under.contains($0.number) }.map { disk in
+                Array((disk.head + [UInt8](repeating: 0, count: max(0, count - disk.head.count))).prefix(count))
+            }
+        }
+    }
+
     public func hasLVMLabel(_ number: DeviceNumber) -> Bool {
         state.withLock { state in state.disks.values.contains { $0.number == number && $0.lvmLabel } }
     }

@@ -55,6 +55,8 @@ public final class SimulatedKernel: Sendable {
         public var lvmLabel = false
         /// udev's links to it (`/dev/disk/by-id/...`).
         public var links: [String] = []
+        /// Its first bytes (a filesystem's superblock); zeros past them.
+        public var head: [UInt8] = []
     }
 
     /// An LVM volume group: its volumes are disks at `/dev/<group>/<name>`.
@@ -108,6 +110,12 @@ public final class SimulatedKernel: Sendable {
         state.withLock {
             $0.disks[path] = Disk(number: number, size: size, identity: DeviceIdentity(serial: serial, size: size))
         }
+    }
+
+    /// Writes `bytes` at the start of the disk at `path`, as mkfs or a mount would write its
+    /// superblock.
+    public func writeHead(_ path: String, _ bytes: [UInt8]) {
+        state.withLock { $0.disks[path]?.head = bytes }
     }
 
     public func unplug(_ path: String) { _ = state.withLock { $0.disks.removeValue(forKey: path) } }

@@ -206,11 +206,7 @@ extension Orchestrator {
                                  remedy: remedy ?? "unprotect \(device.name)")
         }
         var record = device
-        for var snapshot in try database.snapshots(deviceID: device.id) where snapshot.state == .active || snapshot.state == .mergePending {
-            snapshot.state = .invalid
-            try database.update(snapshot)
-            notice("warning: snapshot \(device.name)-\(snapshot.name) is invalid: \(why), past its copy-on-write")
-        }
+        try invalidateSnapshots(of: device, why: why)
         record.adoptedTable = table.description
         record.sizeBytes = Int64(table.size.rawValue * Sectors.size)
         // After a reboot LVM may have given the volume another minor number.
@@ -220,6 +216,8 @@ extension Orchestrator {
         }
         record.trackingInterruptedAt = Date()
         record.trackingInterruptedReason = why
+        // No era until the new stack has one: meanwhile every incremental is refused.
+        record.trackingInterruptedEra = nil
         try database.update(record)
         // The layers first, then the interruption's era recorded, and only then the volume
         // switched over: a crash before the switch leaves it bypassing the stack, which the
@@ -229,16 +227,8 @@ extension Orchestrator {
         let switchover = steps.firstIndex { if case .reloadLive = $0 { true } else { false } } ?? steps.endIndex
         let source = DeviceNumber(major: UInt32(record.sourceMajor), minor: UInt32(record.sourceMinor))
         try run(Array(steps[..<switchover]), for: record, source: source)
-        if record.cbtBlockSectors != nil {
-            // A new era starts here; every write the bypass let through is in an earlier one.
-            let real = try Layout.realName(record.name)
-            try dm.message(real, era: .checkpoint)
-            guard case .era(let status)? = try dm.status(real).first?.status else {
-                throw SnapstackError(.failed, "\(real.devicePath) is not tracking changes", remedy: "run `snapstack reconcile`")
-            }
-            record.trackingInterruptedEra = Int64(status.currentEra)
-            try database.update(record)
-        }
+        // A new era starts here; every write the bypass let through is in an earlier one.
+        record = try recordInterruptionEra(record)
         try run(Array(steps[switchover...]), for: record, source: source)
         event(TrackingEvent.interrupted, device.name, "change tracking interrupted: \(why); adopted again over its current table (\(record.sizeBytes) bytes)")
     }
@@ -257,7 +247,9 @@ extension Orchestrator {
             throw SnapstackError(.trackingInterrupted, "change tracking of \(device.name) is interrupted", why: why,
                                  remedy: "an incremental would miss writes: take a full export, or add --allow-full to read every block")
         }
-        if let first = device.trackingInterruptedEra, (base.era ?? 0) < first {
+        // An interruption whose era is not recorded yet refuses every incremental.
+        if device.trackingInterruptedAt != nil && device.trackingInterruptedEra == nil
+            || device.trackingInterruptedEra.map({ (base.era ?? 0) < $0 }) == true {
             let when = device.trackingInterruptedAt.map { " at \($0.formatted(.iso8601))" } ?? ""
             throw SnapstackError(.trackingInterrupted, "change tracking of \(device.name) was interrupted\(when), after export \(base.id)",
                                  why: device.trackingInterruptedReason ?? "writes may have gone unrecorded",

@@ -53,8 +53,9 @@ extension Orchestrator {
 
     /// For a block device that appeared (udev `add`): when it is the disk of a protected device
     /// whose stack is missing — plugged in again, or present at boot — rebuilds the stack over
-    /// it, as `reconcile` would: over the existing era metadata (change tracking continues; the
-    /// kernel starts a new era), with its persistent snapshots re-activated before the top
+    /// it, as `reconcile` would: over the existing era metadata (change tracking continues only
+    /// when the disk's filesystem proves that nothing wrote to it meanwhile, see
+    /// `TrackingContinuity`; the kernel starts a new era), with its persistent snapshots re-activated before the top
     /// device opens to I/O, and the top table its snapshots need. The disk of a device
     /// protected `--at-boot` gets its first stack, when nothing uses it.
     public func restack(_ candidate: UdevDevice) throws -> AppearedOutcome {
@@ -91,12 +92,9 @@ extension Orchestrator {
                 return .waiting(name: device.name, why: "\(deferred.joined(separator: ", ")) of the disk that went away is still open")
             }
         }
-        var updated = device
-        updated.sourcePath = node
-        updated.sourceMajor = Int(facts.number.major)
-        updated.sourceMinor = Int(facts.number.minor)
-        if updated != device { try database.update(updated) }
-        try buildStack(updated, source: facts.number, newMetadata: false)
+        let continuity = try dm.info(real) == nil
+            ? TrackingContinuity.judge(device, disk: node, now: filesystemStamp(of: facts.number)) : .kept
+        let updated = try rebuild(device, path: node, number: facts.number, continuity: continuity)
         try restoreTopTable(updated)
         event("restack", device.name, "stack rebuilt over \(node) (\(facts.number))")
         refreshLVMFilter()

@@ -192,8 +192,7 @@ extension Orchestrator {
             if case .bypassed(_, let why) = try trackingCheck(device) {
                 tracking = .interrupted
                 interruptedReason = why
-            } else if let first = device.trackingInterruptedEra,
-                      !(try database.exports(deviceID: device.id)).contains(where: { $0.state == .complete && ($0.era ?? 0) >= first }) {
+            } else if try trackingIsInterrupted(device) {
                 tracking = .interrupted
                 interruptedAt = device.trackingInterruptedAt
                 interruptedReason = device.trackingInterruptedReason
@@ -207,6 +206,14 @@ extension Orchestrator {
             openCount: info?.openCount, createdAt: device.createdAt,
             adopted: device.adoptedName.map { Adoption.displayName($0, uuid: device.adoptedUUID) },
             tracking: tracking, trackingInterruptedAt: interruptedAt, trackingInterruptedReason: interruptedReason)
+    }
+
+    /// Whether `device`'s tracking was interrupted and no complete export has been taken since:
+    /// an interruption whose era is not recorded yet counts until it is.
+    func trackingIsInterrupted(_ device: DeviceRecord) throws -> Bool {
+        guard device.trackingInterruptedAt != nil || device.trackingInterruptedEra != nil else { return false }
+        guard let first = device.trackingInterruptedEra else { return true }
+        return !(try database.exports(deviceID: device.id)).contains { $0.state == .complete && ($0.era ?? 0) >= first }
     }
 
     public func snapshotSummaries() throws -> [SnapshotSummary] {

@@ -14,7 +14,9 @@ public enum TrackingEvent {
     /// Change tracking of a device stopped covering its writes (a foreign table reload that
     /// left the era layer unused, or a stack rebuilt after writes it cannot account for), so
     /// its next incremental is refused until a full export. Recorded when an adopted device is
-    /// adopted again (`Orchestrator.readopt`); `snapstack_tracking_interruptions_total` counts it.
+    /// adopted again (`Orchestrator.readopt`) and when a stack is rebuilt without proof that
+    /// its disk was left alone (`TrackingContinuity`); `snapstack_tracking_interruptions_total`
+    /// counts it.
     public static let interrupted = "tracking-interrupted"
 }
 

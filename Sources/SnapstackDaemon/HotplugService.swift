@@ -62,7 +62,8 @@ struct ReloadService: Service {
 }
 
 /// The heart of the daemon: at start, `reconcile` (every protected disk that is present gets
-/// its stack back, change tracking continuing from its era metadata) and the policy applied
+/// its stack back, change tracking continuing from its era metadata when the clean stop's
+/// record proves the disk was left alone) and the policy applied
 /// to the devices already present; then, for each udev event on a block device, `add`
 /// rebuilds the stack of a protected disk or applies the auto-protect policy, and `remove`
 /// tears down what belonged to the disk that went away. Events are handled one at a time, in
@@ -95,7 +96,22 @@ struct HotplugService: Service {
 
         try await serve(monitor, dropped: { monitor.takeDropped() })
         notifier.stopping()
+        await recordCleanStop()
         logger.notice("stopping")
+    }
+
+    /// What proves, at the next boot, that a disk was left alone while it had no stack: each
+    /// unused top's filesystem stamp (`Orchestrator.recordCleanStop`). At a shutdown systemd
+    /// stops the daemon after unmounting what fstab mounted, so every such disk is unused by
+    /// now. Without this record, the next rebuild interrupts the disk's change tracking.
+    func recordCleanStop() async {
+        do {
+            let recorded = try await locked("record the clean stop") { try $0.recordCleanStop() }
+            // The names in the message itself: what an administrator reads in the journal.
+            logger.notice("clean stop recorded for \(recorded.isEmpty ? "no unused protected disk" : recorded.joined(separator: ", "))")
+        } catch {
+            logger.error("could not record the clean stop; change tracking of unused disks is interrupted at their next rebuild: \(error)")
+        }
     }
 
     /// Handles events until a graceful shutdown ends the sequence. Events that end for any other

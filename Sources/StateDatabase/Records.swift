@@ -118,6 +118,13 @@ public struct DeviceRecord: Codable, Sendable, Equatable, Hashable, Identifiable
     public var trackingInterruptedEra: Int64?
     public var trackingInterruptedAt: Date?
     public var trackingInterruptedReason: String?
+    /// What the filesystem on its disk showed (a `FilesystemStamp`, rendered) when snapstack's
+    /// daemon last stopped with this device's stack whole and its top unused, and when. A
+    /// rebuild of the stack keeps the change tracking only if the disk still shows this stamp:
+    /// then nothing mounted and wrote the filesystem while it had no stack. The rebuild
+    /// consumes it.
+    public var cleanStopStamp: String?
+    public var cleanStopAt: Date?
 
     /// Makes a record; `createdAt` is rounded to what the database keeps.
     public init(

@@ -135,6 +135,15 @@ enum Schema {
             try db.execute(sql: "INSERT INTO eventCount (kind, total) SELECT kind, COUNT(*) FROM event GROUP BY kind")
         }
 
+        // What a clean stop of the daemon saw of each unused device's filesystem, for the next
+        // stack build to prove that nothing wrote to the disk while it had no stack.
+        migrator.registerMigration("v6-clean-stop") { db in
+            try db.alter(table: "device") { t in
+                t.add(column: "cleanStopStamp", .text)
+                t.add(column: "cleanStopAt", .datetime)
+            }
+        }
+
         return migrator
     }()
 

@@ -9,11 +9,14 @@ struct DaemonCommand: ParsableCommand {
         discussion: """
             Runs until SIGTERM (systemd/snapstack.service runs it with Type=notify, before \
             local-fs-pre.target). At start it runs reconcile, so that every protected disk that \
-            is present gets its stack back with its change tracking, then applies the policy \
+            is present gets its stack back (with its change tracking when its filesystem proves \
+            it untouched since the last clean stop; see `snapstack help reconcile`), then applies the policy \
             to the disks present. Then it follows udev: a disk that appears is restacked when \
             it is a protected one (found by its recorded identity), or protected when a rule \
             of the policy matches it; the stack of a disk that goes away is torn down. The \
-            state lock is taken per operation, so every other command works beside it.
+            state lock is taken per operation, so every other command works beside it. When \
+            it stops it records, for each protected disk whose top device is unused, the \
+            filesystem stamp that the next rebuild checks.
 
             The policy is /etc/snapstack/snapstack.conf (YAML; systemd/snapstack.conf.example \
             explains it). SIGHUP re-reads it; a file with errors is reported with its line, \

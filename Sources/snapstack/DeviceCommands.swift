@@ -115,13 +115,19 @@ struct ReconcileCommand: ParsableCommand {
         discussion: """
             Resumes any of snapstack's devices left suspended, finishes or undoes operations a \
             crash interrupted, re-activates persistent snapshots from their stores, rebuilds the \
-            stacks of protected disks that are present but unstacked (keeping their change \
-            tracking), and removes device-mapper devices, loop devices and files of snapstack's \
+            stacks of protected disks that are present but unstacked, and removes device-mapper devices, loop devices and files of snapstack's \
             that nothing records. Prints one line per repair. Running it twice changes nothing \
             the second time.
 
             It looks first, then plans, then repairs: --dry-run prints the plan, one step a \
             line, its kind (rebuild-stack, finish-drop, remove-orphan, ...) before the subject.
+
+            A rebuilt stack keeps its change tracking only when the disk's ext2/3/4 superblock \
+            shows the stamp the daemon recorded at its last clean stop: nothing mounted and \
+            wrote the filesystem while the disk had no stack. Otherwise (no clean stop, another \
+            filesystem, a superblock that changed) the tracking is interrupted, with the \
+            reason, and the next incremental export is refused until a full one; when the \
+            filesystem changed, the persistent snapshots become invalid too.
             """)
 
     @Flag(name: .customLong("dry-run"), help: "Print what would be repaired, change nothing.")

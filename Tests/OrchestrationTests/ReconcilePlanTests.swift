@@ -18,8 +18,11 @@ import Testing
 
     @Test func afterARebootTheStacksAreRebuiltWithTheirSnapshotsAndTracking() throws {
         let lab = try SimulatedLab()
+        lab.kernel.writeHead("/dev/sda", ContinuityTests.ext4Head())
         try lab.protect(2)
         try Self.snapshot(lab, ["vol0"], as: "keep")
+        // The daemon's stop: vol0's ext4 vouches for its disk; vol1 holds no filesystem.
+        #expect(try lab.orchestrator().recordCleanStop() == ["vol0"])
         let before = lab.kernel.capture()
         let era = before.devices["snapstack-vol0-real"]!.era
         lab.kernel.reboot()
@@ -27,7 +30,8 @@ import Testing
         let plan = try lab.orchestrator().reconcile(dryRun: true)
         #expect(plan.map(\.step) == ["rebuild-stack", "rebuild-stack"])
         #expect(plan.map(\.subject) == ["vol0", "vol1"])
-        #expect(plan[0].action == "rebuild the stack over /dev/sda (8:0), keeping its change tracking")
+        #expect(plan[0].action == "rebuild the stack over /dev/sda (8:0), keeping its change tracking: its filesystem is as the daemon's clean stop left it")
+        #expect(plan[1].action.hasPrefix("rebuild the stack over /dev/sdb (8:16); change tracking interrupted: no clean stop"), "\(plan[1].action)")
         #expect(lab.kernel.capture().devices.isEmpty, "a dry run changed the kernel")
 
         _ = try lab.orchestrator().reconcile()

@@ -143,7 +143,7 @@ private func contents(_ path: String) throws -> Data {
             )
         }
         // Each migration applied exactly once, in the order they were released.
-        #expect(migrations == ["v1", "v2-exports", "v2-store-growth", "v3-adoption", "v4-snapshot-access", "v5-event-counts"])
+        #expect(migrations == ["v1", "v2-exports", "v2-store-growth", "v3-adoption", "v4-snapshot-access", "v5-event-counts", "v6-clean-stop"])
         // Any DDL bumps schema_version, so an unchanged one shows no migration ran.
         #expect(schemaVersionAgain == schemaVersion)
     }

@@ -12,7 +12,7 @@ import Glibc
 enum DaemonScenarios {
     static let all: [Scenario] = [
         Scenario("daemon: a hot-added disk a rule matches is protected, by-uuid points at the top; hot-remove tears it down", hotplug),
-        Scenario("daemon: at start the stacks and snapshots that a reboot removed come back", bootRestore).lasting(190),
+        Scenario("daemon: at start the stacks and snapshots that a reboot removed come back, change tracking continuing after its clean stop", bootRestore).lasting(220),
         Scenario("daemon: a broken configuration is reported with its line, and the last good policy stays", brokenConfiguration),
         Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity).lasting(Tier.length(ci: 160, nightly: 280)),
         Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents).lasting(115).nightly(),
@@ -458,6 +458,9 @@ enum DaemonScenarios {
         let disk2 = try lab.loopDevice("disk2", size: .mebibytes(16), random: true)
         let top1 = try cli.protect(disk1.path, "vol1", "--cbt-block", "64K")
         let top2 = try cli.protect(disk2.path, "vol2", "--no-cbt")
+        // An ext4 filesystem, whose superblock vouches for the disk across the reboot; 8 MiB +
+        // 64 KiB in is data, never metadata, in a fresh 32 MiB one.
+        try lab.sh("mkfs.ext4", "-q", "-F", top1)
         try cli.ok("snapshot", "vol1", "--as", "keep")
         // A backup of it, that an incremental after the reboot builds on.
         let image = lab.scratch.appendingPathComponent("vol1.img").path
@@ -470,7 +473,14 @@ enum DaemonScenarios {
         let eraBefore = (try cli.rows("devices").first { $0["name"] as? String == "vol1" }?["era"] as? NSNumber)?.uint32Value ?? 0
         let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
 
-        // What a reboot leaves: no dm devices, no loop devices of snapstack's, an empty /run.
+        // A clean shutdown stops the daemon with the tops unused: it records vol1's filesystem
+        // (vol2 has no change tracking to keep). Then what a reboot leaves: no dm devices, no
+        // loop devices of snapstack's, an empty /run.
+        let config = lab.scratch.appendingPathComponent("none.conf").path
+        let stopping = try Daemon(lab, state: cli.state, config: config, label: "before-reboot")
+        try stopping.waitReady()
+        try expectEqual(try stopping.terminate(), 0, "the exit status of the daemon stopped before the reboot")
+        try stopping.waitForLog("clean stop recorded for vol1", timeout: 5)
         try expect(lab.sweepSnapstackDevices().count >= 5, "no devices to remove by hand")
         for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n")
         where line.contains(cli.state) {
@@ -479,7 +489,7 @@ enum DaemonScenarios {
         try? FileManager.default.removeItem(atPath: "/run/snapstack/members")
         try expect(try lab.dmsetupNames().allSatisfy { !$0.hasPrefix("snapstack-vol") }, "devices survived the sweep")
 
-        let daemon = try Daemon(lab, state: cli.state, config: lab.scratch.appendingPathComponent("none.conf").path)
+        let daemon = try Daemon(lab, state: cli.state, config: config)
         try daemon.waitReady()
         // READY comes after the boot pass: everything is back by now.
         for name in ["snapstack-vol1", "snapstack-vol1-real", "snapstack-vol1-keep", "snapstack-vol2", "snapstack-vol2-real"] {
@@ -491,7 +501,10 @@ enum DaemonScenarios {
         try expect(try lab.sh("dmsetup", "table", "snapstack-vol1").contains("snapshot-origin"), "vol1's top is not snapshot-origin")
         try expect(try lab.sh("dmsetup", "table", "snapstack-vol2-real").contains(" linear \(disk2.facts.number) 0"), "vol2 -real table")
         try expect(FileManager.default.fileExists(atPath: "/run/snapstack/members/\(disk1.facts.number)"), "member marker not republished")
-        // Change tracking continues from the era metadata; other commands run beside the daemon.
+        // Change tracking continues from the era metadata, the filesystem as the clean stop left
+        // it; other commands run beside the daemon.
+        try expectEqual(try cli.rows("devices").first { $0["name"] as? String == "vol1" }?["tracking"] as? String, "continuous",
+                        "vol1's tracking after the reboot")
         let eraAfter = (try cli.rows("devices").first { $0["name"] as? String == "vol1" }?["era"] as? NSNumber)?.uint32Value ?? 0
         try expect(eraAfter > eraBefore, "era went from \(eraBefore) to \(eraAfter)")
         let metadata = try lab.sh("sh", "-c", "losetup -a -O NAME,BACK-FILE --noheadings | grep '\(cli.state)/cbt/' | cut -d' ' -f1")

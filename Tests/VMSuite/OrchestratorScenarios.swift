@@ -18,7 +18,8 @@ enum OrchestratorScenarios {
                  snapshotAccess),
         Scenario("on btrfs the era metadata and store files are made without copy-on-write (lsattr C) and fully reserved; snapshot and changes stay exact",
                  btrfsState).lasting(70).nightly(),
-        Scenario("reconcile rebuilds a stack removed as a reboot removes it, keeping change tracking", reconcileRebuilds),
+        Scenario("reconcile rebuilds a stack removed as a reboot removes it; change tracking continues only after the daemon's clean stop with the ext4 superblock unchanged (era_invalidate exact); a mount of the bare disk (dumpe2fs) interrupts it and invalidates the snapshot; no clean stop interrupts it",
+                 reconcileRebuilds).lasting(200),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
         Scenario("failpoints: a SIGKILL at \(Tier.length(ci: "one of each kind", nightly: "each one")) the kernel takes part in is repaired by reconcile", everyFailpoint).lasting(Tier.length(ci: 240, nightly: 1100)),
     ]
@@ -498,25 +499,46 @@ enum OrchestratorScenarios {
         let cli = CLI(lab)
         let disk = try lab.loopDevice("disk", size: .mebibytes(32), random: true)
         let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K")
+        try lab.sh("mkfs.ext4", "-q", "-F", top)
+        // ext4 leaves 8 MiB + 64 KiB alone in a fresh 32 MiB filesystem: the era block 128
+        // written below is data, never metadata.
         try cli.ok("snapshot", "vol", "--as", "keep")
         let snapshotBefore = try lab.sha256("/dev/mapper/snapstack-vol-keep", length: .mebibytes(32))
         try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(64))   // era block 128
         let eraBefore = (try cli.rows("devices").first?["era"] as? NSNumber)?.uint32Value ?? 0
         let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
+        let config = try DaemonScenarios.writeConfig(lab, "rules:\n")
 
-        // What a reboot leaves: no dm devices, no loop devices.
-        try expect(lab.sweepSnapstackDevices().count >= 3, "no devices to remove by hand")
-        for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n")
-        where line.contains(cli.state) {
-            try lab.sh("losetup", "-d", String(line.split(separator: " ")[0]))
+        /// What a shutdown does: the daemon stops with the top unused and records its
+        /// filesystem; then the kernel loses every dm and loop device.
+        func reboot(cleanStop: Bool) throws {
+            if cleanStop {
+                let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: config, label: "stop\(Int.random(in: 0..<1_000_000))")
+                try daemon.waitReady()
+                try expectEqual(try daemon.terminate(), 0, "the daemon's exit status")
+                try daemon.waitForLog("clean stop recorded", "vol", timeout: 5)
+            }
+            try expect(lab.sweepSnapstackDevices().count >= 2, "no devices to remove by hand")
+            for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n")
+            where line.contains(cli.state) {
+                try lab.sh("losetup", "-d", String(line.split(separator: " ")[0]))
+            }
         }
+        func tracking() throws -> (state: String, why: String) {
+            let row = try cli.rows("devices").first
+            return (row?["tracking"] as? String ?? "", row?["interrupted_reason"] as? String ?? "")
+        }
+
+        try reboot(cleanStop: true)
         let status = try cli.run(["status"])
         try expectEqual(status.status, 1, "status before reconcile (\(status.stdout))")
         let dry = try cli.ok("reconcile", "--dry-run")
-        try expect(dry.contains("rebuild the stack"), "dry run: \(dry)")
+        try expect(dry.contains("rebuild the stack") && dry.contains("keeping its change tracking: its filesystem is as the daemon's clean stop left it"),
+                   "dry run: \(dry)")
         try expect(try lab.dmsetupNames().allSatisfy { !$0.hasPrefix("snapstack-vol") }, "dry run changed the kernel")
 
         try cli.ok("reconcile")
+        try expectEqual(try tracking().state, "continuous", "tracking after a clean stop and an untouched disk")
         try expectEqual(try lab.sha256("/dev/mapper/snapstack-vol-keep", length: .mebibytes(32)), snapshotBefore,
                         "the persistent snapshot after re-activation")
         try expect(try lab.sh("dmsetup", "table", "snapstack-vol").contains("snapshot-origin"), "top is not snapshot-origin")
@@ -531,6 +553,36 @@ enum OrchestratorScenarios {
         try expectEqual(changed, [128], "blocks era_invalidate reports written since the snapshot")
         try expectEqual(try cli.run(["status"]).status, 0, "status after reconcile")
         try expectEqual(try cli.ok("reconcile"), "nothing to repair\n", "a second reconcile")
+
+        // A clean stop, then the bare disk mounted and written while it has no stack (a rescue
+        // system, another machine): dumpe2fs sees the mount count move, and so does snapstack.
+        try reboot(cleanStop: true)
+        func mountCount() throws -> String {
+            try lab.sh("dumpe2fs", "-h", disk.path).split(separator: "\n").first { $0.hasPrefix("Mount count:") }
+                .map { String($0.dropFirst("Mount count:".count)).trimmingCharacters(in: .whitespaces) } ?? "?"
+        }
+        let mountsBefore = try mountCount()
+        let mountPoint = lab.scratch.appendingPathComponent("bare").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", disk.path, mountPoint)
+        try lab.sh("dd", "if=/dev/urandom", "of=\(mountPoint)/unseen", "bs=64K", "count=4", "conv=fsync", "status=none")
+        try lab.sh("umount", mountPoint)
+        let mountsAfter = try mountCount()
+        try expect(mountsAfter != mountsBefore, "dumpe2fs' mount count did not move: \(mountsBefore)")
+        let repaired = try cli.ok("reconcile")
+        try expect(repaired.contains("change tracking interrupted and snapshots invalid: the filesystem on \(disk.path) changed while it had no stack: mount count \(mountsBefore) → \(mountsAfter)"),
+                   "reconcile: \(repaired)")
+        // The snapshot missed the bare mount's writes: invalid, and not activated again.
+        try expectEqual(try cli.rows("snapshots").first?["state"] as? String, "invalid", "the snapshot after the bare mount")
+        try expect(!(try lab.dmsetupNames()).contains("snapstack-vol-keep"), "an invalid snapshot came back")
+        var (state, why) = try tracking()
+        try expect(state == "interrupted" && why.contains("mount count \(mountsBefore) → \(mountsAfter)"), "devices: \(state) \(why)")
+
+        // A crash or a power cut: no clean stop, nothing to prove the disk was left alone.
+        try reboot(cleanStop: false)
+        try expect(try cli.ok("reconcile").contains("change tracking interrupted: no clean stop"), "reconcile without a clean stop")
+        (state, why) = try tracking()
+        try expect(state == "interrupted" && why.hasPrefix("no clean stop"), "devices: \(state) \(why)")
         try cli.ok("unprotect", "vol", "--force")
     }
 

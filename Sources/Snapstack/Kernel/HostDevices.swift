@@ -28,6 +28,9 @@ public protocol HostDevices: Sendable {
     func names(of number: DeviceNumber) -> [String]
     /// Whether the device holds an LVM physical volume label (`LABELONE` in its first 4 sectors).
     func hasLVMLabel(_ number: DeviceNumber) -> Bool
+    /// The first `count` bytes of the device (a filesystem's superblock), read past its page
+    /// cache; nil when they cannot be read.
+    func firstBytes(of number: DeviceNumber, count: Int) -> [UInt8]?
     /// The host's runtime directory for snapstack (`/run/snapstack`).
     var runtimeDirectory: String { get }
     /// LVM's configuration directory (`/etc/lvm`, or `LVM_SYSTEM_DIR` as LVM itself reads it).

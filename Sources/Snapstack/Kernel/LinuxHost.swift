@@ -51,6 +51,12 @@ public struct LinuxHost: HostDevices {
         }
     }
 
+    public func firstBytes(of number: DeviceNumber, count: Int) -> [UInt8]? {
+        // Past the page cache: the stamp read at a stop, through the top device, and the one
+        // read at the next build, from the disk, must both be what the disk holds.
+        try? DeviceHead.read("/dev/block/\(number)", count: count)
+    }
+
     public func loops(backing file: String) throws -> [LoopDevice] { try Loop.find(backingFile: file) }
     public func allLoops() throws -> [LoopDevice] { try Loop.all() }
     public func attachLoop(file: FilePath, directIO: Bool) throws -> LoopDevice { try Loop.attach(file: file, directIO: directIO) }

@@ -47,13 +47,20 @@ extension Orchestrator {
             if info != nil, case .snapshotMerge(let status)? = try? dm.status(top).first?.status { mergeStatus = status }
             let snapshots = try database.snapshots(deviceID: record.id)
             let source = record.state == .protected || record.state == .pending ? try locate(record) : nil
+            // The disk's filesystem, read only when its stack is to be rebuilt.
+            var diskStamp: Result<FilesystemStamp, FilesystemStamp.Unstampable>?
+            if record.state == .protected, !record.isAdopted, record.cbtBlockSectors != nil, let source,
+               try info == nil || dm.info(try Layout.realName(record.name)) == nil {
+                diskStamp = filesystemStamp(of: source.number)
+            }
             devices.append(ReconcileObservation.Device(
                 record: record, snapshots: snapshots,
                 growths: growths.filter { growth in snapshots.contains { $0.id == growth.snapshotID } },
                 source: source,
                 topOpenCount: info?.openCount, topMergeStatus: mergeStatus,
                 tracking: try trackingCheck(record),
-                sourceInUse: record.state == .pending ? try source.flatMap { try inUse($0.path, $0.number) } : nil))
+                sourceInUse: record.state == .pending ? try source.flatMap { try inUse($0.path, $0.number) } : nil,
+                diskStamp: diskStamp))
         }
         let prefix = stateDirectory.string + "/"
         let loops = ((try? host.allLoops()) ?? []).filter { $0.backingFile?.hasPrefix(prefix) == true }
@@ -86,13 +93,10 @@ extension Orchestrator {
             try run(snapshots.map { .removeSnapshotArtifacts($0, of: device) } + (try Teardown.unprotect(device)))
         case .waitForDisk, .waitForBoot, .mergeInProgress, .leaveOpenOrphan:
             break
-        case .rebuildStack(let device, let path, let number):
-            var updated = device
-            updated.sourcePath = path
-            updated.sourceMajor = Int(number.major)
-            updated.sourceMinor = Int(number.minor)
-            if updated != device { try database.update(updated) }
-            try buildStack(updated, source: number, newMetadata: false)
+        case .rebuildStack(let device, let path, let number, let continuity):
+            _ = try rebuild(device, path: path, number: number, continuity: continuity)
+        case .recordInterruptionEra(let device):
+            try recordInterruptionEra(device)
         case .buildPendingStack(let device, let path, let number):
             try buildPendingStack(device, sourcePath: path, source: number)
         case .readopt(let device, let table, let why):

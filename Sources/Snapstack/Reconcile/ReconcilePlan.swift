@@ -29,6 +29,9 @@ struct ReconcileObservation {
         /// For a device protected `--at-boot`: why its disk cannot take a stack now (mounted,
         /// open); nil when it can.
         var sourceInUse: String?
+        /// For a wrapped disk without its stack: what its filesystem shows now (nil: its first
+        /// bytes could not be read), against the clean stop's record.
+        var diskStamp: Result<FilesystemStamp, FilesystemStamp.Unstampable>?
     }
 
     /// dm devices carrying snapstack's UUID prefix.
@@ -50,7 +53,10 @@ enum ReconcileStep: Equatable {
     case undoProtect(DeviceRecord)
     case finishUnprotect(DeviceRecord, snapshots: [SnapshotRecord])
     case waitForDisk(DeviceRecord)
-    case rebuildStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
+    case rebuildStack(DeviceRecord, sourcePath: String, source: DeviceNumber, continuity: TrackingContinuity)
+    /// A stack rebuilt with its tracking interrupted whose new era was not recorded (a crash
+    /// came between): every incremental is refused until it is.
+    case recordInterruptionEra(DeviceRecord)
     /// A device protected `--at-boot` whose disk is present and unused: its first stack, with
     /// new era metadata.
     case buildPendingStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
@@ -85,6 +91,7 @@ enum ReconcileStep: Equatable {
         case .finishUnprotect: "finish-unprotect"
         case .waitForDisk: "wait-for-disk"
         case .rebuildStack: "rebuild-stack"
+        case .recordInterruptionEra: "record-interruption-era"
         case .buildPendingStack: "build-pending-stack"
         case .waitForBoot: "wait-for-boot"
         case .readopt: "readopt"
@@ -116,8 +123,15 @@ enum ReconcileStep: Equatable {
         case .undoProtect(let d): (d.name, "undo the interrupted protect")
         case .finishUnprotect(let d, _): (d.name, "finish the interrupted unprotect")
         case .waitForDisk(let d): (d.name, "wait: its disk is not present (identity \(d.sourcePath), \(d.sizeBytes) bytes)")
-        case .rebuildStack(let d, let path, let number):
-            (d.name, "rebuild the stack over \(path) (\(number)), keeping its change tracking")
+        case .rebuildStack(let d, let path, let number, .kept):
+            (d.name, "rebuild the stack over \(path) (\(number))"
+                + (d.cbtBlockSectors == nil ? "" : ", keeping its change tracking: its filesystem is as the daemon's clean stop left it"))
+        case .rebuildStack(let d, let path, let number, .interrupted(let why)):
+            (d.name, "rebuild the stack over \(path) (\(number)); change tracking interrupted: \(why)")
+        case .rebuildStack(let d, let path, let number, .bypassed(let why)):
+            (d.name, "rebuild the stack over \(path) (\(number)); change tracking interrupted and snapshots invalid: \(why)")
+        case .recordInterruptionEra(let d):
+            (d.name, "record the era from which its interrupted change tracking is complete")
         case .buildPendingStack(let d, let path, let number):
             (d.name, "build the stack protect --at-boot asked for over \(path) (\(number)), with new change tracking")
         case .waitForBoot(let d, let why):
@@ -226,7 +240,13 @@ enum ReconcileStep: Equatable {
         } else {
             stackPresent = ours.contains { $0.deviceID == device.id && $0.layer == .real }
                 && ours.contains { $0.deviceID == device.id && $0.layer == .top }
-            if !stackPresent { plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number)) }
+            if !stackPresent {
+                let continuity = TrackingContinuity.judge(device, disk: source.path, now: observed.diskStamp)
+                plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number, continuity: continuity))
+            }
+        }
+        if stackPresent && device.cbtBlockSectors != nil && device.trackingInterruptedAt != nil && device.trackingInterruptedEra == nil {
+            plan.append(.recordInterruptionEra(device))
         }
         for snapshot in observed.snapshots {
             let uuid = try Layout.uuid(deviceID: device.id, .snapshot(id: snapshot.id)).rawValue

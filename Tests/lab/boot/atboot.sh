@@ -1,7 +1,9 @@
 #!/bin/bash
 # protect --at-boot of a partition mounted from fstab: recorded as pending, stacked by the daemon
 # at the next boot before fstab mounts it (so the mount is the top device), then backed up:
-# a full export, and after a clean reboot an incremental, each equal to its snapshot (sha256).
+# a full export, and after a clean reboot an incremental, each equal to its snapshot (sha256):
+# the daemon's stop at the shutdown recorded the filesystem's stamp, and the boot found it
+# unchanged, so the change tracking continued.
 . /root/bootlab/lib.sh
 
 # One backup: a snapshot, an export (incremental when a base is given), the image against the
@@ -55,7 +57,9 @@ start=2048, size=256MiB, type=linux'
     ;;
 3)
     check "/srv is mounted from the top device after a clean reboot" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
-    snapstack devices -o name,state,tracking | sed 's/^/bootlab:   /'
+    snapstack devices -o name,state,tracking,interrupted_reason | sed 's/^/bootlab:   /'
+    check "the shutdown's stop of the daemon recorded srv's filesystem" sh -c 'journalctl -b -1 -u snapstack.service | grep -q "clean stop recorded.*srv"'
+    check "the change tracking continued over the clean reboot" sh -c 'snapstack devices -o name,tracking --noheadings | grep -q "^ *srv  *continuous"'
     backup b3 "$(cat /root/last-export)"
     done_now
     ;;
