@@ -109,7 +109,7 @@ let package = Package(
         // `snapstack daemon`: service lifecycle, udev monitor, policy, store watch.
         .target(
             name: "SnapstackDaemon",
-            dependencies: ["Snapstack", "Udev", "Policy", "DeviceMapper", "BlockIO",
+            dependencies: ["Snapstack", "Udev", "Policy", "DeviceMapper", "BlockIO", "Locking",
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]),

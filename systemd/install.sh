@@ -10,6 +10,9 @@ Usage: systemd/install.sh [--root DIR] [--prefix DIR] [--binary FILE] [--sbindir
 
 Places, under DIR (default /; a package's staging directory when packaging):
   PREFIX/lib/systemd/system/snapstack.service    Type=notify, before local-fs-pre.target
+  PREFIX/lib/systemd/system/snapstack-blkdeactivate.service
+                                                 at a shutdown, holds lvm2's blkdeactivate
+                                                 until the daemon has stopped
   PREFIX/lib/systemd/system/snapstack-backup@.service, snapstack-backup@.timer
                                                  scheduled backups of the device the instance names
   PREFIX/lib/udev/rules.d/61-snapstack.rules     hides protected disks and hidden layers
@@ -78,6 +81,8 @@ if [[ $state_dir != /var/lib/snapstack ]]; then
     sed -i "/^\[Service\]/a Environment=SNAPSTACK_STATE_DIR=$state_dir" "$staging/unit"
 fi
 put 0644 "$staging/unit" "$prefix/lib/systemd/system/snapstack.service"
+sed -e "s|/var/lib/snapstack/daemon.lock|$state_dir/daemon.lock|" "$here/snapstack-blkdeactivate.service" >"$staging/barrier"
+put 0644 "$staging/barrier" "$prefix/lib/systemd/system/snapstack-blkdeactivate.service"
 sed -e "s|^ExecStart=/usr/sbin/snapstack |ExecStart=$sbindir/snapstack |" "$here/snapstack-backup@.service" >"$staging/backup-unit"
 put 0644 "$staging/backup-unit" "$prefix/lib/systemd/system/snapstack-backup@.service"
 put 0644 "$here/snapstack-backup@.timer" "$prefix/lib/systemd/system/snapstack-backup@.timer"

@@ -1,6 +1,8 @@
 // `snapstack daemon`: boot-time reconcile, udev hotplug, the auto-protect policy, store watch,
 // sd_notify, on swift-service-lifecycle.
 import Foundation
+import Locking
+import SnapstackErrors
 import Logging
 import Policy
 import ServiceLifecycle
@@ -49,6 +51,8 @@ public enum Daemon {
     public static func run(_ options: DaemonOptions) async throws {
         // SIGHUP means "reload" from the first instant, before its handler is installed.
         signal(SIGHUP, SIG_IGN)
+        let lifetime = try lifetimeLock(options)
+        defer { withExtendedLifetime(lifetime) {} }
         let logger = DaemonLogging.makeLogger(level: options.logLevel)
         let notifier = SystemdNotifier()
         let worker = Worker()
@@ -100,6 +104,27 @@ public enum Daemon {
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger))
         try await group.run()
+    }
+
+    /// The lock file a daemon holds for as long as it runs, from before its boot-time pass to
+    /// after its clean stop is recorded: one daemon per state directory (a second one waits
+    /// for the first to stop, as a restart does, then says who holds it), and what
+    /// `snapstack-blkdeactivate.service` waits on at a shutdown (`flock --shared`), so that
+    /// lvm2's blkdeactivate removes no stack before the daemon has recorded its clean stop.
+    static let lifetimeLockName = "daemon.lock"
+
+    static func lifetimeLock(_ options: DaemonOptions) throws -> FileLock {
+        let directory = options.stateDirectory
+        do {
+            try FileManager.default.createDirectory(
+                atPath: directory.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw SnapstackError(.failed, "cannot create the state directory \(directory)", why: "\(error)",
+                                 remedy: "run as root, or name a writable directory with --state-dir")
+        }
+        return try FileLock(directory: directory, name: lifetimeLockName, mode: .exclusive, timeout: options.lockTimeout,
+                            owner: "another snapstack daemon", subject: "\(directory)",
+                            remedy: "stop that daemon first (systemctl stop snapstack.service), or give this one another --state-dir")
     }
 
     /// Checks the configuration file, as `snapstack daemon --check-config` does: what it says,

@@ -124,6 +124,8 @@ for file in /usr/share/man/man8/snapstack.8.gz /usr/share/man/man8/snapstack-pro
     /usr/share/fish/vendor_completions.d/snapstack.fish; do
     check "install.sh --binary installs $file" test -s "$work/root$file"
 done
+check "install.sh installs the blkdeactivate barrier, waiting on the daemon's lock" \
+    grep -q '^ExecStop=-/usr/bin/flock --shared --wait 130 /var/lib/snapstack/daemon.lock ' "$work/root/usr/lib/systemd/system/snapstack-blkdeactivate.service"
 installed_pages=$(ls "$work/root/usr/share/man/man8" | wc -l)
 check "install.sh installs one page per verb and snapstack.8 ($installed_pages)" test "$installed_pages" -eq $((${#verbs[@]} + 1))
 check "the installed snapstack-unprotect.8.gz renders without warnings" render "$work/root/usr/share/man/man8/snapstack-unprotect.8.gz" "snapstack unprotect"

@@ -59,6 +59,11 @@ start=2048, size=256MiB, type=linux'
     check "/srv is mounted from the top device after a clean reboot" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
     snapstack devices -o name,state,tracking,interrupted_reason | sed 's/^/bootlab:   /'
     check "the shutdown's stop of the daemon recorded srv's filesystem" sh -c 'journalctl -b -1 -u snapstack.service | grep -q "clean stop recorded.*srv"'
+    # lvm2's blkdeactivate removes dm devices at a shutdown; snapstack-blkdeactivate.service
+    # holds it until the daemon is gone. Both write to the journal: the daemon's record first.
+    journalctl -b -1 -o cat | grep -e "clean stop recorded" -e "Deactivating block devices" >/root/shutdown-order
+    check "blkdeactivate ran at the shutdown, and only after the daemon's clean stop" sh -c \
+        'grep -q "Deactivating block devices" /root/shutdown-order && head -n 1 /root/shutdown-order | grep -q "clean stop recorded"'
     check "the change tracking continued over the clean reboot" sh -c 'snapstack devices -o name,tracking --noheadings | grep -q "^ *srv  *continuous"'
     backup b3 "$(cat /root/last-export)"
     done_now

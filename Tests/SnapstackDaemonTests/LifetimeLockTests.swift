@@ -1,0 +1,48 @@
+import Foundation
+import SnapstackErrors
+import SystemPackage
+import Testing
+@testable import SnapstackDaemon
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The lock a daemon holds for its whole run: what a shutdown's blkdeactivate waits on, and
+/// what keeps a second daemon off the same state.
+@Suite struct LifetimeLockTests {
+    private let options = DaemonOptions(
+        stateDirectory: FilePath(FileManager.default.temporaryDirectory.appendingPathComponent("snapstack-lifetime-\(UUID().uuidString)/state").path),
+        configPath: "/nonexistent", lockTimeout: 0.2)
+
+    @Test("the first daemon creates its state directory (0700) and holds daemon.lock; a second waits, then names the holder; once the first is gone, the next takes it")
+    func oneDaemonPerState() throws {
+        var first: AnyObject? = try Daemon.lifetimeLock(options)
+        var status = stat()
+        #expect(stat(options.stateDirectory.string, &status) == 0)
+        #expect(status.st_mode & 0o777 == 0o700)
+
+        // flock(1) --shared --nonblock on the same file, as the barrier unit takes it: refused.
+        let path = options.stateDirectory.appending(Daemon.lifetimeLockName).string
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        #expect(flock(fd, LOCK_SH | LOCK_NB) != 0)
+
+        do {
+            _ = try Daemon.lifetimeLock(options)
+            Issue.record("a second daemon took the lock of a running one")
+        } catch let error as SnapstackError {
+            #expect(error.kind == .locked)
+            #expect(error.what.contains("another snapstack daemon"))
+            #expect(error.why?.contains("pid \(getpid())") == true)
+            #expect(error.remedy?.contains("systemctl stop snapstack.service") == true)
+        }
+
+        first = nil
+        #expect(first == nil)
+        #expect(flock(fd, LOCK_SH | LOCK_NB) == 0)
+        flock(fd, LOCK_UN)
+        _ = try Daemon.lifetimeLock(options)
+    }
+}
