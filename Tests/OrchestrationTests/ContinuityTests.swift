@@ -161,6 +161,25 @@ import Testing
         #expect(try lab.orchestrator().reconcile().isEmpty)
     }
 
+    @Test("a stack that outlives the clean stop (the daemon restarted, no reboot) drops its record: a later crash interrupts the tracking for want of a stop, and the snapshots stay valid")
+    func restartForgetsTheCleanStop() throws {
+        let lab = try Self.lab()
+        try ReconcilePlanTests.snapshot(lab, ["vol0"], as: "keep")
+        #expect(try lab.orchestrator().recordCleanStop() == ["vol0"])
+        // The daemon starts again over the stacks still there: its reconcile has nothing to repair.
+        #expect(try lab.orchestrator().reconcile().isEmpty)
+        #expect(try lab.orchestrator().device(named: "vol0").cleanStopStamp == nil)
+        #expect(try lab.orchestrator().reconcile(dryRun: true).isEmpty, "forgotten once")
+        // The filesystem is mounted through the top and written, then the machine crashes.
+        lab.kernel.writeHead("/dev/sda", Self.ext4Head(mounts: 4, kibibytesWritten: 4160, writeTime: 1_764_000_100))
+        lab.kernel.reboot()
+
+        let plan = try lab.orchestrator().reconcile()
+        #expect(plan.first?.action.contains("change tracking interrupted: no clean stop") == true, "\(plan)")
+        #expect(try lab.orchestrator().snapshotSummaries().map(\.state) == [.active], "those writes went through the copy-on-write")
+        #expect(try lab.orchestrator().deviceSummary(named: "vol0").tracking == .interrupted)
+    }
+
     @Test("a protected disk plugged in again without a clean stop has its tracking interrupted by the restack")
     func replugWithoutProofInterrupts() throws {
         let lab = try Self.lab()

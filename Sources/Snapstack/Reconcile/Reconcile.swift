@@ -97,6 +97,12 @@ extension Orchestrator {
             _ = try rebuild(device, path: path, number: number, continuity: continuity)
         case .recordInterruptionEra(let device):
             try recordInterruptionEra(device)
+        case .forgetCleanStop(let device):
+            // Afresh: an earlier step of this plan may have updated the record.
+            guard var current = try database.device(id: device.id) else { break }
+            current.cleanStopStamp = nil
+            current.cleanStopAt = nil
+            try database.update(current)
         case .buildPendingStack(let device, let path, let number):
             try buildPendingStack(device, sourcePath: path, source: number)
         case .readopt(let device, let table, let why):

@@ -75,6 +75,10 @@ enum ReconcileStep: Equatable {
     case finishGrowth(StoreGrowthRecord, of: SnapshotRecord, device: DeviceRecord)
     /// Puts the top's table right if it is not; not listed as a repair, since it is a check.
     case checkTopTable(DeviceRecord)
+    /// A clean stop's record on a device whose stack is still there (the daemon restarted, no
+    /// reboot): it spoke for the filesystem as the stop left it, and the top may be written from
+    /// now on, so it could only misjudge a later rebuild; the next stop records a new one.
+    case forgetCleanStop(DeviceRecord)
     case removeOrphan(device: String)
     case leaveOpenOrphan(device: String, openCount: Int)
     case detachOrphanLoop(path: String, file: String)
@@ -104,6 +108,7 @@ enum ReconcileStep: Equatable {
         case .resumeMerge: "resume-merge"
         case .finishGrowth: "finish-growth"
         case .checkTopTable: "check-top-table"
+        case .forgetCleanStop: "forget-clean-stop"
         case .removeOrphan: "remove-orphan"
         case .leaveOpenOrphan: "leave-open-orphan"
         case .detachOrphanLoop: "detach-orphan-loop"
@@ -114,7 +119,12 @@ enum ReconcileStep: Equatable {
     }
 
     /// Whether the step is reported: a check that finds nothing to do is not a repair.
-    var isReported: Bool { if case .checkTopTable = self { false } else { true } }
+    var isReported: Bool {
+        switch self {
+        case .checkTopTable, .forgetCleanStop: false
+        default: true
+        }
+    }
 
     var action: ReconcileAction {
         func label(_ s: SnapshotRecord, _ d: DeviceRecord) -> String { "\(d.name)-\(s.name)" }
@@ -148,6 +158,7 @@ enum ReconcileStep: Equatable {
         case .finishGrowth(let g, let s, let d):
             (label(s, d), "finish growing its store to \(Orchestrator.describe(Bytes(UInt64(g.toBytes))))")
         case .checkTopTable(let d): (d.name, "check the top table")
+        case .forgetCleanStop(let d): (d.name, "forget the clean stop's record: the stack outlived it")
         case .removeOrphan(let name): (name, "remove: not in the database")
         case .leaveOpenOrphan(let name, let count): (name, "left alone: not in the database, but open (\(count) opener(s))")
         case .detachOrphanLoop(let path, let file): (path, "detach: backs \(file), which nothing records")
@@ -274,6 +285,8 @@ enum ReconcileStep: Equatable {
             plan.append(.finishGrowth(growth, of: snapshot, device: device))
         }
         if stackPresent { plan.append(.checkTopTable(device)) }
+        // Last of the device's steps: it reads the record afresh and clears only the stop's fields.
+        if stackPresent && device.cleanStopStamp != nil { plan.append(.forgetCleanStop(device)) }
         return plan
     }
 }
