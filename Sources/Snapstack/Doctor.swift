@@ -37,6 +37,10 @@ public struct DoctorReport: Codable, Sendable {
     public var stateDirectory: String
     public var stateDirectoryWritable: Bool
     public var problems: [Problem]
+    /// The running kernel's release (`uname -r`).
+    public var kernelRelease: String
+    /// What works, but less well than it could: reported, the verdict unchanged.
+    public var warnings: [Problem]
 }
 
 /// The checks behind `snapstack doctor`.
@@ -106,9 +110,36 @@ public struct Doctor: Sendable {
                 remedy: "run as root, or name a writable directory with --state-dir or \(StateDirectory.environmentVariable)"))
         }
 
+        let release = Self.runningKernelRelease()
         return DoctorReport(
             verdict: verdict, driverVersion: driver, targets: targets, udevRunning: udevRunning,
-            stateDirectory: stateDirectory.string, stateDirectoryWritable: stateProblem == nil, problems: problems)
+            stateDirectory: stateDirectory.string, stateDirectoryWritable: stateProblem == nil, problems: problems,
+            kernelRelease: release, warnings: Self.kernelWarnings(release: release))
+    }
+
+    /// The first kernel whose dm-era keeps, after a crash, the writeset it had committed
+    /// (de89afc1e40f, "dm era: Recover committed writeset after crash"). Before it, the blocks
+    /// of the era under way when the machine went down are forgotten.
+    public static let eraRecoveryRelease = (major: 5, minor: 12)
+
+    /// Warnings about the kernel release `release` (`uname -r`: "6.1.0-28-amd64"). A release
+    /// that does not start with MAJOR.MINOR gets none: nothing is claimed about it.
+    public static func kernelWarnings(release: String) -> [DoctorReport.Problem] {
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).map { Int($0) }
+        guard numbers.count == 2, let major = numbers[0], let minor = numbers[1],
+              release.first?.isNumber == true else { return [] }
+        guard (major, minor) < (eraRecoveryRelease.major, eraRecoveryRelease.minor) else { return [] }
+        return [.init(
+            what: "kernel \(release) predates dm-era's recovery of its committed writeset after a crash (Linux \(eraRecoveryRelease.major).\(eraRecoveryRelease.minor), de89afc1e40f): "
+                + "an unclean shutdown forgets the blocks of the era under way",
+            remedy: "snapstack interrupts the change tracking after every unclean shutdown anyway (the next incremental needs --allow-full); "
+                + "a kernel of \(eraRecoveryRelease.major).\(eraRecoveryRelease.minor) or later is the one to run")]
+    }
+
+    private static func runningKernelRelease() -> String {
+        var names = utsname()
+        guard uname(&names) == 0 else { return "" }
+        return withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
     }
 
     /// The shortest true account of why the driver could not be reached.

@@ -69,11 +69,17 @@ enum CommandScenarios {
             var driverVersion: String?
             var targets: [Target]
             var udevRunning: Bool
+            var kernelRelease: String
+            var warnings: [Warning]
             struct Target: Decodable { var name: String; var version: String? }
+            struct Warning: Decodable { var what: String }
         }
         let report = try JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8))
         try expectEqual(report.verdict, "ready", "verdict")
         try expect(report.udevRunning, "udev reported not running")
+        let release = try lab.sh("uname", "-r").trimmingCharacters(in: .whitespacesAndNewlines)
+        try expectEqual(report.kernelRelease, release, "the kernel release against uname -r")
+        try expect(report.warnings.isEmpty, "warnings on \(release), which has dm-era's crash recovery: \(report.warnings.map(\.what))")
         let dmsetup = try lab.sh("dmsetup", "version")
         try expect(report.driverVersion.map { dmsetup.contains("Driver version:    \($0)") } ?? false,
                    "driver \(String(describing: report.driverVersion)) vs \(dmsetup)")
