@@ -7,7 +7,7 @@ import Foundation
 /// the device, `restic stats` for the repository's growth, `systemd-analyze verify`.
 enum BackupScenarios {
     static let all: [Scenario] = [
-        Scenario("backup: a full export streamed into restic comes back equal; \(resticIncrementals == 1 ? "an incremental" : "\(resticIncrementals) incrementals") of 1% into restic, each equal to its snapshot",
+        Scenario("backup: a full export streamed into restic comes back equal; \(resticIncrementals) incrementals of 1% into restic, each equal to its snapshot",
                  resticCycles).lasting(230).nightly(),
         Scenario("backup: the template unit's own ExecStart makes a full, then incrementals, then a full after protection was interrupted",
                  templateUnit).lasting(250),
