@@ -59,6 +59,8 @@ case $boot in
     rm -r /etc/systemd/system/snapstack.service.d
     systemctl daemon-reload
 
+    check "the unit's hardening leaves the daemon what it uses: no 'Failed to ...' in its journal" \
+        sh -c '! journalctl -b -u snapstack.service -o cat | grep -i "failed to"'
     run systemctl stop snapstack.service
     check "systemctl stop leaves no device suspended" sh -c '! dmsetup info | grep -B3 "^State: *SUSPENDED"'
     check "/data still takes writes after the daemon stopped" dd if=/dev/zero of=/data/third bs=1M count=1 conv=fsync status=none
