@@ -3,7 +3,10 @@
 # at the next boot before fstab mounts it (so the mount is the top device), then backed up:
 # a full export, and after a clean reboot an incremental, each equal to its snapshot (sha256):
 # the daemon's stop at the shutdown recorded the filesystem's stamp, and the boot found it
-# unchanged, so the change tracking continued.
+# unchanged, so the change tracking continued. Then the two ways it must not continue: an
+# unclean reboot (SysRq b while a writer runs) and the bare partition written while it had no
+# stack (as a rescue system would); after each the incremental is refused (exit 10) and
+# --allow-full gives an image equal to its snapshot.
 . /root/bootlab/lib.sh
 
 # One backup: a snapshot, an export (incremental when a base is given), the image against the
@@ -22,6 +25,25 @@ backup() {
     check "export $tag is recorded as $kind" sh -c "snapstack exports -o name,kind --noheadings | grep -q '^ *$id  *$kind'"
     run snapstack drop "srv-$tag"
     echo "$id" >/root/last-export
+}
+
+# After an interruption: the incremental since the last export is refused (exit 10, naming it),
+# and with --allow-full it reads every block, equal to its snapshot.
+refused_then_full() {
+    local tag=$1 snap
+    snap=$(snapstack snapshot srv --as "$tag" 2>&1) || { say "FAIL snapshot $tag: $snap"; done_now; }
+    check "the incremental of $tag across the interruption is refused (exit 10), naming it" sh -c "
+        snapstack export srv-$tag --to /root/srv.img --no-progress --since $(cat /root/last-export) 2>/root/refusal; status=\$?
+        cat /root/refusal; [ \$status = 10 ] && grep -q interrupted /root/refusal"
+    local id
+    if ! id=$(snapstack export "srv-$tag" --to /root/srv.img --no-progress --since "$(cat /root/last-export)" --allow-full 2>/root/export.err | tail -n 1); then
+        say "FAIL export of $tag with --allow-full: $(cat /root/export.err)"
+        done_now
+    fi
+    echo "$id" >/root/last-export
+    check "with --allow-full, export $tag equals its snapshot (sha256)" \
+        test "$(sha256sum </root/srv.img | cut -c1-64)" = "$(sha256sum <"$snap" | cut -c1-64)"
+    run snapstack drop "srv-$tag"
 }
 
 case $boot in
@@ -66,6 +88,47 @@ start=2048, size=256MiB, type=linux'
         'grep -q "Deactivating block devices" /root/shutdown-order && head -n 1 /root/shutdown-order | grep -q "clean stop recorded"'
     check "the change tracking continued over the clean reboot" sh -c 'snapstack devices -o name,tracking --noheadings | grep -q "^ *srv  *continuous"'
     backup b3 "$(cat /root/last-export)"
+    # A writer, then a reboot with nothing stopped, synced or unmounted.
+    (i=0; while :; do dd if=/dev/urandom of=/srv/writer.$((i % 8)) bs=64k count=16 conv=fsync status=none; i=$((i + 1)); done) &
+    sleep 3
+    # Straight to the console: the journal's copy of this line would die with the machine.
+    say reboot >/dev/console
+    echo b >/proc/sysrq-trigger
+    sleep 60
+    ;;
+4)
+    check "/srv is mounted from the top device after an unclean reboot" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
+    snapstack devices -o name,tracking,interrupted_reason | sed 's/^/bootlab:   /'
+    check "the unclean reboot interrupted the change tracking: no clean stop was recorded" \
+        sh -c 'snapstack devices -o name,tracking,interrupted_reason --noheadings | grep -q "^ *srv  *interrupted  *no clean stop"'
+    refused_then_full b4
+    # A snapshot to keep, and a clean stop with srv unused; then what a rescue system does: the
+    # stack removed, the bare partition mounted and written.
+    run snapstack snapshot srv --as keep
+    run umount /srv
+    run systemctl stop snapstack.service
+    check "the daemon's stop recorded srv's filesystem" sh -c 'journalctl -b -u snapstack.service | grep -q "clean stop recorded.*srv"'
+    for pass in 1 2 3; do
+        for name in $(dmsetup ls | awk '$1 ~ /^snapstack-/ { print $1 }'); do dmsetup remove "$name" 2>/dev/null || true; done
+    done
+    check "the stack is gone" sh -c '! dmsetup ls | grep snapstack-'
+    mkdir -p /mnt/bare
+    run mount /dev/vdb1 /mnt/bare
+    run dd if=/dev/urandom of=/mnt/bare/bypass bs=1M count=2 conv=fsync status=none
+    run umount /mnt/bare
+    reboot_now
+    ;;
+5)
+    check "/srv is mounted from the top device again" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
+    check "the write that bypassed the stack is there" test -s /srv/bypass
+    snapstack devices -o name,tracking,interrupted_reason | sed 's/^/bootlab:   /'
+    check "the bare partition's mount interrupted the change tracking, naming what changed" \
+        sh -c 'snapstack devices -o name,tracking,interrupted_reason --noheadings | grep -q "^ *srv  *interrupted  *the filesystem on /dev/vdb1 changed while it had no stack: mount count"'
+    # Invalid, then dropped by the daemon's store watch (an invalid snapshot only holds space).
+    check "the snapshot that missed those writes was made invalid, and is no longer offered" sh -c '
+        journalctl -b -u snapstack.service | grep -q "snapshot srv-keep is invalid: the filesystem on /dev/vdb1 changed" &&
+        ! snapstack snapshots -o name,state --noheadings | grep -q "^ *srv-keep  *active"'
+    refused_then_full b5
     done_now
     ;;
 esac
