@@ -43,13 +43,7 @@ public final class Orchestrator {
         dm = kernel.deviceMapper
         host = kernel.host
         volumes = kernel.volumes
-        do {
-            try FileManager.default.createDirectory(
-                atPath: stateDirectory.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw SnapstackError(.failed, "cannot create the state directory \(stateDirectory)", why: "\(error)",
-                                 remedy: "run as root, or name a writable directory with --state-dir")
-        }
+        try StateDirectory.make(stateDirectory)
         lock = try FileLock(directory: stateDirectory, mode: mode, timeout: lockTimeout)
         do {
             database = try StateDatabase(directory: stateDirectory.string)

@@ -1,3 +1,5 @@
+import Foundation
+import SnapstackErrors
 import SystemPackage
 
 #if canImport(Glibc)
@@ -16,6 +18,17 @@ public enum StateDirectory {
             return FilePath(value)
         }
         return defaultPath
+    }
+
+    /// Creates `path` (0700, with its parents) unless it exists.
+    public static func make(_ path: FilePath) throws {
+        do {
+            try FileManager.default.createDirectory(
+                atPath: path.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw SnapstackError(.failed, "cannot create the state directory \(path)", why: "\(error)",
+                                 remedy: "run as root, or name a writable directory with --state-dir")
+        }
     }
 
     /// Whether snapstack could keep its state in `path`, changing nothing: an existing directory

@@ -2,10 +2,10 @@
 // sd_notify, on swift-service-lifecycle.
 import Foundation
 import Locking
-import SnapstackErrors
 import Logging
 import Policy
 import ServiceLifecycle
+import Snapstack
 import SystemPackage
 
 #if canImport(Glibc)
@@ -115,13 +115,7 @@ public enum Daemon {
 
     static func lifetimeLock(_ options: DaemonOptions) throws -> FileLock {
         let directory = options.stateDirectory
-        do {
-            try FileManager.default.createDirectory(
-                atPath: directory.string, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw SnapstackError(.failed, "cannot create the state directory \(directory)", why: "\(error)",
-                                 remedy: "run as root, or name a writable directory with --state-dir")
-        }
+        try StateDirectory.make(directory)
         return try FileLock(directory: directory, name: lifetimeLockName, mode: .exclusive, timeout: options.lockTimeout,
                             owner: "another snapstack daemon", subject: "\(directory)",
                             remedy: "stop that daemon first (systemctl stop snapstack.service), or give this one another --state-dir")
