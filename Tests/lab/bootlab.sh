@@ -187,7 +187,7 @@ for scenario in "${scenarios[@]}"; do
     boots=0
     while [[ -z $outcome ]]; do
         boots=$((boots + 1))
-        if ((boots > 8)); then outcome="FAIL (more than 8 boots without an end)"; break; fi
+        if ((boots > 12)); then outcome="FAIL (more than 12 boots without an end)"; break; fi
         kernel_of "$dir/root.img" "$dir"
         echo "bootlab: $scenario: boot $boots"
         set +e

@@ -4,7 +4,7 @@
 # a full export, and after a clean reboot an incremental, each equal to its snapshot (sha256):
 # the daemon's stop at the shutdown recorded the filesystem's stamp, and the boot found it
 # unchanged, so the change tracking continued. Then the two ways it must not continue: an
-# unclean reboot (SysRq b while a writer runs) and the bare partition written while it had no
+# unclean reboot (SysRq b while a writer runs; 5 in a row) and the bare partition written while it had no
 # stack (as a rescue system would); after each the incremental is refused (exit 10) and
 # --allow-full gives an image equal to its snapshot.
 . /root/bootlab/lib.sh
@@ -45,6 +45,22 @@ refused_then_full() {
         test "$(sha256sum </root/srv.img | cut -c1-64)" = "$(sha256sum <"$snap" | cut -c1-64)"
     run snapstack drop "srv-$tag"
 }
+
+# A writer, then a reboot with nothing stopped, synced or unmounted.
+crash_now() {
+    (i=0; while :; do dd if=/dev/urandom of=/srv/writer.$((i % 8)) bs=64k count=16 conv=fsync status=none; i=$((i + 1)); done) &
+    sleep 3
+    # Straight to the console: the journal's copy of this line would die with the machine.
+    say reboot >/dev/console
+    echo b >/proc/sysrq-trigger
+    sleep 60
+    say "FAIL SysRq b did not reboot the machine within 60 s"
+    done_now
+}
+
+# Unclean reboots in a row, each checked: either the tracking continues exactly, or it is
+# interrupted and refused; never an incremental that differs from its snapshot.
+unclean_rounds=5
 
 case $boot in
 1)
@@ -88,20 +104,17 @@ start=2048, size=256MiB, type=linux'
         'grep -q "Deactivating block devices" /root/shutdown-order && head -n 1 /root/shutdown-order | grep -q "clean stop recorded"'
     check "the change tracking continued over the clean reboot" sh -c 'snapstack devices -o name,tracking --noheadings | grep -q "^ *srv  *continuous"'
     backup b3 "$(cat /root/last-export)"
-    # A writer, then a reboot with nothing stopped, synced or unmounted.
-    (i=0; while :; do dd if=/dev/urandom of=/srv/writer.$((i % 8)) bs=64k count=16 conv=fsync status=none; i=$((i + 1)); done) &
-    sleep 3
-    # Straight to the console: the journal's copy of this line would die with the machine.
-    say reboot >/dev/console
-    echo b >/proc/sysrq-trigger
-    sleep 60
+    crash_now
     ;;
-4)
-    check "/srv is mounted from the top device after an unclean reboot" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
+4 | 5 | 6 | 7 | 8)
+    round=$((boot - 3))
+    check "/srv is mounted from the top device after unclean reboot $round" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
+    check "the files written before the first reboot are intact" sha256sum -c --quiet /root/first.sum
     snapstack devices -o name,tracking,interrupted_reason | sed 's/^/bootlab:   /'
-    check "the unclean reboot interrupted the change tracking: no clean stop was recorded" \
+    check "unclean reboot $round interrupted the change tracking: no clean stop was recorded" \
         sh -c 'snapstack devices -o name,tracking,interrupted_reason --noheadings | grep -q "^ *srv  *interrupted  *no clean stop"'
-    refused_then_full b4
+    refused_then_full "b$boot"
+    ((round == unclean_rounds)) || crash_now
     # A snapshot to keep, and a clean stop with srv unused; then what a rescue system does: the
     # stack removed, the bare partition mounted and written.
     run snapstack snapshot srv --as keep
@@ -118,7 +131,7 @@ start=2048, size=256MiB, type=linux'
     run umount /mnt/bare
     reboot_now
     ;;
-5)
+9)
     check "/srv is mounted from the top device again" test "$(findmnt -no SOURCE /srv)" = /dev/mapper/snapstack-srv
     check "the write that bypassed the stack is there" test -s /srv/bypass
     snapstack devices -o name,tracking,interrupted_reason | sed 's/^/bootlab:   /'
@@ -128,7 +141,7 @@ start=2048, size=256MiB, type=linux'
     check "the snapshot that missed those writes was made invalid, and is no longer offered" sh -c '
         journalctl -b -u snapstack.service | grep -q "snapshot srv-keep is invalid: the filesystem on /dev/vdb1 changed" &&
         ! snapstack snapshots -o name,state --noheadings | grep -q "^ *srv-keep  *active"'
-    refused_then_full b5
+    refused_then_full b9
     done_now
     ;;
 esac
