@@ -174,10 +174,29 @@ public final class StateDatabase: Sendable {
             return StateDatabaseError.corrupt(path: path, reason: reason)
         case .SQLITE_CANTOPEN, .SQLITE_IOERR, .SQLITE_FULL, .SQLITE_PERM,
             .SQLITE_READONLY, .SQLITE_NOLFS:
+            // A full file system reaches SQLite as whichever of its writes came first: growing
+            // the shared-memory index is "disk I/O error (4874)", not "database or disk is
+            // full". What the file system says settles it.
+            if error.resultCode != .SQLITE_PERM && error.resultCode != .SQLITE_READONLY,
+               let free = freeBytes(near: path), free < lowSpace {
+                reason += "; No space left on device: the file system holding it has \(free) bytes free"
+            }
             return StateDatabaseError.io(path: path, reason: reason)
         default:
             return error
         }
+    }
+
+    /// Below this, a write of SQLite's (a page, its journal, its shared-memory index) may not fit.
+    private static let lowSpace: UInt64 = 1 << 20
+
+    /// The bytes root may still write on the file system that holds `path` (or its directory).
+    private static func freeBytes(near path: String) -> UInt64? {
+        var info = statvfs()
+        let directory = (path as NSString).deletingLastPathComponent
+        guard statvfs(path, &info) == 0 || statvfs(directory, &info) == 0 else { return nil }
+        let (bytes, overflow) = UInt64(info.f_bfree).multipliedReportingOverflow(by: UInt64(info.f_frsize))
+        return overflow ? .max : bytes
     }
 
     /// Runs `body` and reports a UNIQUE violation as a clash of `name`, the

@@ -10,6 +10,8 @@ enum FaultScenarios {
     static let all: [Scenario] = [
         Scenario("faults: the image directory full (ENOSPC) or failing writes (dm-flakey EIO) mid-export and mid-apply: a clear error, the image incomplete, the origin intact, nothing suspended",
                  imageDirectoryFaults).lasting(100),
+        Scenario("faults: the state directory full (ENOSPC) during protect, snapshot and drop: a clear error, nothing half-made (dmsetup, losetup), the origin intact, nothing suspended; each works once there is room",
+                 stateDirectoryFull).lasting(120),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
@@ -101,5 +103,93 @@ enum FaultScenarios {
         try cli.ok("verify", good)
         try expectEqual(String(try lab.sh("sha256sum", good).prefix(64)), try lab.sha256(snapshot, length: size), "the image of a re-run")
         try cli.ok("unprotect", "vol", "--force")
+    }
+
+    /// The state directory on a small file system that an admin's file fills to the last block.
+    /// protect, snapshot and drop each meet ENOSPC (their era metadata, their store, the
+    /// database's journal): each must say so and leave the kernel as it was; with room again, each works.
+    static func stateDirectoryFull(_ lab: Lab) throws {
+        let size = Bytes.mebibytes(32)
+        let disk = try lab.loopDevice("disk", size: size, random: true)
+        let origin = try lab.sha256(disk.path, length: size)
+        let small = try lab.loopDevice("statefs", size: .mebibytes(24))
+        let mount = try mountExt4(lab, small.path, at: "statefs")
+        defer { _ = try? lab.run(["umount", mount], allowFailure: true) }
+        let cli = CLI(lab, state: mount + "/state")
+        let filler = mount + "/filler"
+
+        /// Fills the file system to its last block (root may use the reserved ones too), then
+        /// gives back `leaving` KiB: room for the database's journal, none for a store or era
+        /// metadata.
+        func fill(leaving: Int = 0) throws {
+            _ = try lab.run(["dd", "if=/dev/zero", "of=\(filler)", "bs=64k", "oflag=append", "conv=notrunc,fsync", "status=none"], allowFailure: true)
+            let free = try lab.sh("df", "--output=avail", "-B1", mount).split(separator: "\n").last.map { $0.trimmingCharacters(in: .whitespaces) }
+            try expectEqual(free, "0", "free bytes after filling \(mount)")
+            if leaving > 0 { try lab.sh("truncate", "-s", "-\(leaving)K", filler) }
+        }
+        func room() throws { try lab.sh("rm", "-f", filler) }
+        /// What the kernel holds of snapstack's: dm devices and loop devices on the state.
+        func kernelState() throws -> String {
+            let devices = try lab.sh("dmsetup", "table").split(separator: "\n").filter { $0.contains("snapstack") }.sorted()
+            let loops = try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n").filter { $0.contains(mount) }.sorted()
+            return (devices + loops).joined(separator: "\n")
+        }
+        func refused(_ arguments: [String], _ what: String) throws {
+            let before = try kernelState()
+            let result = try cli.run(arguments)
+            try expect(result.status != 0, "\(what) succeeded on a full state directory")
+            try expect(result.stderr.contains("No space left on device") || result.stderr.contains("disk is full"),
+                       "\(what) on a full state directory does not name the cause: \(result.stderr)")
+            try expect(!result.stderr.contains("Fatal error") && !result.stderr.contains("Swift runtime failure"), "\(what) trapped: \(result.stderr)")
+            try expectEqual(try kernelState(), before, "dm and loop devices after \(what) failed")
+            try noneSuspended(lab, "after \(what) failed")
+            try expectEqual(try lab.sha256(disk.path, length: size), origin, "the origin after \(what) failed")
+        }
+
+        // protect: its era metadata file, or the database, meets a full file system.
+        try cli.ok("devices")
+        try fill()
+        try refused(["protect", disk.path, "--name", "vol"], "protect")
+        try room()
+        try fill(leaving: 256)
+        try refused(["protect", disk.path, "--name", "vol"], "protect with room for the database only")
+        try room()
+        try expectEqual(try cli.ok("reconcile"), "nothing to repair\n", "reconcile after the refused protect")
+        let top = try cli.protect(disk.path, "vol")
+
+        // snapshot: its store in the state directory cannot be allocated.
+        try fill()
+        try refused(["snapshot", "vol", "--as", "s1", "--size", "4M"], "snapshot")
+        try room()
+        try fill(leaving: 256)
+        try refused(["snapshot", "vol", "--as", "s1", "--size", "4M"], "snapshot with room for the database only")
+        try room()
+        try expectEqual(try cli.ok("reconcile"), "nothing to repair\n", "reconcile after the refused snapshot")
+        try expect(try cli.rows("snapshots").isEmpty, "a refused snapshot is listed")
+
+        // drop: the database's journal has no room for the change.
+        let snapshot = try cli.ok("snapshot", "vol", "--as", "s1", "--size", "4M").trimmingCharacters(in: .whitespacesAndNewlines)
+        let frozen = try lab.sha256(snapshot, length: size)
+        try fill()
+        let dropped = try cli.run(["drop", "vol-s1"])
+        try noneSuspended(lab, "after drop on a full state directory")
+        try room()
+        if dropped.status == 0 {
+            // SQLite found room in pages it had: then the drop is whole.
+            try expect(!FileManager.default.fileExists(atPath: snapshot), "drop succeeded but \(snapshot) is still there")
+        } else {
+            try expect(dropped.stderr.contains("No space left on device") || dropped.stderr.contains("disk is full"),
+                       "drop on a full state directory does not name the cause: \(dropped.stderr)")
+            _ = try cli.ok("reconcile")
+            try expectEqual(try cli.ok("reconcile"), "nothing to repair\n", "a second reconcile after the failed drop")
+            if FileManager.default.fileExists(atPath: snapshot) {
+                try expectEqual(try lab.sha256(snapshot, length: size), frozen, "the snapshot a failed drop left")
+                try cli.ok("drop", "vol-s1")
+            }
+        }
+        try expect(try cli.rows("snapshots").isEmpty, "vol-s1 is still listed after its drop")
+        try expectEqual(try lab.sha256(top, length: size), origin, "the origin through its top after the faults")
+        try cli.ok("unprotect", "vol")
+        try expectEqual(try lab.sha256(disk.path, length: size), origin, "the origin after unprotect")
     }
 }
