@@ -16,7 +16,10 @@ struct DaemonCommand: ParsableCommand {
             of the policy matches it; the stack of a disk that goes away is torn down. The \
             state lock is taken per operation, so every other command works beside it. When \
             it stops it records, for each protected disk whose top device is unused, the \
-            filesystem stamp that the next rebuild checks.
+            filesystem stamp that the next rebuild checks. One daemon runs per state \
+            directory: it holds daemon.lock there for its whole run (at a shutdown, \
+            snapstack-blkdeactivate.service holds lvm2's blkdeactivate until it is released); \
+            a second one waits --lock-timeout, then exits 1 naming the first.
 
             The policy is /etc/snapstack/snapstack.conf (YAML; systemd/snapstack.conf.example \
             explains it). SIGHUP re-reads it; a file with errors is reported with its line, \
