@@ -14,6 +14,8 @@ enum DaemonScenarios {
         Scenario("daemon: a hot-added disk a rule matches is protected, by-uuid points at the top; hot-remove tears it down", hotplug),
         Scenario("daemon: at start the stacks and snapshots that a reboot removed come back, change tracking continuing after its clean stop", bootRestore).lasting(220),
         Scenario("daemon: a broken configuration is reported with its line, and the last good policy stays", brokenConfiguration),
+        Scenario("daemon: one runs per state directory (a second names the first's pid); over a damaged database it reports the cause, keeps running and leaves the stacks as the kernel has them",
+                 damagedDatabase).lasting(80),
         Scenario("daemon: SIGTERM during activity leaves no suspended device", sigtermDuringActivity).lasting(Tier.length(ci: 160, nightly: 280)),
         Scenario("daemon: memory stays flat over 1000 hotplug-like events", memoryOverEvents).lasting(115).nightly(),
     ]
@@ -281,6 +283,53 @@ enum DaemonScenarios {
             }
             return result
         }
+    }
+
+    /// What the kernel holds of snapstack's: every dm table of its devices.
+    static func snapstackTables(_ lab: Lab) throws -> String {
+        try lab.sh("dmsetup", "table").split(separator: "\n").filter { $0.hasPrefix("snapstack-") }.sorted().joined(separator: "\n")
+    }
+
+    static func damagedDatabase(_ lab: Lab) throws {
+        let cli = OrchestratorScenarios.CLI(lab)
+        let size = Bytes.mebibytes(16)
+        let disk = try lab.loopDevice("disk", size: size, random: true)
+        let top = try cli.protect(disk.path, "vol")
+        let config = try writeConfig(lab, "rules:\n")
+
+        let daemon = try Daemon(lab, state: cli.state, config: config)
+        try daemon.waitReady()
+        let second = try lab.run([CommandScenarios.snapstack, "daemon", "--config", config, "--state-dir", cli.state, "--lock-timeout", "1"],
+                                 allowFailure: true)
+        try expectEqual(second.status, 1, "a second daemon on the same state (stderr: \(second.stderr))")
+        try expect(second.stderr.contains("another snapstack daemon") && second.stderr.contains("pid \(daemon.pid)"),
+                   "the second daemon does not name the first (pid \(daemon.pid)): \(second.stderr)")
+        try expectEqual(try daemon.terminate(), 0, "the first daemon's exit status")
+
+        // The database's header zeroed: SQLite no longer sees a database in the file.
+        let database = cli.state + "/snapstack.db"
+        try lab.sh("cp", database, database + ".good")
+        let tables = try snapstackTables(lab)
+        let content = try lab.sha256(top, length: size)
+        try lab.sh("dd", "if=/dev/zero", "of=\(database)", "bs=100", "count=1", "conv=notrunc", "status=none")
+        let report = try cli.run(["devices"])
+        try expectEqual(report.status, 8, "devices over a damaged database (stderr: \(report.stderr))")
+        try expect(report.stderr.contains(database) && report.stderr.contains("not a database"), "devices over a damaged database: \(report.stderr)")
+
+        let damaged = try Daemon(lab, state: cli.state, config: config, label: "damaged")
+        // READY after the boot pass has given up (1 + 2 + 4 + 8 s of retries), naming the cause.
+        try damaged.waitReady(timeout: 120)
+        try damaged.waitForLog("reconcile at start failed", "giving up", "not a database")
+        try expect(damaged.process.isRunning, "the daemon exited over a damaged database; log:\n\(damaged.logText)")
+        try expectEqual(try snapstackTables(lab), tables, "snapstack's dm tables with the daemon over a damaged database")
+        try expectEqual(try lab.sha256(top, length: size), content, "the top's content")
+        try expectEqual(try damaged.terminate(), 0, "the exit status of the daemon over a damaged database")
+        try damaged.waitForLog("could not record the clean stop", timeout: 5)
+        try expectEqual(try snapstackTables(lab), tables, "snapstack's dm tables after that daemon stopped")
+
+        try lab.sh("mv", database + ".good", database)
+        try cli.ok("unprotect", "vol")
+        try expectEqual(try lab.sha256(disk.path, length: size), content, "the disk after unprotect")
     }
 
     static func writeConfig(_ lab: Lab, _ text: String, name: String = "snapstack.conf") throws -> String {
