@@ -174,7 +174,7 @@ let package = Package(
         // driven by libFuzzer when built with -sanitize=fuzzer -DFUZZING (Tests/fuzz/run.sh).
         .executableTarget(
             name: "SnapstackFuzz",
-            dependencies: ["BlockIO", "ChangeTracking", "CopyEngine", "DeviceMapper", "Images", "Policy",
+            dependencies: ["BlockIO", "ChangeTracking", "CopyEngine", "DeviceMapper", "Images", "Policy", "Snapstack",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/fuzz",
             exclude: ["run.sh", "corpus"]),

@@ -9,6 +9,7 @@ import DeviceMapper
 import Foundation
 import Images
 import Policy
+import Snapstack
 import SystemPackage
 
 #if canImport(Glibc)
@@ -32,6 +33,9 @@ enum Harness: String, CaseIterable {
     case template
     /// A size, as the command line and the policy take them.
     case size
+    /// A disk's first bytes as a filesystem stamp (what a rebuild reads before it stacks), and
+    /// a stamp's line as the database keeps it: a stamp read must read back from its line.
+    case stamp
 
     func run(_ input: [UInt8]) {
         switch self {
@@ -71,6 +75,16 @@ enum Harness: String, CaseIterable {
             }
         case .size:
             _ = try? Bytes(parsing: String(decoding: input, as: UTF8.self))
+        case .stamp:
+            let line = FilesystemStamp(parsing: String(decoding: input, as: UTF8.self))
+            if case .success(let stamp) = FilesystemStamp.read(input) {
+                // The record's only reader is this parser: a stamp it cannot read back would
+                // interrupt the tracking at every boot.
+                guard FilesystemStamp(parsing: stamp.description) == stamp else {
+                    fatalError("the stamp \(stamp) does not read back from its own line")
+                }
+                _ = stamp.changes(to: line ?? stamp)
+            }
         }
     }
 

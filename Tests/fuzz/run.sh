@@ -11,7 +11,7 @@ usage() {
     cat <<'USAGE'
 Usage: Tests/fuzz/run.sh [--seconds N] [--runs N] [TARGET...]
 
-Targets: delta manifest era table status policy template size (default: all).
+Targets: delta manifest era table status policy template size stamp (default: all).
 --seconds N   time per target (default 20)
 --runs N      stop each target after N executions instead (a long run: --runs 10000000)
 USAGE
@@ -29,7 +29,7 @@ while (($#)); do
         *) targets+=("$1"); shift ;;
     esac
 done
-((${#targets[@]})) || targets=(delta manifest era table status policy template size)
+((${#targets[@]})) || targets=(delta manifest era table status policy template size stamp)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PATH=/opt/swift/usr/bin:$PATH

@@ -117,7 +117,7 @@ bash Tests/lab/manuals-check.sh .build/debug/snapstack
 
 step "fuzz corpora"
 # Every committed fuzz input through its parser, in the build under test: none may trap.
-for target in delta manifest era table status policy template size; do
+for target in delta manifest era table status policy template size stamp; do
     .build/debug/snapstack-fuzz "$target" "Tests/fuzz/corpus/$target"
 done
 
