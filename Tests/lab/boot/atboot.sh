@@ -3,9 +3,9 @@
 # at the next boot before fstab mounts it (so the mount is the top device), then backed up:
 # a full export, and after a clean reboot an incremental, each equal to its snapshot (sha256):
 # the daemon's stop at the shutdown recorded the filesystem's stamp, and the boot found it
-# unchanged, so the change tracking continued. Then the two ways it must not continue: an
-# unclean reboot (SysRq b while a writer runs; 5 in a row) and the bare partition written while it had no
-# stack (as a rescue system would); after each the incremental is refused (exit 10) and
+# unchanged, so the change tracking continued. Then the two ways it must not continue: unclean
+# reboots (SysRq b while a writer runs; 5 in a row) and the bare partition written while it had
+# no stack (as a rescue system would); after each the incremental is refused (exit 10) and
 # --allow-full gives an image equal to its snapshot.
 . /root/bootlab/lib.sh
 
@@ -58,8 +58,8 @@ crash_now() {
     done_now
 }
 
-# Unclean reboots in a row, each checked: either the tracking continues exactly, or it is
-# interrupted and refused; never an incremental that differs from its snapshot.
+# Unclean reboots in a row, each checked: no clean stop was recorded, so the tracking must be
+# interrupted and the incremental refused; never one that differs from its snapshot.
 unclean_rounds=5
 
 case $boot in
