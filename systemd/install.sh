@@ -17,6 +17,10 @@ Places, under DIR (default /; a package's staging directory when packaging):
                                                  scheduled backups of the device the instance names
   PREFIX/lib/udev/rules.d/61-snapstack.rules     hides protected disks and hidden layers
   PREFIX/lib/modules-load.d/snapstack.conf       dm-mod dm-era dm-snapshot loop
+  PREFIX/lib/systemd/system-shutdown/snapstack  records a clean shutdown of / for the next boot
+  /usr/share/initramfs-tools/hooks/snapstack, scripts/local-top/snapstack
+                                                 stack / from the initramfs when it is protected
+                                                 (protect --at-boot runs update-initramfs)
   PREFIX/share/doc/snapstack/snapstack.conf.example, backup.conf.example
   /etc/snapstack/snapstack.conf                  the example, only if there is none yet
   SBINDIR/snapstack                              with --binary FILE (e.g. .build/release/snapstack)
@@ -91,6 +95,13 @@ sed -e "s|/var/lib/snapstack/members/|$state_dir/members/|g" "$source_dir/udev-r
 put 0644 "$staging/rules" "$prefix/lib/udev/rules.d/61-snapstack.rules"
 
 put 0644 "$here/modules-load.conf" "$prefix/lib/modules-load.d/snapstack.conf"
+sed -e "s|^exec /usr/sbin/snapstack |exec $sbindir/snapstack |" "$here/snapstack.shutdown" >"$staging/shutdown-hook"
+put 0755 "$staging/shutdown-hook" "$prefix/lib/systemd/system-shutdown/snapstack"
+# initramfs-tools reads its hooks and scripts from /usr/share, whatever the prefix.
+sed -e "s|^SNAPSTACK=/usr/sbin/snapstack$|SNAPSTACK=$sbindir/snapstack|" -e "s|^STATE_DIR=/var/lib/snapstack$|STATE_DIR=$state_dir|" \
+    "$here/initramfs-tools/hook" >"$staging/initramfs-hook"
+put 0755 "$staging/initramfs-hook" /usr/share/initramfs-tools/hooks/snapstack
+put 0755 "$here/initramfs-tools/local-top" /usr/share/initramfs-tools/scripts/local-top/snapstack
 put 0644 "$here/snapstack.conf.example" "$prefix/share/doc/snapstack/snapstack.conf.example"
 put 0644 "$here/backup.conf.example" "$prefix/share/doc/snapstack/backup.conf.example"
 if [[ -e $(dest /etc/snapstack/snapstack.conf) ]]; then
@@ -99,7 +110,13 @@ else
     put 0644 "$here/snapstack.conf.example" /etc/snapstack/snapstack.conf
 fi
 if [[ -n $binary ]]; then
-    put 0755 "$binary" "$sbindir/snapstack"
+    # Stripped, as a package ships it: the initramfs carries it too when / is protected.
+    if command -v strip >/dev/null; then
+        strip -o "$staging/snapstack" "$binary"
+        put 0755 "$staging/snapstack" "$sbindir/snapstack"
+    else
+        put 0755 "$binary" "$sbindir/snapstack"
+    fi
 
     # Manual pages and completions say what this binary's own help says, so they are made
     # from it here rather than kept in the tree; gzip'd as Debian ships manual pages.

@@ -82,4 +82,28 @@ public enum DeviceHead {
         case .failure(let errno): throw BlockIOError(path, "read", errno)
         }
     }
+
+    /// Writes `bytes` (at most 4 KiB) over the 4 KiB of the device at `path` from `offset` (a
+    /// multiple of 4 KiB), the rest zeroed, with O_DIRECT and O_SYNC: on the disk when this
+    /// returns.
+    public static func overwrite(_ path: String, at offset: UInt64 = 0, with bytes: [UInt8]) throws {
+        guard bytes.count <= 4096, offset % 4096 == 0, offset <= UInt64(Int64.max) - 4096 else {
+            throw BlockIOError(path, "write", .invalidArgument)
+        }
+        let descriptor: FileDescriptor
+        switch openDescriptor(path, O_WRONLY | O_SYNC | snapstack_O_DIRECT) {
+        case .success(let opened): descriptor = opened
+        case .failure(let errno): throw BlockIOError(path, "open", errno)
+        }
+        defer { _ = closeDescriptor(descriptor) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        buffer.copyBytes(from: bytes)
+        switch retryingInterrupts({ pwrite(descriptor.rawValue, buffer.baseAddress, 4096, off_t(offset)) }) {
+        case .success(4096): return
+        case .success: throw BlockIOError(path, "write", .ioError)
+        case .failure(let errno): throw BlockIOError(path, "write", errno)
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import BlockIO
+import DeviceMapper
 import Foundation
 import Snapstack
 import SystemPackage
@@ -35,7 +36,7 @@ extension SimulatedKernel: HostDevices {
     }
 
     public func usage(of path: FilePath) throws -> DeviceUsage {
-        state.withLock { $0.disks[path.string]?.usage ?? DeviceUsage() }
+        state.withLock { $0.disks[path.string]?.usage ?? $0.pathUsage[path.string] ?? DeviceUsage() }
     }
 
     public func identity(of number: DeviceNumber, size: Bytes) -> DeviceIdentity? {
@@ -48,6 +49,15 @@ extension SimulatedKernel: HostDevices {
 
     public func trigger(_ number: DeviceNumber) {}
 
+    public func overwrite(_ number: DeviceNumber, at offset: Bytes, with bytes: [UInt8]) throws {
+        guard offset == .zero else { throw BlockIOError(path: FilePath("/dev/block/\(number)"), reason: .system(operation: "write", .invalidArgument)) }
+        state.withLock { state in
+            for (path, disk) in state.disks where disk.number == number { state.disks[path]?.head = bytes + [UInt8](repeating: 0, count: 4096 - bytes.count) }
+        }
+    }
+
+    public func updateInitramfs() throws { state.withLock { $0.initramfsUpdates += 1 } }
+
     /// A directory of the test's own: an lvm.conf written there is the host's LVM configuration.
     public var lvmSystemDirectory: String { runtimeDirectory + "/lvm" }
     public var lvmLockDirectory: String { runtimeDirectory + "/lock/lvm" }
@@ -59,10 +69,25 @@ extension SimulatedKernel: HostDevices {
     }
 
     public func firstBytes(of number: DeviceNumber, count: Int) -> [UInt8]? {
-        // Through a stack, the disk at its bottom: every layer maps sector 0 to the disk's.
-        let under = underlyingDevices(of: number)
-        return state.withLock { state in
-            state.disks.values.first { under.contains($0.number) }.map { disk in
+        // Through a stack, the disk at its bottom along the data path (an era layer's origin,
+        // not its metadata): every layer maps sector 0 to the disk's.
+        state.withLock { state in
+            var current = number
+            while let device = state.devices.values.first(where: { $0.number == current }), let line = device.live?.lines.first {
+                let next: DeviceReference
+                switch line.target {
+                case .linear(let linear): next = linear.device
+                case .era(let era): next = era.origin
+                case .snapshotOrigin(let origin): next = origin.origin
+                case .snapshot(let snapshot): next = snapshot.origin
+                case .snapshotMerge(let merge): next = merge.origin
+                case .striped(let striped): next = striped.stripes[0].device
+                default: return nil
+                }
+                guard case .number(let below) = next else { return nil }
+                current = below
+            }
+            return state.disks.values.first { $0.number == current }.map { disk in
                 Array((disk.head + [UInt8](repeating: 0, count: max(0, count - disk.head.count))).prefix(count))
             }
         }

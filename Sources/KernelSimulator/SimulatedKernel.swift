@@ -85,6 +85,10 @@ public final class SimulatedKernel: Sendable {
         public var fileSystem: FileSystemType?
         /// Files made or grown with their blocks reserved (`preallocate`).
         public var preallocatedFiles: Set<String> = []
+        /// What uses a device known by a path that is not a disk (a dm device's node).
+        public var pathUsage: [String: DeviceUsage] = [:]
+        /// How many times the initramfs was made again.
+        public var initramfsUpdates = 0
         /// Every change made, in order (`create snapstack-a`, `suspend snapstack-a`, ...).
         public var log: [String] = []
     }
@@ -131,6 +135,9 @@ public final class SimulatedKernel: Sendable {
     }
 
     public func setDiskUsage(_ path: String, _ usage: DeviceUsage) { state.withLock { $0.disks[path]?.usage = usage } }
+
+    /// What uses the device at `path` when it is not a disk: a mount of a dm device, say.
+    public func setUsage(ofPath path: String, _ usage: DeviceUsage) { state.withLock { $0.pathUsage[path] = usage } }
 
     /// The disk at `path` becomes an LVM physical volume, with udev links `links`.
     public func makePhysicalVolume(_ path: String, links: [String] = []) {

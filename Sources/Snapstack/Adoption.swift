@@ -176,6 +176,17 @@ extension Orchestrator {
         record.state = .protected
         try database.update(record)
         event("protect", name, "adopted \(Adoption.displayName(live.rawValue, uuid: info.uuid)) (\(facts.number)) online")
+        // / on a volume: LVM activates it with its plain table at every boot, so the initramfs
+        // adopts it again before mounting it, when it can read the era metadata.
+        if cbtBlock != nil, (try? host.usage(of: FilePath(devicePath)).mountPoints.contains("/")) == true {
+            if metadataGroup == nil {
+                notice("warning: / is on \(live.devicePath): with its change-tracking metadata in a file, the initramfs cannot adopt it at boot, so every reboot interrupts its change tracking; protect it with --cbt-metadata VG instead")
+            } else {
+                do { try prepareBootStack(record) } catch {
+                    notice("warning: \(error); until the initramfs adopts \(live.devicePath) at boot, every reboot interrupts its change tracking: run `update-initramfs -u -k all`")
+                }
+            }
+        }
         return try summary(of: record)
     }
 

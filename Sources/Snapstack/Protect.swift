@@ -211,9 +211,10 @@ extension Orchestrator {
     /// systems are mounted (`buildPendingStack`).
     private func protectAtBoot(devicePath: String, name: String, facts: BlockDeviceFacts, identity: DeviceIdentity, inUse why: String,
                                cbtBlock: Sectors?, metadataGroup: String?) throws -> DeviceSummary {
-        if try host.usage(of: FilePath(devicePath)).mountPoints.contains("/") {
-            throw SnapstackError(.refused, "cannot protect \(devicePath) --at-boot", why: "it holds the root file system, which the initramfs mounts before snapstack's daemon starts",
-                                 remedy: "if / is on an LVM volume, protect that volume: it is adopted online")
+        let root = try host.usage(of: FilePath(devicePath)).mountPoints.contains("/")
+        if root, cbtBlock != nil, metadataGroup == nil {
+            throw SnapstackError(.refused, "cannot protect \(devicePath) --at-boot", why: "it holds /, which the initramfs mounts: its change-tracking metadata must be readable before / is, and a file in the state directory is not",
+                                 remedy: "give --cbt-metadata VG, a volume group on another disk, for a small volume of its own")
         }
         guard !identity.isAnonymous else {
             throw SnapstackError(.refused, "cannot protect \(devicePath) --at-boot", why: "it has no serial, WWN, PARTUUID or filesystem UUID to be recognised by at the next boot")
@@ -222,9 +223,42 @@ extension Orchestrator {
                                metadataGroup: metadataGroup)
         record.state = .pending
         try database.insert(record)
-        event("protect", name, "pending: cannot stack \(devicePath) (\(facts.number)) now (\(why)); its stack is built at the next boot")
+        if root {
+            // The initramfs builds the first stack: the metadata must exist before, zeroed so
+            // that dm-era formats it then. The hook reads the record from the database, so the
+            // state lock is let go while update-initramfs runs it.
+            do {
+                if let (group, volume) = record.eraMetadataVolume, let blockSectors = record.cbtBlockSectors {
+                    let blocks = UInt64(record.sizeBytes) / Sectors.size / UInt64(blockSectors) + 1
+                    try failing("cannot create the change-tracking metadata volume \(group)/\(volume)") {
+                        try volumes.createVolume(group: group, name: volume, size: Self.metadataSize(blocks: blocks), tag: Self.volumeTag)
+                    }
+                }
+                try prepareBootStack(record)
+            } catch {
+                let id = record.id
+                throw rollingBack(error, [("remove the change-tracking metadata volume", { if let path = record.eraMetadataPath { try self.run([TeardownStep.detachMetadata(path: path, delete: true)]) } }),
+                                          ("remove the shutdown record's volume", { if let (group, name) = record.stopVolume { try self.volumes.removeVolume(group: group, name: name) } }),
+                                          ("forget the device", { try self.database.deleteDevice(id: id) })])
+            }
+        }
+        event("protect", name, "pending: cannot stack \(devicePath) (\(facts.number)) now (\(why)); its stack is built at the next boot"
+              + (root ? " by the initramfs" : ""))
         notice("cannot stack \(devicePath) now (\(why)): its stack is built at the next boot, before anything mounts it; until then no change is tracked")
         return try summary(of: record)
+    }
+
+    /// For a device that holds /: the volume where a clean shutdown records its filesystem for
+    /// the next boot (zeroed: no record yet), and the initramfs made again, with the record the
+    /// hook reads from the database (so the state lock is let go meanwhile).
+    func prepareBootStack(_ record: DeviceRecord) throws {
+        if let (group, volume) = record.stopVolume {
+            try failing("cannot create the shutdown record's volume \(group)/\(volume)") {
+                try volumes.createVolume(group: group, name: volume, size: .mebibytes(1), tag: Self.volumeTag)
+            }
+        }
+        notice("making the initramfs, which stacks / at boot (update-initramfs)...")
+        try withStateLockReleased { try host.updateInitramfs() }
     }
 
     /// The first stack of a device protected `--at-boot`, over its disk found at `source`, with
@@ -284,12 +318,19 @@ extension Orchestrator {
             }
             for snapshot in snapshots { try drop(snapshot, of: device) }
         }
+        // The initramfs of a pending root must forget it too, or it would stack it at boot.
+        let initramfsKnowsIt = holdsRoot(device)
         device.state = .unprotecting
         try database.update(device)
         try reached(.unprotectRecorded)
         try run(try Teardown.unprotect(device))
         refreshLVMFilter()
         event("unprotect", name, "stack removed from \(device.sourcePath)")
+        if initramfsKnowsIt {
+            do { try withStateLockReleased { try host.updateInitramfs() } } catch {
+                notice("warning: \(error); the initramfs still stacks \(device.sourcePath) at boot: run `update-initramfs -u -k all`")
+            }
+        }
     }
 
     // MARK: Loop devices of our files

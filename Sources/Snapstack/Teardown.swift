@@ -20,6 +20,8 @@ enum TeardownStep: Equatable, Sendable, CustomStringConvertible {
     case removeSnapshotArtifacts(SnapshotRecord, of: DeviceRecord)
     /// The era metadata's loop device, and its file unless kept for a rebuild.
     case detachMetadata(path: String, delete: Bool)
+    /// One of snapstack's logical volumes removed, if it exists (a root's shutdown record).
+    case removeVolume(group: String, name: String)
     /// The udev markers that hide the disk as a member; the disk is re-triggered.
     case withdrawMember(DeviceRecord)
     case forgetDevice(DeviceRecord)
@@ -35,6 +37,7 @@ enum TeardownStep: Equatable, Sendable, CustomStringConvertible {
         case .restoreTopTable(let device, _): "restore-top-table \(device.name)"
         case .removeSnapshotArtifacts(let snapshot, let device): "remove-snapshot-artifacts \(device.name)-\(snapshot.name)"
         case .detachMetadata(let path, let delete): "detach-metadata \(path)\(delete ? " delete" : "")"
+        case .removeVolume(let group, let name): "remove-volume \(group)/\(name)"
         case .withdrawMember(let device): "withdraw-member \(device.name)"
         case .forgetDevice(let device): "forget-device \(device.name)"
         case .restoreLive(let device): "restore-live \(device.name)"
@@ -87,6 +90,7 @@ enum Teardown {
         ]
         if device.isAdopted { steps.append(.removeDevice(try Layout.cloneName(device.name), failure: failure)) }
         if let path = device.eraMetadataPath { steps.append(.detachMetadata(path: path, delete: deleteMetadata)) }
+        if deleteMetadata, let (group, name) = device.stopVolume { steps.append(.removeVolume(group: group, name: name)) }
         if !device.isAdopted { steps.append(.withdrawMember(device)) }
         return steps
     }
@@ -117,6 +121,8 @@ extension Orchestrator {
                     try detach(FilePath(path))
                     if delete { try? FileManager.default.removeItem(atPath: path) }
                 }
+            case .removeVolume(let group, let name):
+                try volumes.removeVolume(group: group, name: name)
             case .withdrawMember(let device):
                 withdrawMember(device)
             case .forgetDevice(let device):

@@ -36,12 +36,17 @@ struct ProtectCommand: ParsableCommand {
             while in use. With --at-boot it is recorded as pending (`devices` shows it so) and \
             its stack is built at the next boot by the daemon, before the local file systems \
             are mounted: an fstab entry by UUID= or LABEL= then mounts the top device. The \
-            root file system, which the initramfs mounts, is refused.
+            partition or disk that holds / is stacked by the initramfs instead, before it \
+            mounts /: its change-tracking metadata must then be on a volume group of another \
+            disk (--cbt-metadata VG), and protect remakes the initramfs (update-initramfs; \
+            snapstack's hook puts the device's record in it). At every boot the initramfs \
+            builds the stack and mounts / from the top device; the daemon takes it over.
 
             Examples:
               snapstack protect /dev/sdb1 --name data && mount /dev/mapper/snapstack-data /srv
               snapstack protect vg0/home --name home     (mounted: adopted online)
               snapstack protect /dev/sdc1 --name srv --at-boot   (mounted from fstab: at the next boot)
+              snapstack protect /dev/sda2 --name root --at-boot --cbt-metadata vg1   (/: from the initramfs)
             """)
 
     @Argument(help: "The block device to protect, e.g. /dev/sdb1, or an LVM volume (/dev/vg/lv or vg/lv).", completion: .file())

@@ -24,6 +24,6 @@ struct SnapstackCommand: ParsableCommand {
             ExtendCommand.self, EventsCommand.self,
             ExportCommand.self, BackupCommand.self, ApplyCommand.self, VerifyCommand.self, RestoreCommand.self, ChangesCommand.self,
             DevicesCommand.self, SnapshotsCommand.self, ExportsCommand.self, StatusCommand.self, MetricsCommand.self, ReconcileCommand.self,
-            DoctorCommand.self, FailpointsCommand.self, DaemonCommand.self, LVMExecCommand.self,
+            DoctorCommand.self, FailpointsCommand.self, DaemonCommand.self, InitramfsCommand.self, LVMExecCommand.self,
         ])
 }

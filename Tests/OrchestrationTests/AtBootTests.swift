@@ -67,19 +67,6 @@ import Testing
         #expect(try lab.orchestrator().reconcile().isEmpty)
     }
 
-    @Test("--at-boot of the disk holding / is refused: the initramfs mounts it before the daemon starts")
-    func rootRefused() throws {
-        let lab = try SimulatedLab()
-        lab.kernel.setDiskUsage(SimulatedLab.disks[0], DeviceUsage(mountPoints: ["/"], exclusivelyHeld: true))
-        let before = try lab.picture()
-        let error = try #require(throws: SnapstackError.self) {
-            try lab.orchestrator().protect(devicePath: SimulatedLab.disks[0], name: "vol0", options: atBoot())
-        }
-        #expect(error.kind == .refused)
-        #expect(error.why?.contains("root file system") == true)
-        #expect(try lab.picture() == before)
-    }
-
     @Test("--at-boot of a disk not in use protects it at once")
     func freeDiskNow() throws {
         let lab = try SimulatedLab()

@@ -1,5 +1,6 @@
 import BlockIO
 import Foundation
+import SnapstackErrors
 import SystemPackage
 import Udev
 
@@ -55,6 +56,28 @@ public struct LinuxHost: HostDevices {
         // Past the page cache: the stamp read at a stop, through the top device, and the one
         // read at the next build, from the disk, must both be what the disk holds.
         try? DeviceHead.read("/dev/block/\(number)", count: count)
+    }
+
+    public func overwrite(_ number: DeviceNumber, at offset: Bytes, with bytes: [UInt8]) throws {
+        try DeviceHead.overwrite("/dev/block/\(number)", at: offset.rawValue, with: bytes)
+    }
+
+    public func updateInitramfs() throws {
+        let tool = "/usr/sbin/update-initramfs"
+        guard FileManager.default.isExecutableFile(atPath: tool) else {
+            throw SnapstackError(.refused, "cannot make the initramfs", why: "\(tool) is not installed: snapstack stacks / from an initramfs-tools initramfs",
+                                 remedy: "install initramfs-tools")
+        }
+        let hook = "/usr/share/initramfs-tools/hooks/snapstack"
+        guard FileManager.default.isExecutableFile(atPath: hook) else {
+            throw SnapstackError(.refused, "cannot make an initramfs that stacks /", why: "snapstack's hook \(hook) is not installed",
+                                 remedy: "install snapstack's system integration (systemd/install.sh)")
+        }
+        let result = try ChildProcess.run(tool, ["-u", "-k", "all"])
+        guard result.status == 0 else {
+            let said = result.stderr.split(separator: "\n").suffix(3).joined(separator: "; ")
+            throw SnapstackError(.failed, "update-initramfs -u -k all failed (exit \(result.status))", why: said.isEmpty ? "it said nothing" : said)
+        }
     }
 
     public func loops(backing file: String) throws -> [LoopDevice] { try Loop.find(backingFile: file) }

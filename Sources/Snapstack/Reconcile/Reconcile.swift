@@ -60,7 +60,8 @@ extension Orchestrator {
                 topOpenCount: info?.openCount, topMergeStatus: mergeStatus,
                 tracking: try trackingCheck(record),
                 sourceInUse: record.state == .pending ? try source.flatMap { try inUse($0.path, $0.number) } : nil,
-                diskStamp: diskStamp))
+                diskStamp: diskStamp,
+                earlyMarker: earlyMarker(of: record)))
         }
         let prefix = stateDirectory.string + "/"
         let loops = ((try? host.allLoops()) ?? []).filter { $0.backingFile?.hasPrefix(prefix) == true }
@@ -103,6 +104,8 @@ extension Orchestrator {
             current.cleanStopStamp = nil
             current.cleanStopAt = nil
             try database.update(current)
+        case .takeOverEarlyStack(let device, let number, let continuity):
+            try takeOverEarlyStack(device, source: number, continuity: continuity)
         case .buildPendingStack(let device, let path, let number):
             try buildPendingStack(device, sourcePath: path, source: number)
         case .readopt(let device, let table, let why):

@@ -32,6 +32,8 @@ struct ReconcileObservation {
         /// For a wrapped disk without its stack: what its filesystem shows now (nil: its first
         /// bytes could not be read), against the clean stop's record.
         var diskStamp: Result<FilesystemStamp, FilesystemStamp.Unstampable>?
+        /// What the initramfs left when it built this device's stack at this boot (`/`).
+        var earlyMarker: EarlyStackMarker?
     }
 
     /// dm devices carrying snapstack's UUID prefix.
@@ -60,6 +62,8 @@ enum ReconcileStep: Equatable {
     /// A device protected `--at-boot` whose disk is present and unused: its first stack, with
     /// new era metadata.
     case buildPendingStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
+    /// A stack the initramfs built at this boot, taken over with the verdict on its tracking.
+    case takeOverEarlyStack(DeviceRecord, source: DeviceNumber, continuity: TrackingContinuity)
     /// A device protected `--at-boot` whose disk is still in use: left for the next boot.
     case waitForBoot(DeviceRecord, why: String)
     /// An adopted device whose live device bypasses its stack (a foreign reload, a reboot):
@@ -97,6 +101,7 @@ enum ReconcileStep: Equatable {
         case .rebuildStack: "rebuild-stack"
         case .recordInterruptionEra: "record-interruption-era"
         case .buildPendingStack: "build-pending-stack"
+        case .takeOverEarlyStack: "take-over-early-stack"
         case .waitForBoot: "wait-for-boot"
         case .readopt: "readopt"
         case .undoSnapshot: "undo-snapshot"
@@ -144,6 +149,10 @@ enum ReconcileStep: Equatable {
             (d.name, "record the era from which its interrupted change tracking is complete")
         case .buildPendingStack(let d, let path, let number):
             (d.name, "build the stack protect --at-boot asked for over \(path) (\(number)), with new change tracking")
+        case .takeOverEarlyStack(let d, _, let continuity):
+            (d.name, "take over the stack the initramfs built over \(d.sourcePath)"
+                + (d.state == .pending ? ", with new change tracking" : continuity.interruption.map { "; change tracking interrupted: \($0)" }
+                    ?? ", keeping its change tracking: its filesystem is as the last shutdown left it"))
         case .waitForBoot(let d, let why):
             (d.name, "wait for the next boot: protected --at-boot, but \(why)")
         case .readopt(let d, _, let why):
@@ -191,6 +200,7 @@ enum ReconcileStep: Equatable {
             expected.insert(try Layout.uuid(deviceID: record.id, .real).rawValue)
             if record.isAdopted { expected.insert(try Layout.uuid(deviceID: record.id, .clone).rawValue) }
             if let path = record.eraMetadataPath { expectedFiles.insert(path) }
+            if let (group, name) = record.stopVolume { expectedFiles.insert("\(group)/\(name)") }
             for snapshot in device.snapshots {
                 expected.insert(try Layout.uuid(deviceID: record.id, .snapshot(id: snapshot.id)).rawValue)
                 if snapshot.storeKind == .file || snapshot.storeKind == .volume { expectedFiles.insert(snapshot.storePath) }
@@ -225,6 +235,10 @@ enum ReconcileStep: Equatable {
         return plan
     }
 
+    static func hasWholeStack(_ device: DeviceRecord, _ ours: [Orchestrator.OwnDevice]) -> Bool {
+        ours.contains { $0.deviceID == device.id && $0.layer == .real } && ours.contains { $0.deviceID == device.id && $0.layer == .top }
+    }
+
     /// The steps for one recorded device and its snapshots.
     static func steps(for observed: ReconcileObservation.Device, ours: [Orchestrator.OwnDevice]) throws -> [ReconcileStep] {
         let device = observed.record
@@ -234,6 +248,9 @@ enum ReconcileStep: Equatable {
         case .protected: break
         case .pending:
             guard let source = observed.source else { return [.waitForDisk(device)] }
+            if observed.earlyMarker != nil, hasWholeStack(device, ours) {
+                return [.takeOverEarlyStack(device, source: source.number, continuity: .kept)]
+            }
             if let why = observed.sourceInUse { return [.waitForBoot(device, why: why)] }
             return [.buildPendingStack(device, sourcePath: source.path, source: source.number)]
         }
@@ -247,10 +264,17 @@ enum ReconcileStep: Equatable {
                 stackPresent = false
             } else {
                 stackPresent = true
+                if let marker = observed.earlyMarker, observed.tracking == .inPlace {
+                    plan.append(.takeOverEarlyStack(device, source: source.number,
+                                                    continuity: Orchestrator.earlyContinuity(device, marker: marker)))
+                }
             }
         } else {
-            stackPresent = ours.contains { $0.deviceID == device.id && $0.layer == .real }
-                && ours.contains { $0.deviceID == device.id && $0.layer == .top }
+            stackPresent = hasWholeStack(device, ours)
+            if let marker = observed.earlyMarker, stackPresent {
+                plan.append(.takeOverEarlyStack(device, source: source.number,
+                                                continuity: Orchestrator.earlyContinuity(device, marker: marker)))
+            }
             if !stackPresent {
                 let continuity = TrackingContinuity.judge(device, disk: source.path, now: observed.diskStamp)
                 plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number, continuity: continuity))
@@ -265,6 +289,8 @@ enum ReconcileStep: Equatable {
             case .creating: plan.append(.undoSnapshot(snapshot, of: device))
             case .dropping: plan.append(.finishDrop(snapshot, of: device))
             case .invalid: break
+            // The takeover gives them up: the initramfs's top did not copy on write for them.
+            case .active where observed.earlyMarker != nil && stackPresent: break
             case .active:
                 // Without a stack, the rebuild re-activates the snapshots before the top opens.
                 if stackPresent && !ours.contains(where: { $0.info.uuid == uuid }) {
