@@ -44,6 +44,12 @@ bash systemd/make-manuals.sh --binary "$binary" --out "$work/man"
 mapfile -t verbs < <("$binary" --help | awk '/^SUBCOMMANDS:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^[^ ]/ { on = 0 }' |
     grep -vx help)
 if ((${#verbs[@]} >= 15)); then pass "snapstack --help lists ${#verbs[@]} verbs"; else fail "snapstack --help lists only ${#verbs[@]} verbs: ${verbs[*]}"; fi
+# A verb with verbs of its own (initramfs plan|stack|stop) has a page for each, named
+# snapstack-VERB-SUBVERB.
+subverbs() { "$binary" "$1" --help | awk '/^SUBCOMMANDS:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^[^ ]/ { on = 0 }' | grep -vx help || true; }
+for verb in "${verbs[@]}"; do
+    for sub in $(subverbs "$verb"); do verbs+=("$verb-$sub"); done
+done
 
 # The witness must see warnings where there are some, or its silence proves nothing.
 printf '.Dd December 2, 2026\n.Dt BAD 8\n.Os\n.Sh NAME\n.Nm bad\n.Nd a page with faults\n.Sh DESCRIPTION\nText.\n\n.Bogus macro\n.Bl -tag\n.It x\n' >"$work/bad.8"
@@ -62,14 +68,14 @@ check "snapstack.8 renders without warnings" render "$work/man/snapstack.8" snap
 for verb in "${verbs[@]}"; do
     page=$work/man/snapstack-$verb.8
     if [[ -f $page ]]; then
-        check "snapstack-$verb.8 renders without warnings" render "$page" "snapstack $verb"
+        check "snapstack-$verb.8 renders without warnings" render "$page" "snapstack ${verb//-/ }"
     else
         fail "no page snapstack-$verb.8 for verb $verb"
     fi
 done
 pages=$(cd "$work/man" && ls)
 expected=$(printf '%s\n' snapstack.8 "${verbs[@]/#/snapstack-}" | sed '2,$ s/$/.8/' | sort)
-if [[ $(sort <<<"$pages") == "$expected" ]]; then pass "pages are exactly snapstack.8 and one per verb"; else fail "pages differ from the verbs: $(diff <(sort <<<"$pages") <(echo "$expected") | tr '\n' ' ')"; fi
+if [[ $(sort <<<"$pages") == "$expected" ]]; then pass "pages are exactly snapstack.8 and one per verb and subverb"; else fail "pages differ from the verbs: $(diff <(sort <<<"$pages") <(echo "$expected") | tr '\n' ' ')"; fi
 check "snapstack.8's SEE ALSO names snapstack-protect(8)" grep -qx '\.Xr snapstack-protect 8 ,' "$work/man/snapstack.8"
 
 # --- completion scripts -------------------------------------------------------------------
@@ -124,6 +130,11 @@ for file in /usr/share/man/man8/snapstack.8.gz /usr/share/man/man8/snapstack-pro
     /usr/share/fish/vendor_completions.d/snapstack.fish; do
     check "install.sh --binary installs $file" test -s "$work/root$file"
 done
+for file in /usr/share/initramfs-tools/hooks/snapstack /usr/share/initramfs-tools/scripts/local-top/snapstack \
+    /usr/lib/systemd/system-shutdown/snapstack; do
+    check "install.sh installs $file, executable, and sh -n accepts it" sh -c 'test -x "$1" && sh -n "$1"' - "$work/root$file"
+done
+check "the initramfs hook reads the state directory the unit uses" grep -qx 'STATE_DIR=/var/lib/snapstack' "$work/root/usr/share/initramfs-tools/hooks/snapstack"
 check "install.sh installs the blkdeactivate barrier, waiting on the daemon's lock" \
     grep -q '^ExecStop=-/usr/bin/flock --shared --wait 130 /var/lib/snapstack/daemon.lock ' "$work/root/usr/lib/systemd/system/snapstack-blkdeactivate.service"
 installed_pages=$(ls "$work/root/usr/share/man/man8" | wc -l)
