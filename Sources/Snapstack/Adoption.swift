@@ -227,10 +227,8 @@ extension Orchestrator {
             record.sourceMajor = Int(number.major)
             record.sourceMinor = Int(number.minor)
         }
-        record.trackingInterruptedAt = Date()
-        record.trackingInterruptedReason = why
         // No era until the new stack has one: meanwhile every incremental is refused.
-        record.trackingInterruptedEra = nil
+        record.interruptTracking(why)
         try database.update(record)
         // The layers first, then the interruption's era recorded, and only then the volume
         // switched over: a crash before the switch leaves it bypassing the stack, which the

@@ -10,6 +10,22 @@ internal import StateDatabase
 /// the disk's filesystem shows the stamp (`FilesystemStamp`) that the daemon recorded when it
 /// last stopped with the stack whole and the top unused. Otherwise the tracking is interrupted,
 /// with the reason, and the next incremental is refused.
+extension DeviceRecord {
+    /// The clean stop's record used up, and the tracking interrupted as `continuity` says:
+    /// with no era yet, so that every incremental is refused until the new stack records one.
+    mutating func consumeCleanStop(_ continuity: TrackingContinuity) {
+        cleanStopStamp = nil
+        cleanStopAt = nil
+        if let why = continuity.interruption { interruptTracking(why) }
+    }
+
+    mutating func interruptTracking(_ why: String) {
+        trackingInterruptedAt = Date()
+        trackingInterruptedReason = why
+        trackingInterruptedEra = nil
+    }
+}
+
 enum TrackingContinuity: Equatable {
     case kept
     /// Nothing proves the disk was left alone (no clean stop recorded, its first blocks
@@ -88,13 +104,7 @@ extension Orchestrator {
         updated.sourcePath = path
         updated.sourceMajor = Int(number.major)
         updated.sourceMinor = Int(number.minor)
-        updated.cleanStopStamp = nil
-        updated.cleanStopAt = nil
-        if let why = continuity.interruption {
-            updated.trackingInterruptedAt = Date()
-            updated.trackingInterruptedReason = why
-            updated.trackingInterruptedEra = nil
-        }
+        updated.consumeCleanStop(continuity)
         if updated != device { try database.update(updated) }
         // Before the build, which re-activates only the valid ones.
         if case .bypassed(let why) = continuity { try invalidateSnapshots(of: updated, why: why) }

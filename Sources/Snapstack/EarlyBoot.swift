@@ -193,13 +193,7 @@ extension Orchestrator {
         var record = device
         let first = record.state == .pending
         record.state = .protected
-        record.cleanStopStamp = nil
-        record.cleanStopAt = nil
-        if let why = continuity.interruption {
-            record.trackingInterruptedAt = Date()
-            record.trackingInterruptedReason = why
-            record.trackingInterruptedEra = nil
-        }
+        record.consumeCleanStop(continuity)
         if record != device { try database.update(record) }
         try invalidateSnapshots(of: record, why: "the initramfs mounted \(record.sourcePath) before they could come back")
         if let why = continuity.interruption {
