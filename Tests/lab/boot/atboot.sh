@@ -9,54 +9,7 @@
 # --allow-full gives an image equal to its snapshot.
 . /root/bootlab/lib.sh
 
-# One backup: a snapshot, an export (incremental when a base is given), the image against the
-# snapshot, the snapshot dropped; prints the export's id.
-backup() {
-    local tag=$1 base=${2:-} snap id
-    snap=$(snapstack snapshot srv --as "$tag" 2>&1) || { say "FAIL snapshot $tag: $snap"; done_now; }
-    if ! id=$(snapstack export "srv-$tag" --to /root/srv.img --no-progress ${base:+--since "$base"} 2>/root/export.err | tail -n 1); then
-        say "FAIL export of $tag ${base:+since $base}: $(cat /root/export.err)"
-        done_now
-    fi
-    local kind=full
-    [ -z "$base" ] || kind=incremental
-    check "export $tag ($kind${base:+ since $base}) equals its snapshot (sha256)" \
-        test "$(sha256sum </root/srv.img | cut -c1-64)" = "$(sha256sum <"$snap" | cut -c1-64)"
-    check "export $tag is recorded as $kind" sh -c "snapstack exports -o name,kind --noheadings | grep -q '^ *$id  *$kind'"
-    run snapstack drop "srv-$tag"
-    echo "$id" >/root/last-export
-}
-
-# After an interruption: the incremental since the last export is refused (exit 10, naming it),
-# and with --allow-full it reads every block, equal to its snapshot.
-refused_then_full() {
-    local tag=$1 snap
-    snap=$(snapstack snapshot srv --as "$tag" 2>&1) || { say "FAIL snapshot $tag: $snap"; done_now; }
-    check "the incremental of $tag across the interruption is refused (exit 10), naming it" sh -c "
-        snapstack export srv-$tag --to /root/srv.img --no-progress --since $(cat /root/last-export) 2>/root/refusal; status=\$?
-        cat /root/refusal; [ \$status = 10 ] && grep -q interrupted /root/refusal"
-    local id
-    if ! id=$(snapstack export "srv-$tag" --to /root/srv.img --no-progress --since "$(cat /root/last-export)" --allow-full 2>/root/export.err | tail -n 1); then
-        say "FAIL export of $tag with --allow-full: $(cat /root/export.err)"
-        done_now
-    fi
-    echo "$id" >/root/last-export
-    check "with --allow-full, export $tag equals its snapshot (sha256)" \
-        test "$(sha256sum </root/srv.img | cut -c1-64)" = "$(sha256sum <"$snap" | cut -c1-64)"
-    run snapstack drop "srv-$tag"
-}
-
-# A writer, then a reboot with nothing stopped, synced or unmounted.
-crash_now() {
-    (i=0; while :; do dd if=/dev/urandom of=/srv/writer.$((i % 8)) bs=64k count=16 conv=fsync status=none; i=$((i + 1)); done) &
-    sleep 3
-    # Straight to the console: the journal's copy of this line would die with the machine.
-    say reboot >/dev/console
-    echo b >/proc/sysrq-trigger
-    sleep 60
-    say "FAIL SysRq b did not reboot the machine within 60 s"
-    done_now
-}
+image=/root/srv.img
 
 # Unclean reboots in a row, each checked: no clean stop was recorded, so the tracking must be
 # interrupted and the incremental refused; never one that differs from its snapshot.
@@ -89,7 +42,7 @@ start=2048, size=256MiB, type=linux'
     check "devices shows srv protected" sh -c 'snapstack devices -o name,state --noheadings | grep -q "^ *srv  *protected"'
     check "the files written before are intact" sha256sum -c --quiet /root/first.sum
     snapstack devices -o name,source,state,tracking | sed 's/^/bootlab:   /'
-    backup b2
+    backup srv b2
     run dd if=/dev/urandom of=/srv/second bs=1M count=4 conv=fsync status=none
     reboot_now
     ;;
@@ -103,8 +56,8 @@ start=2048, size=256MiB, type=linux'
     check "blkdeactivate ran at the shutdown, and only after the daemon's clean stop" sh -c \
         'grep -q "Deactivating block devices" /root/shutdown-order && head -n 1 /root/shutdown-order | grep -q "clean stop recorded"'
     check "the change tracking continued over the clean reboot" sh -c 'snapstack devices -o name,tracking --noheadings | grep -q "^ *srv  *continuous"'
-    backup b3 "$(cat /root/last-export)"
-    crash_now
+    backup srv b3 "$(cat /root/last-export)"
+    crash_now /srv
     ;;
 4 | 5 | 6 | 7 | 8)
     round=$((boot - 3))
@@ -113,8 +66,8 @@ start=2048, size=256MiB, type=linux'
     snapstack devices -o name,tracking,interrupted_reason | sed 's/^/bootlab:   /'
     check "unclean reboot $round interrupted the change tracking: no clean stop was recorded" \
         sh -c 'snapstack devices -o name,tracking,interrupted_reason --noheadings | grep -q "^ *srv  *interrupted  *no clean stop"'
-    refused_then_full "b$boot"
-    ((round == unclean_rounds)) || crash_now
+    refused_then_full srv "b$boot"
+    ((round == unclean_rounds)) || crash_now /srv
     # A snapshot to keep, and a clean stop with srv unused; then what a rescue system does: the
     # stack removed, the bare partition mounted and written.
     run snapstack snapshot srv --as keep
@@ -141,7 +94,7 @@ start=2048, size=256MiB, type=linux'
     check "the snapshot that missed those writes was made invalid, and is no longer offered" sh -c '
         journalctl -b -u snapstack.service | grep -q "snapshot srv-keep is invalid: the filesystem on /dev/vdb1 changed" &&
         ! snapstack snapshots -o name,state --noheadings | grep -q "^ *srv-keep  *active"'
-    refused_then_full b9
+    refused_then_full srv b9
     done_now
     ;;
 esac
