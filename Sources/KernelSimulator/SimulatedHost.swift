@@ -56,7 +56,12 @@ extension SimulatedKernel: HostDevices {
         }
     }
 
-    public func updateInitramfs() throws { state.withLock { $0.initramfsUpdates += 1 } }
+    public func updateInitramfs() throws {
+        try state.withLock { state in
+            guard !state.failInitramfs else { throw SimulatedFault(operation: "update-initramfs: E: mkinitramfs failure") }
+            state.initramfsUpdates += 1
+        }
+    }
 
     /// A directory of the test's own: an lvm.conf written there is the host's LVM configuration.
     public var lvmSystemDirectory: String { runtimeDirectory + "/lvm" }

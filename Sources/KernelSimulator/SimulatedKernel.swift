@@ -89,6 +89,8 @@ public final class SimulatedKernel: Sendable {
         public var pathUsage: [String: DeviceUsage] = [:]
         /// How many times the initramfs was made again.
         public var initramfsUpdates = 0
+        /// Makes the next initramfs update fail, as a full /boot would.
+        public var failInitramfs = false
         /// Every change made, in order (`create snapstack-a`, `suspend snapstack-a`, ...).
         public var log: [String] = []
     }
@@ -135,6 +137,12 @@ public final class SimulatedKernel: Sendable {
     }
 
     public func setDiskUsage(_ path: String, _ usage: DeviceUsage) { state.withLock { $0.disks[path]?.usage = usage } }
+
+    /// Makes every initramfs update fail (true) or succeed again.
+    public var failInitramfs: Bool {
+        get { state.withLock { $0.failInitramfs } }
+        set { state.withLock { $0.failInitramfs = newValue } }
+    }
 
     /// What uses the device at `path` when it is not a disk: a mount of a dm device, say.
     public func setUsage(ofPath path: String, _ usage: DeviceUsage) { state.withLock { $0.pathUsage[path] = usage } }

@@ -258,7 +258,7 @@ extension Orchestrator {
             }
         }
         notice("making the initramfs, which stacks / at boot (update-initramfs)...")
-        try withStateLockReleased { try host.updateInitramfs() }
+        try failing("cannot make the initramfs that stacks /") { try withStateLockReleased { try host.updateInitramfs() } }
     }
 
     /// The first stack of a device protected `--at-boot`, over its disk found at `source`, with

@@ -91,6 +91,29 @@ import Testing
         #expect(try lab.orchestrator().reconcile(dryRun: true).map(\.step) == ["wait-for-boot"])
     }
 
+    @Test("unprotect of a pending / removes its volumes and remakes the initramfs, which then carries nothing of it")
+    func unprotectPendingRoot() throws {
+        let (lab, _) = try Self.protectedRoot()
+        try lab.orchestrator().unprotect(name: "root")
+        #expect(lab.kernel.capture().initramfsUpdates == 2)
+        #expect(try lab.kernel.volumes(tagged: Orchestrator.volumeTag).isEmpty)
+        #expect(try lab.orchestrator().initramfsPlan().isEmpty)
+    }
+
+    @Test("a failed update-initramfs leaves nothing of the protect: no record, no volume")
+    func failedInitramfsRollsBack() throws {
+        let lab = try SimulatedLab()
+        lab.makeStoreGroup()
+        lab.kernel.setDiskUsage(Self.root, Self.mountedAtRoot)
+        lab.kernel.failInitramfs = true
+        let before = try lab.picture()
+        #expect(throws: SnapstackError.self) {
+            try lab.orchestrator().protect(devicePath: Self.root, name: "root", options: Self.options())
+        }
+        #expect(try lab.picture() == before)
+        #expect(try lab.kernel.volumes(tagged: Orchestrator.volumeTag).isEmpty)
+    }
+
     @Test("a plan that is garbage, of another version, or names a file for its metadata is refused")
     func hostilePlans() throws {
         let (_, plan) = try Self.protectedRoot()
