@@ -254,6 +254,13 @@ extension Orchestrator {
 
     /// Refuses an incremental of `device` from `base` when writes may have gone unrecorded since.
     func checkTrackingContinuous(_ device: DeviceRecord, since base: ExportRecord) throws {
+        // The initramfs built this stack at this boot, and nothing has judged yet whether the
+        // tracking survived the reboot: the daemon's start does, as `reconcile` does.
+        if earlyMarker(of: device) != nil {
+            throw SnapstackError(.trackingInterrupted, "the change tracking of \(device.name) is not vouched for since this boot",
+                                 why: "the initramfs built its stack, and no reconcile has checked the last shutdown's record yet",
+                                 remedy: "start snapstack.service or run `snapstack reconcile`, then export again")
+        }
         if case .bypassed(_, let why) = try trackingCheck(device) {
             throw SnapstackError(.trackingInterrupted, "change tracking of \(device.name) is interrupted", why: why,
                                  remedy: "an incremental would miss writes: take a full export, or add --allow-full to read every block")

@@ -141,6 +141,15 @@ import Testing
         let stamp = try FilesystemStamp.read(ContinuityTests.ext4Head()).get()
         #expect(try Self.cleanShutdown(lab) == ["root: clean shutdown recorded: \(stamp)"])
         #expect(try Self.boot(lab, plan) != nil)
+        // Before anything judged the boot, no incremental is made across it.
+        do {
+            let orchestrator = try lab.orchestrator()
+            let device = try orchestrator.device(named: "root")
+            let unjudged = try #require(throws: SnapstackError.self) {
+                try orchestrator.checkTrackingContinuous(device, since: ContinuityTests.export(of: device, era: 1))
+            }
+            #expect(unjudged.kind == .trackingInterrupted)
+        }
         let kept = try lab.orchestrator().reconcile()
         #expect(kept.map(\.step) == ["take-over-early-stack"])
         #expect(kept.first?.action.contains("keeping its change tracking") == true, "\(kept)")
