@@ -182,11 +182,12 @@ extension Orchestrator {
             if metadataGroup == nil {
                 notice("warning: / is on \(live.devicePath): with its change-tracking metadata in a file, the initramfs cannot adopt it at boot, so every reboot interrupts its change tracking; protect it with --cbt-metadata VG instead")
             } else {
-                // This boot's shutdown records / too: the first boot is not the initramfs's.
-                prepareShutdownRecord(record)
                 do { try prepareBootStack(record) } catch {
                     notice("warning: \(error); until the initramfs adopts \(live.devicePath) at boot, every reboot interrupts its change tracking: run `update-initramfs -u -k all`")
                 }
+                // This boot's shutdown records / too (the first boot is not the initramfs's), on
+                // the stop volume prepareBootStack made.
+                prepareShutdownRecord(record)
             }
         }
         return try summary(of: record)
