@@ -7,6 +7,7 @@
 # reboots (SysRq b while a writer runs; 5 in a row) and the bare partition written while it had
 # no stack (as a rescue system would); after each the incremental is refused (exit 10) and
 # --allow-full gives an image equal to its snapshot.
+# bootlab: about 550 s
 . /root/bootlab/lib.sh
 
 image=/root/srv.img

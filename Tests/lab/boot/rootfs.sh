@@ -9,6 +9,7 @@
 # it was read-only, and the initramfs found the same -- then an unclean reboot (SysRq b while a
 # writer runs): the tracking interrupted, the incremental refused (exit 10), --allow-full exact.
 # bootlab: data-disk 4G
+# bootlab: about 1000 s
 . /root/bootlab/lib.sh
 
 image=/backup/root.img

@@ -2,6 +2,7 @@
 # snapstack.service under systemd as PID 1: the unit verifies clean; at boot it is active before
 # local-fs-pre.target and an fstab-mounted LV that was adopted comes up mounted through its stack;
 # reload re-reads the policy, the watchdog is fed, stop leaves nothing suspended.
+# bootlab: about 110 s
 . /root/bootlab/lib.sh
 
 case $boot in
