@@ -263,7 +263,6 @@ extension DeviceRecord {
 extension Orchestrator {
     static func stopVolumeName(deviceID: String) -> String { "snapstack-\(deviceID)-stop" }
 
-
     /// `/run/snapstack/shutdown`: one `ShutdownTarget` per device whose clean shutdown is recorded.
     var shutdownTargetDirectory: String { host.runtimeDirectory + "/shutdown" }
 
