@@ -6,6 +6,15 @@
 # boots the image again) until it says it is done.
 set -euo pipefail
 
+# bash reads a script as it runs it: a run of an hour must not take in an edit made meanwhile.
+# The lab runs from a copy of itself (the scenarios are copied into each image when it starts).
+if [[ ${BOOTLAB_REPOSITORY:-} == "" ]]; then
+    copy=$(mktemp /tmp/snapstack-bootlab.XXXXXX.sh)
+    cp "${BASH_SOURCE[0]}" "$copy"
+    BOOTLAB_REPOSITORY=$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..") exec bash "$copy" "$@"
+fi
+rm -f "${BASH_SOURCE[0]}"
+
 usage() {
     cat <<'EOF'
 Usage: Tests/lab/bootlab.sh [--binary FILE] [--boot-timeout S] [--jobs N] [SCENARIO...]
@@ -17,10 +26,18 @@ Tests/bench/boot/; default: all of Tests/lab/boot/) inside it, over as many boot
 it asks for, up to N scenarios at once. Prints each scenario's checks when it ends, in the
 order named, and ends with "N passed, M failed"; exits non-zero unless every scenario passed.
 
-The image (mmdebstrap minbase + systemd, udev, lvm2, dmsetup, linux-image-amd64,
+The image (mmdebstrap minbase + systemd, udev, lvm2, dmsetup, udisks2, linux-image-amd64,
 initramfs-tools, the libraries snapstack links) is made once and kept under
 .build/bootlab/, named by a hash of its recipe: a later run, or a later CI step of the same
-job, reuses it (about 100 s to make, 700 MB). --image-only makes it and stops.
+job, reuses it (about 100 s to make, 700 MB). A scenario that says "# bootlab: image dracut"
+boots a second image, whose initramfs dracut makes instead. --image-only makes the images the
+scenarios named (default: all) boot, and stops.
+
+What else a scenario may ask for, by a comment line of its own:
+  # bootlab: about N s        how long it takes alone (the longest start first)
+  # bootlab: data-disk SIZE   the second disk's size (default 1G)
+  # bootlab: data-bus scsi    the second disk on a virtio-scsi controller, which the guest can
+                              unplug and plug again (sysfs delete, host rescan); default virtio-blk
 
 --binary FILE      the snapstack to install (default: .build/release/snapstack, the
                    release build with the Swift runtime linked in: the image has no Swift)
@@ -32,7 +49,7 @@ Needs root (loop devices, mkfs from a tree) and qemu-system-x86_64, mmdebstrap, 
 EOF
 }
 
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$BOOTLAB_REPOSITORY"
 binary=$PWD/.build/release/snapstack
 boot_timeout=900
 image_only=0
@@ -57,38 +74,56 @@ done
 lab=$PWD/.build/bootlab
 mkdir -p "$lab"
 
-# The image's recipe. Anything that changes what the image holds must change this text, which
-# names the cached image.
-packages=(systemd systemd-sysv udev dmsetup lvm2 kmod e2fsprogs mount util-linux procps man-db fdisk
-    linux-image-amd64 initramfs-tools zstd thin-provisioning-tools
+# The images' recipes. Anything that changes what an image holds must change its text, which
+# names the cached image. "initramfs-tools", the default, or "dracut": the tool that makes the
+# initramfs (Debian's packages conflict: one image each).
+common_packages=(systemd systemd-sysv udev dmsetup lvm2 kmod e2fsprogs mount util-linux procps man-db fdisk
+    linux-image-amd64 zstd thin-provisioning-tools udisks2
     libdevmapper1.02.1 liblvm2cmd2.03 libsqlite3-0 libudev1)
 image_size=1536M
-# MODULES=dep: an initramfs the guest remakes (protect of /) carries the modules this machine
-# needs, not every storage driver; under TCG that is minutes less (measured natively: 2 s
-# against 17 s for MODULES=most, the Debian default).
-recipe="bookworm minbase ${packages[*]} size=$image_size gpt-root-vda1 modules-dep v1"
-key=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
-base=$lab/base-$key.img
+recipe_of() {
+    case $1 in
+    # MODULES=dep: an initramfs the guest remakes (protect of /) carries the modules this
+    # machine needs, not every storage driver; under TCG that is minutes less (measured
+    # natively: 2 s against 17 s for MODULES=most, the Debian default).
+    initramfs-tools) echo "bookworm minbase ${common_packages[*]} initramfs-tools size=$image_size gpt-root-vda1 modules-dep v2" ;;
+    # hostonly: the same for dracut (only what this machine boots from), once the image runs on
+    # the machine it describes: the first initramfs is made in mmdebstrap's chroot, generic.
+    dracut) echo "bookworm minbase ${common_packages[*]} dracut size=$image_size gpt-root-vda1 hostonly-after-first v1" ;;
+    *) echo "bootlab: no image variant '$1' (initramfs-tools, dracut)" >&2; return 1 ;;
+    esac
+}
+base_of() { echo "$lab/base-$1-$(recipe_of "$1" | sha256sum | cut -c1-12).img"; }
 
 # The root partition: from 1 MiB to the end of the disk.
 part_offset=$((1024 * 1024))
 
 make_image() {
-    local tree=$lab/tree-$key tmp=$lab/base-$key.tmp
+    local variant=$1 recipe base key packages tool_hooks
+    recipe=$(recipe_of "$variant")
+    base=$(base_of "$variant")
+    key=$(basename "$base" .img)
+    local tree=$lab/tree-$key tmp=$lab/$key.tmp
     rm -rf "$tree" "$tmp"
-    echo "bootlab: making the image ($recipe)"
+    echo "bootlab: making the $variant image ($recipe)"
     local started=$SECONDS
-    # Images of other recipes are stale now: 3 GB each (sparse, about 700 MB used).
-    rm -f "$lab"/base-*.img
+    # Images of this variant's other recipes are stale now: 1.5 GB each (sparse, about 700 MB
+    # used).
+    rm -f "$lab/base-$variant-"*.img
+    packages=("${common_packages[@]}" "$variant")
+    case $variant in
+    initramfs-tools) tool_hooks=(--customize-hook='sed -i "s/^MODULES=most/MODULES=dep/" "$1/etc/initramfs-tools/initramfs.conf"') ;;
+    dracut) tool_hooks=(--customize-hook='echo "hostonly=\"yes\"" >"$1/etc/dracut.conf.d/10-bootlab.conf"') ;;
+    esac
     # The host's own deb822 sources file as the mirror: the same registry the machine uses.
     local sources=/etc/apt/sources.list.d/debian.sources
     [[ -f $sources ]] || sources=/etc/apt/sources.list
     mmdebstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
         --customize-hook='echo bootlab > "$1/etc/hostname"' \
         --customize-hook='passwd --root "$1" -d root' \
-        --customize-hook='sed -i "s/^MODULES=most/MODULES=dep/" "$1/etc/initramfs-tools/initramfs.conf"' \
-        bookworm "$tree" "$sources" >"$lab/mmdebstrap.log" 2>&1 ||
-        { tail -30 "$lab/mmdebstrap.log" >&2; echo "bootlab: mmdebstrap failed (log: $lab/mmdebstrap.log)" >&2; exit 1; }
+        "${tool_hooks[@]}" \
+        bookworm "$tree" "$sources" >"$lab/mmdebstrap-$variant.log" 2>&1 ||
+        { tail -30 "$lab/mmdebstrap-$variant.log" >&2; echo "bootlab: mmdebstrap failed (log: $lab/mmdebstrap-$variant.log)" >&2; exit 1; }
     truncate -s "$image_size" "$tmp"
     echo 'label: gpt
 start=2048, type=linux, name=root' | sfdisk --quiet "$tmp"
@@ -109,10 +144,6 @@ start=2048, type=linux, name=root' | sfdisk --quiet "$tmp"
     echo "bootlab: image made in $((SECONDS - started)) s: $base ($(du -h "$base" | cut -f1) used)"
 }
 
-[[ -f $base ]] || make_image
-((image_only == 0)) || exit 0
-
-[[ -x $binary ]] || { echo "bootlab: no snapstack binary at $binary (swift build -c release --product snapstack --static-swift-stdlib)" >&2; exit 1; }
 if ((${#scenarios[@]} == 0)); then
     # Every script there but lib.sh, which they all source; the longest first ("# bootlab:
     # about N s", what one takes alone under TCG), so that side by side they end together.
@@ -132,6 +163,19 @@ for index in "${!scenarios[@]}"; do
         scenarios[index]=$(realpath --relative-to=. "${scenarios[index]}")
     fi
 done
+
+# directive SCRIPT NAME: the value of the scenario's "# bootlab: NAME VALUE" line, if any.
+directive() { sed -n "s/^# bootlab: $2 \\([^ ]*\\)\$/\\1/p" "$1" | head -n 1; }
+variant_of() { local variant; variant=$(directive "$(script_of "$1")" image); echo "${variant:-initramfs-tools}"; }
+
+# The images the scenarios boot, each made once.
+variants=$(for scenario in "${scenarios[@]}"; do [[ ! -f $(script_of "$scenario") ]] || variant_of "$scenario"; done | sort -u)
+for variant in $variants; do
+    recipe_of "$variant" >/dev/null || exit 64
+    [[ -f $(base_of "$variant") ]] || make_image "$variant"
+done
+((image_only == 0)) || exit 0
+[[ -x $binary ]] || { echo "bootlab: no snapstack binary at $binary (swift build -c release --product snapstack --static-swift-stdlib)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/snapstack-bootlab.XXXXXX)
 # The scenarios started, as PID:NAME.
@@ -222,16 +266,24 @@ kernel_of() {
 # ("PASS  boot: NAME ..." or "FAIL ...  boot: NAME ..."). Run in a subshell of its own, with its
 # own mount point, so that scenarios can run side by side.
 run_scenario() {
-    local scenario=$1 started=$SECONDS dir=$work/$(basename "$1" .sh) outcome= boots=0 status data_size
+    local scenario=$1 started=$SECONDS dir=$work/$(basename "$1" .sh) outcome= boots=0 status data_size data_disk
     mnt=$dir/mnt
     loop=
     mounted=
     trap cleanup_mounts EXIT
     mkdir -p "$dir"
-    cp --sparse=always "$base" "$dir/root.img"
-    # A scenario may ask for a larger second disk: "# bootlab: data-disk SIZE".
-    data_size=$(sed -n 's/^# bootlab: data-disk \([0-9]*[MG]\)$/\1/p' "$(script_of "$scenario")")
+    cp --sparse=always "$(base_of "$(variant_of "$scenario")")" "$dir/root.img"
+    data_size=$(directive "$(script_of "$scenario")" data-disk)
+    [[ -z $data_size || $data_size =~ ^[1-9][0-9]*[MG]$ ]] || { echo "FAIL (data-disk '$data_size' is not a size like 4G)  boot: $(basename "$scenario" .sh)"; return; }
     truncate -s "${data_size:-1G}" "$dir/data.img"
+    # The second disk: virtio-blk, or on a virtio-scsi controller, with a serial, so that the
+    # guest can unplug it and find it again by the same identity.
+    case $(directive "$(script_of "$scenario")" data-bus) in
+    "") data_disk=(-drive "file=$dir/data.img,format=raw,if=virtio") ;;
+    scsi) data_disk=(-device virtio-scsi-pci,id=scsi0 -drive "file=$dir/data.img,format=raw,if=none,id=data"
+        -device scsi-hd,drive=data,bus=scsi0.0,serial=bootlab-data) ;;
+    *) echo "FAIL (data-bus '$(directive "$(script_of "$scenario")" data-bus)' is not scsi)  boot: $(basename "$scenario" .sh)"; return ;;
+    esac
     prepare "$dir/root.img" "$scenario"
     while [[ -z $outcome ]]; do
         boots=$((boots + 1))
@@ -243,7 +295,7 @@ run_scenario() {
         timeout --kill-after=10 "$boot_timeout" qemu-system-x86_64 -accel tcg -m 2G -smp 2 -nographic -no-reboot \
             -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
             -append "root=$root_device rw console=ttyS0 quiet loglevel=3 systemd.show_status=1 panic=-1" \
-            -drive "file=$dir/root.img,format=raw,if=virtio" -drive "file=$dir/data.img,format=raw,if=virtio" \
+            -drive "file=$dir/root.img,format=raw,if=virtio" "${data_disk[@]}" \
             -nic none </dev/null >"$dir/console-$boots.log" 2>&1
         status=$?
         set -e
