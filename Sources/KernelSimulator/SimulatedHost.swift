@@ -47,7 +47,10 @@ extension SimulatedKernel: HostDevices {
         state.withLock { state in state.disks.map { ($0.key, $0.value.number) }.sorted { $0.node < $1.node } }
     }
 
-    public func trigger(_ number: DeviceNumber) {}
+    @discardableResult
+    public func trigger(_ number: DeviceNumber) -> Bool {
+        state.withLock { state in state.disks.values.contains { $0.number == number } }
+    }
 
     public func overwrite(_ number: DeviceNumber, at offset: Bytes, with bytes: [UInt8]) throws {
         guard offset == .zero else { throw BlockIOError(path: FilePath("/dev/block/\(number)"), reason: .system(operation: "write", .invalidArgument)) }

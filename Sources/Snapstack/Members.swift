@@ -58,6 +58,36 @@ enum MemberMarkers {
     }
 }
 
+/// Devices the auto-protect policy's udev rules hid at their first event (`Policy.udevRules`)
+/// and snapstack then left alone: `RUNTIME/released/MAJ:MIN`, which the compiled rules test
+/// before they tag a device again. A marker goes when its device goes (the daemon removes it
+/// at the device's `remove`, and clears them all when it starts: it looks at every present
+/// device then), so that a later disk given the same number is not taken for it.
+public enum ReleasedMarkers {
+    public static func directory(runtime: String) -> String { runtime + "/released" }
+
+    /// Marks `number` released and asks udev to run its rules for it and its partitions again,
+    /// which shows them to mounters. Best effort, as the member markers. No marker is left for
+    /// a device that is gone (`trigger` says so): the next disk given its number must be hidden.
+    public static func release(_ number: DeviceNumber, runtime: String, trigger: (DeviceNumber) -> Bool) {
+        let marker = directory(runtime: runtime) + "/\(number)"
+        MemberMarkers.write(marker, "released")
+        guard trigger(number) else {
+            try? FileManager.default.removeItem(atPath: marker)
+            return
+        }
+        for partition in UdevContext.partitions(of: number) { _ = trigger(partition) }
+    }
+
+    public static func forget(_ number: DeviceNumber, runtime: String) {
+        try? FileManager.default.removeItem(atPath: directory(runtime: runtime) + "/\(number)")
+    }
+
+    public static func forgetAll(runtime: String) {
+        try? FileManager.default.removeItem(atPath: directory(runtime: runtime))
+    }
+}
+
 extension Orchestrator {
     /// Marks `source` as the disk under `device`'s stack and asks udev to run its rules for it
     /// again, so that the disk yields its by-uuid link to the top device. Best effort: a marker
@@ -73,12 +103,14 @@ extension Orchestrator {
 
     /// Withdraws `device`'s markers: the runtime one always, the persistent one too unless the
     /// device stays protected (`keepPersistent`, when its disk went away). The disk, if still
-    /// there, is shown to udev again.
+    /// there, is shown to udev again — released, too, from the auto-protect policy's hiding,
+    /// which would otherwise hold it from the event that first hid it.
     func withdrawMember(_ device: DeviceRecord, keepPersistent: Bool = false) {
         MemberMarkers.remove(id: device.id, in: memberMarkersDirectory)
         if !keepPersistent {
             MemberMarkers.remove(id: device.id, in: MemberMarkers.persistentDirectory(stateDirectory))
-            host.trigger(DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor)))
+            ReleasedMarkers.release(DeviceNumber(major: UInt32(device.sourceMajor), minor: UInt32(device.sourceMinor)),
+                                    runtime: host.runtimeDirectory, trigger: host.trigger)
         }
     }
 

@@ -71,12 +71,13 @@ public enum Daemon {
         // So is the metrics: section.
         let metrics = policy.policy.metrics
         let trigger = MetricsTrigger()
+        let rules = PolicyUdevRules(logger: logger)
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: HotplugService(options: options, policy: policy, notifier: notifier, worker: worker, logger: logger,
-                                          onChange: { trigger.changed() }),
+                                          onChange: { trigger.changed() }, rules: rules),
                   successTerminationBehavior: .gracefullyShutdownGroup),
-            .init(service: ReloadService(policy: policy, notifier: notifier, logger: logger),
+            .init(service: ReloadService(policy: policy, notifier: notifier, logger: logger, rules: rules),
                   successTerminationBehavior: .ignore),
             .init(service: WatchdogService(notifier: notifier, worker: worker,
                                            stuckAfter: .seconds(Int64(options.lockTimeout) + 300), logger: logger),

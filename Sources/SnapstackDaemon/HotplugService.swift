@@ -45,6 +45,8 @@ struct ReloadService: Service {
     let policy: PolicyHolder
     let notifier: SystemdNotifier
     let logger: Logger
+    /// The policy's udev rules, rewritten from each policy that loads.
+    var rules: PolicyUdevRules? = nil
 
     func run() async throws {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
@@ -52,6 +54,7 @@ struct ReloadService: Service {
             switch policy.load() {
             case .success(let loaded):
                 logger.notice("configuration reloaded", metadata: ["config": "\(policy.path)", "rules": "\(loaded.rules.count)"])
+                rules?.install(loaded)
             case .failure(let error):
                 logger.error("bad configuration, keeping the previous policy: \(error)",
                              metadata: ["config": "\(error.file)", "line": "\(error.line)"])
@@ -77,6 +80,9 @@ struct HotplugService: Service {
     let logger: Logger
     /// Called after each operation, done or failed: the metrics follow.
     var onChange: @Sendable () -> Void = {}
+    /// The policy's udev rules, which hide a disk the policy will protect from its first
+    /// event; nil: none (tests).
+    var rules: PolicyUdevRules? = nil
     let events = Counter()
 
     final class Counter: Sendable {
@@ -85,6 +91,10 @@ struct HotplugService: Service {
     }
 
     func run() async throws {
+        // The rules first: a disk plugged from now on is hidden until it is stacked. Earlier
+        // releases are forgotten: the boot-time pass looks at every present device again.
+        rules?.forgetAll()
+        rules?.install(policy.policy)
         // Listening starts before the boot-time pass: a disk that appears meanwhile is queued
         // in the socket, not missed.
         let monitor = try UdevMonitor()
@@ -97,6 +107,7 @@ struct HotplugService: Service {
         try await serve(monitor, dropped: { monitor.takeDropped() })
         notifier.stopping()
         await recordCleanStop()
+        rules?.remove()
         logger.notice("stopping")
     }
 
@@ -223,6 +234,14 @@ struct HotplugService: Service {
         log[metadataKey: "device"] = "\(node)"
         log[metadataKey: "action"] = coldplug ? "present" : "add"
         let elapsed = { "\(Self.milliseconds(ContinuousClock.now - received)) ms" }
+        // Whatever the policy's rules hid and the daemon does not protect is shown again (the
+        // disk of a protected device stays hidden all the same: by its member marker).
+        let hidden = device.properties[Policy.udevTag] != nil
+        func release(_ why: String) {
+            guard hidden, let rules else { return }
+            rules.release(device.number)
+            log.info("shown to mounters again: \(why)")
+        }
         do {
             switch try await locked("restack \(node)", { try $0.restack(device) }) {
             case .rebuilt(let name):
@@ -239,20 +258,26 @@ struct HotplugService: Service {
             }
         } catch {
             log.error("cannot rebuild the stack: \(error)")
+            release("not stacked")
             return
         }
 
-        var properties = device.properties
+        // The policy decides on what udev said of the device, not on what snapstack's rules
+        // made of it to hide it.
+        var properties = Policy.propertiesBeforeHiding(device.properties)
         properties["KERNEL"] = device.sysName
         let current = policy.policy
         switch current.decision(properties: properties, size: size) {
         case .noMatch:
             if coldplug { log.debug("no rule matches") } else { log.info("no rule matches") }
+            release("no rule matches it now")
         case .exclude(let rule):
             if coldplug { log.debug("excluded by \(rule)") } else { log.info("excluded by \(rule)") }
+            release("excluded by \(rule)")
         case .protect(let name, let cbtBlock, let rule):
             guard !name.isEmpty else {
                 log.error("\(rule) gives this device an empty name; fix the name template in \(current.file)")
+                release("not protected")
                 return
             }
             do {
@@ -262,14 +287,17 @@ struct HotplugService: Service {
                 log.notice("protected as \(top) by \(rule)", metadata: ["name": "\(name)", "elapsed": "\(elapsed())"])
             } catch let error as SnapstackError where error.kind == .refused {
                 log.warning("\(rule) matches, but it is left alone: \(error)", metadata: ["name": "\(name)"])
+                release("left alone")
             } catch {
                 log.error("\(rule) matches, but protecting it failed: \(error)", metadata: ["name": "\(name)"])
+                release("not protected")
             }
         }
     }
 
     func vanished(_ device: UdevDevice) async {
         guard !Self.isOurs(device, stateDirectory: options.stateDirectory) else { return }
+        rules?.forget(device.number)
         var log = logger
         log[metadataKey: "device"] = "\(device.deviceNode ?? device.sysName)"
         log[metadataKey: "action"] = "remove"

@@ -29,3 +29,37 @@ extension UdevContext {
         return true
     }
 }
+
+extension UdevContext {
+    /// The block devices that are partitions of `disk` (none for a partition or a disk without
+    /// any), from sysfs: what a change of the disk's udev properties also concerns, since the
+    /// rules hand some of them down to partitions (`IMPORT{parent}`).
+    public static func partitions(of disk: DeviceNumber) -> [DeviceNumber] {
+        let directory = "/sys/dev/block/\(disk)"
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        return entries.compactMap { entry in
+            guard FileManager.default.fileExists(atPath: "\(directory)/\(entry)/partition"),
+                  let text = try? String(contentsOfFile: "\(directory)/\(entry)/dev", encoding: .utf8) else { return nil }
+            return DeviceNumber(parsing: text.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
+    /// Asks udevd to read its rules files again (`udevadm control --reload`): it would notice a
+    /// changed rules directory by itself only at its next event, a few seconds late. Returns
+    /// what went wrong, or nil.
+    public static func reloadRules() -> String? {
+        guard let udevadm = ["/usr/bin/udevadm", "/bin/udevadm", "/sbin/udevadm"].first(where: FileManager.default.isExecutableFile) else {
+            return "udevadm is not installed"
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: udevadm)
+        process.arguments = ["control", "--reload"]
+        do {
+            try process.run()
+        } catch {
+            return "cannot run \(udevadm): \(error)"
+        }
+        process.waitUntilExit()
+        return process.terminationStatus == 0 ? nil : "\(udevadm) control --reload failed (exit \(process.terminationStatus))"
+    }
+}

@@ -22,8 +22,10 @@ public protocol HostDevices: Sendable {
     func identity(of number: DeviceNumber, size: Bytes) -> DeviceIdentity?
     /// Every block device udev knows that has a node; for finding a disk again by identity.
     func blockDevices() -> [(node: String, number: DeviceNumber)]
-    /// Asks udev to process `number` again (its rules read snapstack's member markers).
-    func trigger(_ number: DeviceNumber)
+    /// Asks udev to process `number` again (its rules read snapstack's member markers);
+    /// false when there is no such device.
+    @discardableResult
+    func trigger(_ number: DeviceNumber) -> Bool
     /// Every name of `number` under /dev: its node, `/dev/block/MAJ:MIN` and udev's links.
     func names(of number: DeviceNumber) -> [String]
     /// Whether the device holds an LVM physical volume label (`LABELONE` in its first 4 sectors).

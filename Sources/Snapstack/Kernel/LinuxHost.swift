@@ -31,7 +31,8 @@ public struct LinuxHost: HostDevices {
         return ((try? udev.blockDevices()) ?? []).compactMap { device in device.deviceNode.map { ($0, device.number) } }
     }
 
-    public func trigger(_ number: DeviceNumber) { UdevContext.trigger(number) }
+    @discardableResult
+    public func trigger(_ number: DeviceNumber) -> Bool { UdevContext.trigger(number) }
 
     public func names(of number: DeviceNumber) -> [String] {
         var names = ["/dev/block/\(number)"]
