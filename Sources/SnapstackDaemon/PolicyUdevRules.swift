@@ -62,8 +62,26 @@ struct PolicyUdevRules: Sendable {
 
     func forgetAll() { ReleasedMarkers.forgetAll(runtime: runtimeDirectory) }
 
+    /// Asks udevd to read its rules files again (`udevadm control --reload`): it would notice a
+    /// changed rules directory by itself only at an event at least 3 s after its last check.
+    /// Returns what went wrong, or nil.
+    static func reloadRules() -> String? {
+        guard let udevadm = ["/usr/bin/udevadm", "/bin/udevadm"].first(where: FileManager.default.isExecutableFile) else {
+            return "udevadm is not installed"
+        }
+        do {
+            let result = try ChildProcess.run(udevadm, ["control", "--reload", "--timeout=10"])
+            guard result.status == 0 else {
+                return "\(udevadm) control --reload failed (exit \(result.status)): \(result.stderr.trimmingCharacters(in: .whitespacesAndNewlines))"
+            }
+            return nil
+        } catch {
+            return "cannot run \(udevadm): \(error)"
+        }
+    }
+
     private func reloadUdev(because what: String) {
-        if let problem = UdevContext.reloadRules() {
+        if let problem = Self.reloadRules() {
             logger.warning("\(what), but udevd was not told to read it (\(problem)); it reads it at its next event")
         } else {
             logger.info("\(what); udevd reloaded its rules")

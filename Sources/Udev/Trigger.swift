@@ -43,23 +43,4 @@ extension UdevContext {
             return DeviceNumber(parsing: text.trimmingCharacters(in: .whitespacesAndNewlines))
         }
     }
-
-    /// Asks udevd to read its rules files again (`udevadm control --reload`): it would notice a
-    /// changed rules directory by itself only at its next event, a few seconds late. Returns
-    /// what went wrong, or nil.
-    public static func reloadRules() -> String? {
-        guard let udevadm = ["/usr/bin/udevadm", "/bin/udevadm", "/sbin/udevadm"].first(where: FileManager.default.isExecutableFile) else {
-            return "udevadm is not installed"
-        }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: udevadm)
-        process.arguments = ["control", "--reload"]
-        do {
-            try process.run()
-        } catch {
-            return "cannot run \(udevadm): \(error)"
-        }
-        process.waitUntilExit()
-        return process.terminationStatus == 0 ? nil : "\(udevadm) control --reload failed (exit \(process.terminationStatus))"
-    }
 }

@@ -13,14 +13,14 @@ import Glibc
 /// the service's sandbox, where making that pair can fail ("Could not create wakeup socket pair
 /// for CFSocket"), `waitUntilExit` waited for an LVM command that had long ended — the daemon
 /// then hung in its start-up reconcile, holding up the boot.
-struct ChildProcess {
+public struct ChildProcess {
     /// The exit status; 128 + N when signal N ended the program.
-    var status: Int32
-    var stdout: String
-    var stderr: String
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
 
     /// Throws only when the program cannot be started.
-    static func run(_ executable: String, _ arguments: [String]) throws -> ChildProcess {
+    public static func run(_ executable: String, _ arguments: [String]) throws -> ChildProcess {
         var output: [Int32] = [-1, -1], errors: [Int32] = [-1, -1]
         guard snapstack_pipe_cloexec(&output) == 0 else { throw Errno(rawValue: errno) }
         guard snapstack_pipe_cloexec(&errors) == 0 else {

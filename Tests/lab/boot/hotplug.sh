@@ -12,7 +12,7 @@
 # resume, "bootlab: measure hotplug-to-stack S", and, for scale, to the end of udev's own rules
 # for the partition, "bootlab: measure udev-add S", per cycle (Tests/bench/hotplug.sh).
 # bootlab: data-bus scsi
-# bootlab: about 240 s
+# bootlab: about 300 s
 . /root/bootlab/lib.sh
 
 cycles=10
@@ -118,6 +118,12 @@ EOF
     status=$?
     cat /root/verdict
     check "over $cycles plug cycles, every udev event of the raw partition hid it, and each plug was timed to its stack" test "$status" = 0
+    # The rules exist only while the daemon runs: with no daemon to stack or release a disk,
+    # hiding one would only lose it.
+    check "systemctl stop ends the daemon within 30 s and removes its policy's udev rules" sh -c '
+        start=$(cut -d" " -f1 /proc/uptime); timeout 90 systemctl stop snapstack.service || exit 1
+        end=$(cut -d" " -f1 /proc/uptime); echo "stopped in $start .. $end s"
+        awk -v a="$start" -v b="$end" "BEGIN { exit !(b - a < 30) }" && [ ! -e /run/udev/rules.d/61-snapstack-policy.rules ]'
     done_now
     ;;
 esac
