@@ -12,6 +12,8 @@ enum FaultScenarios {
                  imageDirectoryFaults).lasting(100),
         Scenario("faults: the state directory full (ENOSPC) during protect, snapshot and drop: a clear error, nothing half-made (dmsetup, losetup), the origin intact, nothing suspended; each works once there is room",
                  stateDirectoryFull).lasting(120),
+        Scenario("faults: the COW store failing every write (dm-flakey EIO) while the origin takes writes: the origin's writes all land (sha256), the snapshot invalid (snapshots, dmsetup status), its export refused, nothing suspended, reconcile and drop clean",
+                 failingStore).lasting(60),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
@@ -191,5 +193,69 @@ enum FaultScenarios {
         try expectEqual(try lab.sha256(top, length: size), origin, "the origin through its top after the faults")
         try cli.ok("unprotect", "vol")
         try expectEqual(try lab.sha256(disk.path, length: size), origin, "the origin after unprotect")
+    }
+
+    /// The snapshot's copy-on-write store on a device that starts failing every write. The kernel
+    /// invalidates a snapshot whose exception it cannot store and lets the origin's write go on:
+    /// the origin must get every byte written to it, the snapshot must be reported invalid and
+    /// never exported, and nothing may be left suspended.
+    static func failingStore(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let size = Bytes.mebibytes(32)
+        let disk = try lab.loopDevice("disk", size: size, random: true)
+        let top = try cli.protect(disk.path, "vol")
+        // The scratch directory's files are read through the page cache (no O_DIRECT there).
+        func fileHash(_ path: String) throws -> String { String(try lab.sh("sha256sum", path).prefix(64)) }
+        let before = lab.scratch.appendingPathComponent("before.bin").path
+        try lab.sh("dd", "if=\(top)", "of=\(before)", "bs=1M", "count=32", "iflag=direct", "status=none")
+
+        let backing = try lab.loopDevice("store", size: .mebibytes(16))
+        let (storeName, storeUUID) = try lab.name("store")
+        let sectors = Bytes.mebibytes(16).rawValue / 512
+        lab.track(storeName)
+        try lab.sh("dmsetup", "create", storeName.rawValue, "-u", storeUUID.rawValue, "--table", "0 \(sectors) linear \(backing.path) 0")
+        let snapshot = try cli.ok("snapshot", "vol", "--as", "s", "--store", storeName.devicePath).trimmingCharacters(in: .whitespacesAndNewlines)
+        try expectEqual(try lab.sha256(snapshot, length: size), try fileHash(before), "the snapshot before the fault")
+
+        try lab.sh("dmsetup", "suspend", "--nolockfs", storeName.rawValue)
+        try lab.sh("dmsetup", "load", storeName.rawValue, "--table", "0 \(sectors) flakey \(backing.path) 0 0 1 1 error_writes")
+        try lab.sh("dmsetup", "resume", storeName.rawValue)
+
+        // 4 MiB written to the origin at 8 MiB: every chunk needs a copy the store cannot take.
+        let written = lab.scratch.appendingPathComponent("written.bin").path
+        try lab.sh("dd", "if=/dev/urandom", "of=\(written)", "bs=1M", "count=4", "status=none")
+        let write = try lab.run(["dd", "if=\(written)", "of=\(top)", "bs=1M", "seek=8", "oflag=direct", "conv=fsync,notrunc", "status=none"],
+                                allowFailure: true)
+        try expectEqual(write.status, 0, "the origin's write while its snapshot's store fails (stderr: \(write.stderr))")
+        let expected = lab.scratch.appendingPathComponent("expected.bin").path
+        try lab.sh("cp", before, expected)
+        try lab.sh("dd", "if=\(written)", "of=\(expected)", "bs=1M", "seek=8", "conv=notrunc", "status=none")
+        try expectEqual(try lab.sha256(top, length: size), try fileHash(expected),
+                        "the origin after writes its snapshot's store failed (every byte written, nothing else changed)")
+
+        let status = try lab.sh("dmsetup", "status", URL(fileURLWithPath: snapshot).lastPathComponent)
+        try expect(status.contains("Invalid"), "dmsetup status of the snapshot whose store failed: \(status)")
+        let listed = try cli.ok("snapshots", "-o", "name,state", "--noheadings")
+        try expect(listed.split(separator: "\n").contains { $0.split(separator: " ").map(String.init) == ["vol-s", "invalid"] },
+                   "snapshots does not show vol-s invalid: \(listed)")
+        let image = lab.scratch.appendingPathComponent("s.img").path
+        let export = try cli.run(["export", "vol-s", "--to", image])
+        try expect(export.status != 0, "the export of a snapshot whose store failed succeeded")
+        try expect(export.stderr.contains("invalid"), "the refused export does not say the snapshot is invalid: \(export.stderr)")
+        try expect(!FileManager.default.fileExists(atPath: image) || (try? lab.run([CommandScenarios.snapstack, "verify", image], allowFailure: true).status) != 0,
+                   "the refused export left an image that verifies")
+        try noneSuspended(lab, "after the store failed")
+
+        try cli.ok("reconcile")
+        try cli.ok("drop", "vol-s")
+        try noneSuspended(lab, "after the invalid snapshot was dropped")
+        try lab.sh("dmsetup", "suspend", "--nolockfs", storeName.rawValue)
+        try lab.sh("dmsetup", "load", storeName.rawValue, "--table", "0 \(sectors) linear \(backing.path) 0")
+        try lab.sh("dmsetup", "resume", storeName.rawValue)
+        // A new snapshot on the healed store works, and the origin is what was written.
+        let healed = try cli.ok("snapshot", "vol", "--as", "t", "--store", storeName.devicePath).trimmingCharacters(in: .whitespacesAndNewlines)
+        try expectEqual(try lab.sha256(healed, length: size),
+                        try fileHash(expected), "a snapshot taken after the store healed")
+        try cli.ok("unprotect", "vol", "--force")
     }
 }
