@@ -363,15 +363,15 @@ enum DaemonScenarios {
     }
 
     /// Prints the time from the kernel's add event of `raw` to the stack being ready — udev
-    /// done with the top device's resume and with the disk's re-trigger that hides it — on
+    /// done with the top device's resume — and to udev's first event hiding the disk, on
     /// the kernel's monotonic clock, as udevadm monitor stamps the events.
     static func printTiming(_ monitor: Monitor, raw: String, top: String, what: String) throws {
         let events = monitor.events
         guard let added = events.first(where: { $0.source == "KERNEL" && $0.action == "add" && $0.properties["DEVNAME"] == raw }),
               let topReady = events.last(where: { $0.source == "UDEV" && $0.action == "change" && $0.properties["DM_NAME"] == top }),
-              let hidden = events.last(where: { $0.source == "UDEV" && $0.properties["DEVNAME"] == raw && $0.properties["SNAPSTACK_MEMBER"] == "1" })
+              let hidden = events.first(where: { $0.source == "UDEV" && $0.properties["DEVNAME"] == raw && $0.properties["SNAPSTACK_MEMBER"] == "1" })
         else { throw Failure(description: "udevadm monitor missed the add, the top's change or the disk's hiding") }
-        print(String(format: "      hotplug (%@): kernel add of %@ -> top device ready (udev) %.0f ms, -> raw disk hidden (udev) %.0f ms",
+        print(String(format: "      hotplug (%@): kernel add of %@ -> top device ready (udev) %.0f ms, -> raw disk first hidden (udev) %.0f ms",
                      what, raw, (topReady.time - added.time) * 1000, (hidden.time - added.time) * 1000))
     }
 
@@ -431,6 +431,13 @@ enum DaemonScenarios {
                    "no persistent marker for \(serial)")
 
         try printTiming(monitor, raw: raw, top: "snapstack-\(name)", what: "new disk, protected by a rule")
+        // Hidden from its very first udev event: the daemon compiled its rule into udev's.
+        let rawEvents = monitor.events.filter { $0.source == "UDEV" && $0.properties["DEVNAME"] == raw && $0.action != "remove" }
+        try expect(rawEvents.first?.action == "add" && rawEvents.first?.properties["SNAPSTACK_POLICY"] == "1",
+                   "the first udev event of \(raw) is not an add the policy's rule tagged: \(rawEvents.first.map { "\($0.action) \($0.properties)" } ?? "none")")
+        let shown = rawEvents.filter { $0.properties["SYSTEMD_READY"] != "0" || $0.properties["UDISKS_IGNORE"] != "1" }
+        try expect(shown.isEmpty, "udev events that showed \(raw) to mounters: \(shown.map(\.action))")
+        try expect(FileManager.default.fileExists(atPath: "/run/udev/rules.d/61-snapstack-policy.rules"), "no compiled policy rules while the daemon runs")
 
         // In use when it goes: mounted, with a reader that must not hang.
         let mountPoint = lab.scratch.appendingPathComponent("mnt").path
