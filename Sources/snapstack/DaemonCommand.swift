@@ -23,7 +23,11 @@ struct DaemonCommand: ParsableCommand {
 
             The policy is /etc/snapstack/snapstack.conf (YAML; systemd/snapstack.conf.example \
             explains it). SIGHUP re-reads it; a file with errors is reported with its line, \
-            and the previous policy stays. With a metrics: section it writes its metrics for \
+            and the previous policy stays. While it runs, its protect rules are also compiled \
+            into /run/udev/rules.d/61-snapstack-policy.rules, so that a disk plugged in that a \
+            rule matches is hidden from mounters (SYSTEMD_READY=0, UDISKS_IGNORE=1) from its \
+            first udev event until it is stacked, or released when it is left alone \
+            (/run/snapstack/released); the file goes when the daemon stops. With a metrics: section it writes its metrics for \
             node_exporter's textfile collector (see `snapstack help metrics`). Logs go to the journal under systemd, to stderr \
             otherwise. Exit codes: 0 after SIGTERM; 64 when --check-config finds an error.
             """)
