@@ -51,7 +51,7 @@ import Testing
         let lab = try Self.lab()
         #expect(try lab.orchestrator().recordCleanStop() == ["vol0"])
         let stamp = try #require(try lab.orchestrator().device(named: "vol0").cleanStopStamp)
-        #expect(FilesystemStamp(parsing: stamp)?.mountCount == 3, "\(stamp)")
+        #expect(FilesystemStamp(parsing: stamp)?.ext?.mountCount == 3, "\(stamp)")
         let base = Self.export(of: try lab.orchestrator().device(named: "vol0"), era: Self.era(lab))
         lab.kernel.reboot()
 
@@ -134,7 +134,7 @@ import Testing
         lab.kernel.reboot()
         lab.kernel.writeHead("/dev/sda", [UInt8](repeating: 0x5A, count: 2048))
         plan = try lab.orchestrator().reconcile()
-        #expect(plan.first?.action.contains("change tracking interrupted and snapshots invalid: /dev/sda no longer shows the filesystem the clean stop recorded: it holds no ext2, ext3 or ext4 filesystem") == true,
+        #expect(plan.first?.action.contains("change tracking interrupted and snapshots invalid: /dev/sda no longer shows the filesystem the clean stop recorded: it holds no ext2, ext3, ext4 or xfs filesystem") == true,
                 "\(plan)")
     }
 
@@ -206,7 +206,8 @@ import Testing
         let image = directory + "/fs.img"
         try run("/sbin/mkfs.ext4", "-q", "-F", "-U", "12345678-9abc-def0-1234-56789abcdef0", image, "8M")
         let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)).prefix(FilesystemStamp.bytesNeeded))
-        let stamp = try FilesystemStamp.read(bytes).get()
+        let whole = try FilesystemStamp.read(bytes).get()
+        let stamp = try #require(whole.ext)
         let dump = try run("/sbin/dumpe2fs", "-h", image)
         func field(_ name: String) -> String? {
             dump.split(separator: "\n").first { $0.hasPrefix(name + ":") }
@@ -215,13 +216,54 @@ import Testing
         #expect(stamp.uuid == field("Filesystem UUID"))
         #expect(field("Mount count") == "\(stamp.mountCount)")
         #expect(field("Filesystem state") == "clean" && stamp.state == 1)
-        #expect(FilesystemStamp(parsing: stamp.description) == stamp, "\(stamp)")
+        #expect(FilesystemStamp(parsing: whole.description) == whole, "\(whole)")
 
         // What a mount and a write leave, as tune2fs sets it: the mount count.
         try run("/sbin/tune2fs", "-C", "\(stamp.mountCount + 1)", image)
         let after = try FilesystemStamp.read(try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)).prefix(FilesystemStamp.bytesNeeded))).get()
-        #expect(after != stamp)
-        #expect(stamp.changes(to: after).hasPrefix("mount count \(stamp.mountCount) → \(stamp.mountCount + 1)"))
+        #expect(after != whole)
+        #expect(whole.changes(to: after).hasPrefix("mount count \(stamp.mountCount) → \(stamp.mountCount + 1)"))
+    }
+
+    @Test("the stamp of a version 5 xfs agrees with xfs_db; its log sequence number moving changes it; version 4 gives a reason")
+    func agreesWithXFSDB() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("snapstack-stamp-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let image = directory + "/xfs.img"
+        try run("/usr/bin/truncate", "-s", "300M", image)
+        try run("/sbin/mkfs.xfs", "-q", "-f", "-m", "uuid=12345678-9abc-def0-1234-56789abcdef0", image)
+        func read() throws -> FilesystemStamp {
+            try FilesystemStamp.read(try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)).prefix(FilesystemStamp.bytesNeeded))).get()
+        }
+        let whole = try read()
+        guard case .xfs(let stamp) = whole else { Issue.record("not an xfs stamp: \(whole)"); return }
+        // xfs_db prints "uuid = ...", "lsn = 0x...", "icount = N"...
+        let printed = try run("/usr/sbin/xfs_db", "-r", "-c", "sb 0", "-c", "print uuid lsn icount ifree fdblocks", image)
+        var fields: [String: String] = [:]
+        for line in printed.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2 { fields[parts[0]] = parts[1] }
+        }
+        #expect(fields["uuid"] == stamp.uuid && stamp.uuid == "12345678-9abc-def0-1234-56789abcdef0")
+        #expect(fields["lsn"].flatMap { UInt64($0.hasPrefix("0x") ? String($0.dropFirst(2)) : $0, radix: 16) } == stamp.logSequence, "\(printed)")
+        #expect(fields["icount"] == "\(stamp.inodes)" && fields["ifree"] == "\(stamp.freeInodes)" && fields["fdblocks"] == "\(stamp.freeBlocks)", "\(printed)")
+        #expect(FilesystemStamp(parsing: whole.description) == whole, "\(whole)")
+
+        // What a mount leaves (every mount but one with norecovery moves it): another LSN.
+        try run("/usr/sbin/xfs_db", "-x", "-c", "sb 0", "-c", "write -d lsn 0x100000009", image)
+        let after = try read()
+        #expect(after != whole)
+        #expect(whole.changes(to: after).hasPrefix("log sequence number \(String(stamp.logSequence, radix: 16)) → 100000009 (mounted)"), "\(whole.changes(to: after))")
+        // Another kind of filesystem on the same disk.
+        let ext = FilesystemStamp.ext(ExtStamp(uuid: stamp.uuid, mountCount: 1, writeTime: 1, kibibytesWritten: 1, state: 1, digest: 1))
+        #expect(whole.changes(to: ext) == "another kind of filesystem (xfs → ext)")
+
+        try run("/sbin/mkfs.xfs", "-q", "-f", "-m", "crc=0", image)
+        #expect(throws: FilesystemStamp.Unstampable.self) { try read() }
+        if case .failure(let why) = FilesystemStamp.read(try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)).prefix(FilesystemStamp.bytesNeeded))) {
+            #expect(why.description.contains("version 4"), "\(why)")
+        }
     }
 
     @Test("short, foreign and random first bytes give a reason, never a trap; foreign lines do not parse")
@@ -233,11 +275,14 @@ import Testing
         for _ in 0..<200 {
             var bytes = (0..<2048).map { _ in UInt8.random(in: 0...255, using: &generator) }
             if Bool.random(using: &generator) { bytes[1024 + 0x38] = 0x53; bytes[1024 + 0x39] = 0xEF }
+            // Or the xfs magic and version 5, so that the xfs reader sees random fields too.
+            if Bool.random(using: &generator) { bytes.replaceSubrange(0..<4, with: Array("XFSB".utf8)); bytes[0x65] = 0xB5 }
             if case .success(let stamp) = FilesystemStamp.read(bytes) {
                 #expect(FilesystemStamp(parsing: stamp.description) == stamp)
             }
         }
-        for line in ["", "ext", "xfs uuid=x", "ext uuid=12345678-9abc-def0-1234-56789abcdef0 mounts=70000 written=1KiB wtime=1 state=1 sb=ff",
+        for line in ["", "ext", "xfs uuid=x", "xfs uuid=12345678-9abc-def0-1234-56789abcdef0 lsn=zz icount=1 ifree=1 fdblocks=1 sb=ff",
+                     "xfs uuid=12345678-9abc-def0-1234-56789abcdef0 lsn=1 icount=1 ifree=1 fdblocks=1 fdblocks=2 sb=ff", "ext uuid=12345678-9abc-def0-1234-56789abcdef0 mounts=70000 written=1KiB wtime=1 state=1 sb=ff",
                      "ext uuid=12345678-9abc-def0-1234-56789abcdef0 mounts=1 written=1 wtime=1 state=1 sb=ff",
                      "ext uuid=12345678-9abc-def0-1234-56789abcdef0 mounts=1 written=1KiB wtime=1 state=1 sb=zz",
                      "ext uuid=short mounts=1 written=1KiB wtime=1 state=1 sb=ff", "ext = = = = = ="] {

@@ -20,6 +20,8 @@ enum OrchestratorScenarios {
                  btrfsState).lasting(70).nightly(),
         Scenario("reconcile rebuilds a stack removed as a reboot removes it; change tracking continues only after the daemon's clean stop with the ext4 superblock unchanged (era_invalidate exact); a mount of the bare disk (dumpe2fs) interrupts it and invalidates the snapshot; no clean stop interrupts it",
                  reconcileRebuilds).lasting(200),
+        Scenario("xfs: change tracking continues over a clean stop with the superblock's log sequence number unchanged; a read-only mount of the bare disk moves it (xfs_db) and interrupts the tracking",
+                 xfsContinuity).lasting(60),
         Scenario("a second snapstack waits for the lock, or says who holds it", lockIsBounded),
         Scenario("failpoints: a SIGKILL at \(Tier.length(ci: "one of each kind", nightly: "each one")) the kernel takes part in is repaired by reconcile", everyFailpoint).lasting(Tier.length(ci: 240, nightly: 1100)),
     ]
@@ -508,26 +510,8 @@ enum OrchestratorScenarios {
         let eraBefore = (try cli.rows("devices").first?["era"] as? NSNumber)?.uint32Value ?? 0
         let snapshotEra = (try cli.rows("snapshots").first?["era"] as? NSNumber)?.uint32Value ?? 0
         let config = try DaemonScenarios.writeConfig(lab, "rules:\n")
-
-        /// What a shutdown does: the daemon stops with the top unused and records its
-        /// filesystem; then the kernel loses every dm and loop device.
-        func reboot(cleanStop: Bool) throws {
-            if cleanStop {
-                let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: config, label: "stop\(Int.random(in: 0..<1_000_000))")
-                try daemon.waitReady()
-                try expectEqual(try daemon.terminate(), 0, "the daemon's exit status")
-                try daemon.waitForLog("clean stop recorded", "vol", timeout: 5)
-            }
-            try expect(lab.sweepSnapstackDevices().count >= 2, "no devices to remove by hand")
-            for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n")
-            where line.contains(cli.state) {
-                try lab.sh("losetup", "-d", String(line.split(separator: " ")[0]))
-            }
-        }
-        func tracking() throws -> (state: String, why: String) {
-            let row = try cli.rows("devices").first
-            return (row?["tracking"] as? String ?? "", row?["interrupted_reason"] as? String ?? "")
-        }
+        func reboot(cleanStop: Bool) throws { try simulateReboot(lab, cli, config: config, cleanStop: cleanStop) }
+        func tracking() throws -> (state: String, why: String) { try trackingOf(cli) }
 
         try reboot(cleanStop: true)
         let status = try cli.run(["status"])
@@ -583,6 +567,62 @@ enum OrchestratorScenarios {
         try expect(try cli.ok("reconcile").contains("change tracking interrupted: no clean stop"), "reconcile without a clean stop")
         (state, why) = try tracking()
         try expect(state == "interrupted" && why.hasPrefix("no clean stop"), "devices: \(state) \(why)")
+        try cli.ok("unprotect", "vol", "--force")
+    }
+
+    /// What a shutdown does: the daemon stops with the top unused and records its filesystem
+    /// (`cleanStop`); then the kernel loses every dm and loop device.
+    static func simulateReboot(_ lab: Lab, _ cli: CLI, config: String, cleanStop: Bool) throws {
+        if cleanStop {
+            let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: config, label: "stop\(Int.random(in: 0..<1_000_000))")
+            try daemon.waitReady()
+            try expectEqual(try daemon.terminate(), 0, "the daemon's exit status")
+            try daemon.waitForLog("clean stop recorded", "vol", timeout: 5)
+        }
+        try expect(lab.sweepSnapstackDevices().count >= 2, "no devices to remove by hand")
+        for line in try lab.sh("losetup", "-a", "-O", "NAME,BACK-FILE", "--noheadings").split(separator: "\n")
+        where line.contains(cli.state) {
+            try lab.sh("losetup", "-d", String(line.split(separator: " ")[0]))
+        }
+    }
+
+    /// The only device's tracking and the reason it was interrupted, as `devices` reports them.
+    static func trackingOf(_ cli: CLI) throws -> (state: String, why: String) {
+        let row = try cli.rows("devices").first
+        return (row?["tracking"] as? String ?? "", row?["interrupted_reason"] as? String ?? "")
+    }
+
+    /// The same proof on xfs, whose superblock keeps the log sequence number every mount moves:
+    /// after a clean stop and an untouched disk the tracking continues; a read-only mount of the
+    /// bare disk (which writes xfs' log) moves it, as xfs_db shows, and interrupts the tracking.
+    static func xfsContinuity(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let disk = try lab.loopDevice("disk", size: .mebibytes(320))
+        let top = try cli.protect(disk.path, "vol")
+        try lab.sh("mkfs.xfs", "-q", "-f", top)
+        let config = try DaemonScenarios.writeConfig(lab, "rules:\n")
+        func logSequence() throws -> String {
+            try lab.sh("xfs_db", "-r", "-c", "sb 0", "-c", "print lsn", disk.path).replacingOccurrences(of: "lsn = ", with: "")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        try simulateReboot(lab, cli, config: config, cleanStop: true)
+        let repaired = try cli.ok("reconcile")
+        try expect(repaired.contains("keeping its change tracking"), "reconcile after a clean stop of an xfs disk: \(repaired)")
+        try expectEqual(try trackingOf(cli).state, "continuous", "tracking of the xfs disk after a clean stop")
+
+        try simulateReboot(lab, cli, config: config, cleanStop: true)
+        let before = try logSequence()
+        let mountPoint = lab.scratch.appendingPathComponent("bare").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try lab.sh("mount", "-o", "ro", disk.path, mountPoint)
+        try lab.sh("umount", mountPoint)
+        let after = try logSequence()
+        try expect(after != before, "xfs_db's lsn did not move with a read-only mount: \(before)")
+        let interrupted = try cli.ok("reconcile")
+        try expect(interrupted.contains("change tracking interrupted") && interrupted.contains("log sequence number"), "reconcile after a bare mount: \(interrupted)")
+        let (state, why) = try trackingOf(cli)
+        try expect(state == "interrupted" && why.contains("(mounted)"), "devices: \(state) \(why)")
         try cli.ok("unprotect", "vol", "--force")
     }
 

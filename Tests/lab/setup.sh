@@ -22,6 +22,8 @@ readonly VIRTME_NG_VERSION=1.42
 # metrics scenario, for the guest's /usr/bin/python3 (the guest's PATH has no
 # pyenv). strace: the witness of whether a command locks its memory.
 # mmdebstrap, fdisk (sfdisk): the boot lab makes a partitioned Debian image.
+# xfsprogs: the filesystem stamp of xfs is checked against xfs_db, in the unit tests and the
+# VM suite.
 readonly APT_PACKAGES=(
     libdevmapper-dev libudev-dev liblvm2-dev libsqlite3-dev libxxhash-dev pkg-config
     qemu-system-x86 linux-image-amd64
@@ -30,6 +32,7 @@ readonly APT_PACKAGES=(
     restic python3-prometheus-client
     man-db groff-base bash-completion zsh fish
     mmdebstrap fdisk
+    xfsprogs
 )
 
 usage() {
