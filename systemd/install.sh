@@ -19,8 +19,9 @@ Places, under DIR (default /; a package's staging directory when packaging):
   PREFIX/lib/modules-load.d/snapstack.conf       dm-mod dm-era dm-snapshot loop
   PREFIX/lib/systemd/system-shutdown/snapstack  records a clean shutdown of / for the next boot
   /usr/share/initramfs-tools/hooks/snapstack, scripts/local-top/snapstack
-                                                 stack / from the initramfs when it is protected
-                                                 (protect --at-boot runs update-initramfs)
+  /usr/lib/dracut/modules.d/90snapstack/         stack / from the initramfs when it is protected,
+                                                 made by initramfs-tools or by dracut (protect
+                                                 --at-boot runs update-initramfs, or dracut)
   PREFIX/share/doc/snapstack/snapstack.conf.example, backup.conf.example
   /etc/snapstack/snapstack.conf                  the example, only if there is none yet
   SBINDIR/snapstack                              with --binary FILE (e.g. .build/release/snapstack)
@@ -102,6 +103,13 @@ sed -e "s|^SNAPSTACK=/usr/sbin/snapstack$|SNAPSTACK=$sbindir/snapstack|" -e "s|^
     "$here/initramfs-tools/hook" >"$staging/initramfs-hook"
 put 0755 "$staging/initramfs-hook" /usr/share/initramfs-tools/hooks/snapstack
 put 0755 "$here/initramfs-tools/local-top" /usr/share/initramfs-tools/scripts/local-top/snapstack
+# dracut reads its modules from /usr/lib/dracut, whatever the prefix.
+sed -e "s|^SNAPSTACK_BINARY=/usr/sbin/snapstack$|SNAPSTACK_BINARY=$sbindir/snapstack|" \
+    -e "s|^SNAPSTACK_STATE_DIR=/var/lib/snapstack$|SNAPSTACK_STATE_DIR=$state_dir|" \
+    "$here/dracut/module-setup.sh" >"$staging/dracut-module-setup"
+put 0755 "$staging/dracut-module-setup" /usr/lib/dracut/modules.d/90snapstack/module-setup.sh
+put 0755 "$here/dracut/snapstack-pre-mount.sh" /usr/lib/dracut/modules.d/90snapstack/snapstack-pre-mount.sh
+put 0755 "$here/dracut/snapstack-pre-pivot.sh" /usr/lib/dracut/modules.d/90snapstack/snapstack-pre-pivot.sh
 put 0644 "$here/snapstack.conf.example" "$prefix/share/doc/snapstack/snapstack.conf.example"
 put 0644 "$here/backup.conf.example" "$prefix/share/doc/snapstack/backup.conf.example"
 if [[ -e $(dest /etc/snapstack/snapstack.conf) ]]; then

@@ -131,10 +131,16 @@ for file in /usr/share/man/man8/snapstack.8.gz /usr/share/man/man8/snapstack-pro
     check "install.sh --binary installs $file" test -s "$work/root$file"
 done
 for file in /usr/share/initramfs-tools/hooks/snapstack /usr/share/initramfs-tools/scripts/local-top/snapstack \
+    /usr/lib/dracut/modules.d/90snapstack/snapstack-pre-mount.sh /usr/lib/dracut/modules.d/90snapstack/snapstack-pre-pivot.sh \
     /usr/lib/systemd/system-shutdown/snapstack; do
     check "install.sh installs $file, executable, and sh -n accepts it" sh -c 'test -x "$1" && sh -n "$1"' - "$work/root$file"
 done
+check "install.sh installs dracut's 90snapstack/module-setup.sh, and bash -n accepts it" \
+    bash -n "$work/root/usr/lib/dracut/modules.d/90snapstack/module-setup.sh"
 check "the initramfs hook reads the state directory the unit uses" grep -qx 'STATE_DIR=/var/lib/snapstack' "$work/root/usr/share/initramfs-tools/hooks/snapstack"
+check "the dracut module reads the state directory and binary the unit uses" sh -c '
+    grep -qx "SNAPSTACK_STATE_DIR=/var/lib/snapstack" "$1" && grep -qx "SNAPSTACK_BINARY=/usr/sbin/snapstack" "$1"' - \
+    "$work/root/usr/lib/dracut/modules.d/90snapstack/module-setup.sh"
 check "install.sh installs the blkdeactivate barrier, waiting on the daemon's lock" \
     grep -q '^ExecStop=-/usr/bin/flock --shared --wait 130 /var/lib/snapstack/daemon.lock ' "$work/root/usr/lib/systemd/system/snapstack-blkdeactivate.service"
 installed_pages=$(ls "$work/root/usr/share/man/man8" | wc -l)
@@ -142,7 +148,12 @@ check "install.sh installs one page per verb and snapstack.8 ($installed_pages)"
 check "the installed snapstack-unprotect.8.gz renders without warnings" render "$work/root/usr/share/man/man8/snapstack-unprotect.8.gz" "snapstack unprotect"
 check "man snapstack protect finds snapstack-protect.8.gz" \
     test "$(man -M "$work/root/usr/share/man" -w snapstack protect)" = "$work/root/usr/share/man/man8/snapstack-protect.8.gz"
-bash systemd/install.sh --root "$work/root2" --no-reload >"$work/install2.log"
+bash systemd/install.sh --root "$work/root2" --state-dir /srv/snapstack --sbindir /opt/snapstack/sbin --no-reload >"$work/install2.log"
+check "install.sh --state-dir and --sbindir reach the initramfs-tools hook and the dracut module" sh -c '
+    grep -qx "STATE_DIR=/srv/snapstack" "$1/usr/share/initramfs-tools/hooks/snapstack" &&
+    grep -qx "SNAPSTACK=/opt/snapstack/sbin/snapstack" "$1/usr/share/initramfs-tools/hooks/snapstack" &&
+    grep -qx "SNAPSTACK_STATE_DIR=/srv/snapstack" "$1/usr/lib/dracut/modules.d/90snapstack/module-setup.sh" &&
+    grep -qx "SNAPSTACK_BINARY=/opt/snapstack/sbin/snapstack" "$1/usr/lib/dracut/modules.d/90snapstack/module-setup.sh"' - "$work/root2"
 check "install.sh without --binary says it skips manuals and completions" grep -q '^skipped manual pages and shell completions' "$work/install2.log"
 check "install.sh without --binary installs no manuals" test ! -e "$work/root2/usr/share/man"
 
