@@ -59,6 +59,8 @@ extension SimulatedKernel: HostDevices {
         }
     }
 
+    public var initramfsCommand: String { "update-initramfs -u -k all" }
+
     public func updateInitramfs() throws {
         try state.withLock { state in
             guard !state.failInitramfs else { throw SimulatedFault(operation: "update-initramfs: E: mkinitramfs failure") }

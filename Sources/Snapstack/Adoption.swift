@@ -183,7 +183,7 @@ extension Orchestrator {
                 notice("warning: / is on \(live.devicePath): with its change-tracking metadata in a file, the initramfs cannot adopt it at boot, so every reboot interrupts its change tracking; protect it with --cbt-metadata VG instead")
             } else {
                 do { try prepareBootStack(record) } catch {
-                    notice("warning: \(error); until the initramfs adopts \(live.devicePath) at boot, every reboot interrupts its change tracking: run `update-initramfs -u -k all`")
+                    notice("warning: \(error); until the initramfs adopts \(live.devicePath) at boot, every reboot interrupts its change tracking: run `\(host.initramfsCommand)`")
                 }
                 // This boot's shutdown records / too (the first boot is not the initramfs's), on
                 // the stop volume prepareBootStack made.

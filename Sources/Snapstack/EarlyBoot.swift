@@ -9,11 +9,11 @@ import SystemPackage
 ///
 /// The initramfs cannot read the state database (it lives on `/`), so when the initramfs is
 /// made its hook asks for `initramfsPlan()`: the records of the devices that hold `/`, as JSON,
-/// written into the initramfs. At boot, its `local-top` script runs `stackInInitramfs`, which
-/// finds each disk by its identity (an adopted volume by its name, once LVM has activated it),
-/// reads its filesystem's stamp before anything writes to it, builds the stack over the
-/// recorded era metadata (a logical volume: a file could not be read before `/` is mounted) and
-/// leaves a marker in `/run/snapstack/early/ID`. `/run` survives
+/// written into the initramfs. At boot, its `local-top` script (dracut: its pre-mount hook) runs
+/// `stackInInitramfs`, which finds each disk by its identity (an adopted volume by its name,
+/// once LVM has activated it), reads its filesystem's stamp before anything writes to it, builds
+/// the stack over the recorded era metadata (a logical volume: a file could not be read before
+/// `/` is mounted) and leaves a marker in `/run/snapstack/early/ID`. `/run` survives
 /// `switch_root`; reconcile, which the daemon runs at start, finds the marker, judges whether
 /// the tracking could continue, and takes the stack over as its own.
 public struct InitramfsPlan: Codable, Sendable {
@@ -39,11 +39,11 @@ public struct InitramfsPlan: Codable, Sendable {
         let plan: InitramfsPlan
         do { plan = try decoder.decode(InitramfsPlan.self, from: data) } catch {
             throw SnapstackError(.invalidArgument, "the initramfs plan is not readable", why: "\(error)",
-                                 remedy: "run `update-initramfs -u` to write it again")
+                                 remedy: "make the initramfs again (update-initramfs -u, or dracut -f) to write it again")
         }
         guard plan.version == Self.currentVersion else {
             throw SnapstackError(.invalidArgument, "the initramfs plan has version \(plan.version), not \(Self.currentVersion)",
-                                 remedy: "run `update-initramfs -u` with this snapstack installed")
+                                 remedy: "make the initramfs again (update-initramfs -u, or dracut -f) with this snapstack installed")
         }
         for device in plan.devices {
             do { _ = try device.topName() } catch {

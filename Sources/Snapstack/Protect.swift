@@ -226,7 +226,7 @@ extension Orchestrator {
         if root {
             // The initramfs builds the first stack: the metadata must exist before, zeroed so
             // that dm-era formats it then. The hook reads the record from the database, so the
-            // state lock is let go while update-initramfs runs it.
+            // state lock is let go while update-initramfs (or dracut) runs it.
             do {
                 if let (group, volume) = record.eraMetadataVolume, let blockSectors = record.cbtBlockSectors {
                     let blocks = UInt64(record.sizeBytes) / Sectors.size / UInt64(blockSectors) + 1
@@ -257,7 +257,7 @@ extension Orchestrator {
                 try volumes.createVolume(group: group, name: volume, size: .mebibytes(1), tag: Self.volumeTag)
             }
         }
-        notice("making the initramfs, which stacks / at boot (update-initramfs)...")
+        notice("making the initramfs, which stacks / at boot (\(host.initramfsCommand))...")
         try failing("cannot make the initramfs that stacks /") { try withStateLockReleased { try host.updateInitramfs() } }
     }
 
@@ -328,7 +328,7 @@ extension Orchestrator {
         event("unprotect", name, "stack removed from \(device.sourcePath)")
         if initramfsKnowsIt {
             do { try withStateLockReleased { try host.updateInitramfs() } } catch {
-                notice("warning: \(error); the initramfs still stacks \(device.sourcePath) at boot: run `update-initramfs -u -k all`")
+                notice("warning: \(error); the initramfs still stacks \(device.sourcePath) at boot: run `\(host.initramfsCommand)`")
             }
         }
     }

@@ -38,8 +38,9 @@ struct ProtectCommand: ParsableCommand {
             are mounted: an fstab entry by UUID= or LABEL= then mounts the top device. The \
             partition or disk that holds / is stacked by the initramfs instead, before it \
             mounts /: its change-tracking metadata must then be on a volume group of another \
-            disk (--cbt-metadata VG), and protect remakes the initramfs (update-initramfs; \
-            snapstack's hook puts the device's record in it). At every boot the initramfs \
+            disk (--cbt-metadata VG), and protect remakes the initramfs (update-initramfs, \
+            or dracut where initramfs-tools is not installed; snapstack's hook or dracut \
+            module puts the device's record in it). At every boot the initramfs \
             builds the stack and mounts / from the top device; the daemon takes it over.
 
             Examples:

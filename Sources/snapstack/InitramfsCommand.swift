@@ -4,18 +4,20 @@ import Snapstack
 import SnapstackErrors
 import SystemPackage
 
-/// What snapstack's initramfs-tools hook and `local-top` script run (systemd/initramfs-tools/).
+/// What snapstack's initramfs-tools hook and `local-top` script run (systemd/initramfs-tools/),
+/// and its dracut module and pre-mount hook (systemd/dracut/).
 struct InitramfsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "initramfs",
         abstract: "Stack / from the initramfs (run by snapstack's initramfs hook and boot script).",
         discussion: """
             The root file system is mounted by the initramfs, before snapstack's daemon \
-            starts. When the initramfs is made (update-initramfs), snapstack's hook runs \
-            `initramfs plan`, which writes the records of the protected devices that hold / \
-            into it; at boot, its local-top script runs `initramfs stack`, which builds their \
-            stacks before / is mounted and prints the top device to mount instead. The daemon \
-            then takes the stacks over (reconcile's take-over-early-stack step).
+            starts. When the initramfs is made (update-initramfs, or dracut), snapstack's \
+            hook (or dracut module) runs `initramfs plan`, which writes the records of the \
+            protected devices that hold / into it; at boot, its local-top script (dracut: \
+            pre-mount hook) runs `initramfs stack`, which builds their stacks before / is \
+            mounted and prints the top device to mount instead. The daemon then takes the \
+            stacks over (reconcile's take-over-early-stack step).
             """,
         subcommands: [InitramfsPlanCommand.self, InitramfsStackCommand.self, InitramfsStopCommand.self])
 }
@@ -23,7 +25,7 @@ struct InitramfsCommand: ParsableCommand {
 struct InitramfsPlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
-        abstract: "Write what the initramfs needs to stack / (the hook runs this).",
+        abstract: "Write what the initramfs needs to stack / (the hook or dracut module runs this).",
         discussion: """
             Writes the records of the protected or pending devices that hold / to FILE, as \
             JSON, and prints their names, one a line. With none, FILE is not written and \
@@ -48,7 +50,7 @@ struct InitramfsPlanCommand: ParsableCommand {
 struct InitramfsStackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stack",
-        abstract: "Build the stacks an initramfs plan names (the initramfs's local-top script runs this).",
+        abstract: "Build the stacks an initramfs plan names (the initramfs's local-top or pre-mount script runs this).",
         discussion: """
             Waits up to --wait seconds for each device of the plan, builds its stack over its \
             recorded change-tracking metadata, and leaves a marker in /run/snapstack/early for \

@@ -36,9 +36,12 @@ public protocol HostDevices: Sendable {
     /// Writes `bytes` over the 4 KiB of the device at `offset` (a multiple of 4 KiB; the rest
     /// zeroed), past the page cache and synchronously: the shutdown's record for the next boot.
     func overwrite(_ number: DeviceNumber, at offset: Bytes, with bytes: [UInt8]) throws
-    /// Makes the initramfs of every installed kernel again (`update-initramfs -u -k all`), so
-    /// that it carries what snapstack's hook puts in it now; throws when it cannot.
+    /// Makes the initramfs of every installed kernel again (`update-initramfs -u -k all`, or
+    /// `dracut -f --regenerate-all`: `InitramfsTool`), so that it carries what snapstack's hook
+    /// or dracut module puts in it now; throws when it cannot.
     func updateInitramfs() throws
+    /// The command `updateInitramfs()` runs, as a message tells a person to run it.
+    var initramfsCommand: String { get }
     /// The host's runtime directory for snapstack (`/run/snapstack`).
     var runtimeDirectory: String { get }
     /// LVM's configuration directory (`/etc/lvm`, or `LVM_SYSTEM_DIR` as LVM itself reads it).

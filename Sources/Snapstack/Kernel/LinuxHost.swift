@@ -64,21 +64,16 @@ public struct LinuxHost: HostDevices {
     }
 
     public func updateInitramfs() throws {
-        let tool = "/usr/sbin/update-initramfs"
-        guard FileManager.default.isExecutableFile(atPath: tool) else {
-            throw SnapstackError(.refused, "cannot make the initramfs", why: "\(tool) is not installed: snapstack stacks / from an initramfs-tools initramfs",
-                                 remedy: "install initramfs-tools")
-        }
-        let hook = "/usr/share/initramfs-tools/hooks/snapstack"
-        guard FileManager.default.isExecutableFile(atPath: hook) else {
-            throw SnapstackError(.refused, "cannot make an initramfs that stacks /", why: "snapstack's hook \(hook) is not installed",
-                                 remedy: "install snapstack's system integration (systemd/install.sh)")
-        }
-        let result = try ChildProcess.run(tool, ["-u", "-k", "all"])
+        let tool = try InitramfsTool.installed { FileManager.default.isExecutableFile(atPath: $0) }
+        let result = try ChildProcess.run(tool.executable, tool.arguments)
         guard result.status == 0 else {
             let said = result.stderr.split(separator: "\n").suffix(3).joined(separator: "; ")
-            throw SnapstackError(.failed, "update-initramfs -u -k all failed (exit \(result.status))", why: said.isEmpty ? "it said nothing" : said)
+            throw SnapstackError(.failed, "\(tool.commandLine) failed (exit \(result.status))", why: said.isEmpty ? "it said nothing" : said)
         }
+    }
+
+    public var initramfsCommand: String {
+        ((try? InitramfsTool.installed { FileManager.default.isExecutableFile(atPath: $0) }) ?? .initramfsTools).commandLine
     }
 
     public func loops(backing file: String) throws -> [LoopDevice] { try Loop.find(backingFile: file) }
