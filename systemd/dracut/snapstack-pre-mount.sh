@@ -43,7 +43,7 @@ snapstack_root_disk() {
 # and with it the mount. snapstack-pre-pivot.sh removes the drop-ins before switch_root, so
 # that the system's own systemd-fsck-root.service is not changed by them.
 snapstack_mount_from_systemd() {
-    local top=$1 device fsck unit dir i=0
+    local top=$1 device fsck unit dir units=sysroot.mount i=0
     device=$(systemd-escape -p --suffix=device "$top") || return 1
     # The new dependencies are not queued by the daemon-reload: wait until systemd has seen
     # the top device (udev has processed it), so that the mount does not start before.
@@ -70,11 +70,13 @@ snapstack_mount_from_systemd() {
             printf '[Unit]\nAfter=%s\n[Service]\nExecStart=\nExecStart=%s %s\n' "$device" "$fsck" "$top" \
                 >"$dir/50-snapstack.conf" || return 1
             echo "$dir/50-snapstack.conf" >>/run/snapstack/dracut-drop-ins
+            units="$units $unit"
             ;;
         esac
     done
     echo /run/systemd/system/sysroot.mount.d/50-snapstack.conf >>/run/snapstack/dracut-drop-ins
-    systemctl daemon-reload
+    systemctl daemon-reload || return 1
+    info "snapstack: $units use $top"
 }
 
 snapstack_stack_root() {
