@@ -23,22 +23,19 @@ check() {
     [[ -x $SNAPSTACK_BINARY ]] || return 1
     [[ -e $SNAPSTACK_STATE_DIR/snapstack.db ]] || return 1
     local plan names
-    plan=$(mktemp -p "${DRACUT_TMPDIR:-/tmp}" snapstack-plan.XXXXXX) || return 0
-    if ! names=$(snapstack_plan "$plan"); then
-        rm -f "$plan"
-        return 0
-    fi
-    # depends() reads it, to know whether LVM is needed.
-    [[ -z $names ]] || mv -f "$plan" "${DRACUT_TMPDIR:-/tmp}/snapstack-plan.json"
+    [[ -d $DRACUT_TMPDIR ]] || return 0
+    # depends() reads it, to know whether LVM is needed. (dracut's own temporary directory.)
+    plan=$DRACUT_TMPDIR/snapstack-plan.json
     rm -f "$plan"
+    names=$(snapstack_plan "$plan") || return 0
     [[ -n $names ]]
 }
 
 # dm, and lvm when the era metadata (or / itself, adopted) is a logical volume: snapstack
 # activates the volume itself, with the LVM built into it, but LVM's udev rules make its node.
 depends() {
-    local plan=${DRACUT_TMPDIR:-/tmp}/snapstack-plan.json
-    if [[ ! -f $plan ]] || grep -Eq '"(eraMetadataPath|adoptedName)" *: *"' "$plan"; then
+    local plan=$DRACUT_TMPDIR/snapstack-plan.json
+    if [[ -z $DRACUT_TMPDIR || ! -f $plan ]] || grep -Eq '"(eraMetadataPath|adoptedName)" *: *"' "$plan"; then
         echo dm lvm
     else
         echo dm
