@@ -98,7 +98,8 @@ snapstack_stack_root() {
             return 0
         fi
     else
-        # dracut's own init: its mount hook (95rootfs-block's mount-root.sh) mounts $root.
+        # dracut's own init: its mount hook (95rootfs-block's mount-root.sh) mounts $root. (Not
+        # what Debian's dracut makes, and not exercised by the boot lab.)
         root="block:$top"
     fi
     info "snapstack: / is mounted from $top"
