@@ -247,8 +247,8 @@ EOF
 
 # The kernel and initramfs the image's /boot holds now: a guest that rebuilt its initramfs boots
 # the new one, as a real machine would. And the root device to boot: /dev/vda1, unless the
-# scenario moved / elsewhere (an LVM volume it made) and wrote its name into
-# /root/bootlab/root-device of the first partition, which stays /boot's home.
+# scenario moved / elsewhere (an LVM volume it made), or names it as grub does (UUID=...), and
+# wrote that into /root/bootlab/root-device of the first partition, which stays /boot's home.
 kernel_of() {
     local image=$1 out=$2
     open_root "$image" ro
@@ -257,7 +257,7 @@ kernel_of() {
     root_device=/dev/vda1
     if [[ -f $mnt/root/bootlab/root-device ]]; then
         root_device=$(head -n 1 "$mnt/root/bootlab/root-device")
-        [[ $root_device =~ ^/dev/[A-Za-z0-9/_.-]+$ ]] || { echo "bootlab: the scenario's root device '$root_device' is not a /dev path" >&2; root_device=/dev/vda1; }
+        [[ $root_device =~ ^(/dev/[A-Za-z0-9/_.-]+|UUID=[0-9A-Fa-f-]+)$ ]] || { echo "bootlab: the scenario's root device '$root_device' is not a /dev path nor UUID=" >&2; root_device=/dev/vda1; }
     fi
     close_root
 }
