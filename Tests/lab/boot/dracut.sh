@@ -16,14 +16,7 @@ snapshot_options="--store labvg --size 300M"
 
 case $boot in
 1)
-    run pvcreate -q /dev/vdb
-    run vgcreate -q labvg /dev/vdb
-    run lvcreate -q -y -L 2G -n backup labvg
-    run mkfs.ext4 -q /dev/labvg/backup
-    mkdir -p /backup
-    echo "/dev/labvg/backup /backup ext4 defaults 0 2" >>/etc/fstab
-    systemctl daemon-reload
-    run mount /backup
+    backup_volume
     run dd if=/dev/urandom of=/root/first bs=1M count=2 conv=fsync status=none
     sha256sum /root/first >/root/first.sum
     check "the initramfs is made by dracut (no update-initramfs here)" sh -c '! command -v update-initramfs && command -v dracut'

@@ -48,6 +48,19 @@ done_now() { say "done"; sync; systemctl poweroff; exit 0; }
 image=/root/backup.img
 snapshot_options=
 
+# backup_volume: the volume group labvg on the second disk, with a 2 GB volume for the images
+# mounted at /backup from fstab (the root scenarios' image, and their snapshots' stores).
+backup_volume() {
+    run pvcreate -q /dev/vdb
+    run vgcreate -q labvg /dev/vdb
+    run lvcreate -q -y -L 2G -n backup labvg
+    run mkfs.ext4 -q /dev/labvg/backup
+    mkdir -p /backup
+    echo "/dev/labvg/backup /backup ext4 defaults 0 2" >>/etc/fstab
+    systemctl daemon-reload
+    run mount /backup
+}
+
 # same FILE DEVICE: the same content, by sha256.
 same() { test "$(sha256sum <"$1" | cut -c1-64)" = "$(sha256sum <"$2" | cut -c1-64)"; }
 

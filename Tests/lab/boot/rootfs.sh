@@ -19,14 +19,7 @@ last_cycle=5
 
 case $boot in
 1)
-    run pvcreate -q /dev/vdb
-    run vgcreate -q labvg /dev/vdb
-    run lvcreate -q -y -L 2G -n backup labvg
-    run mkfs.ext4 -q /dev/labvg/backup
-    mkdir -p /backup
-    echo "/dev/labvg/backup /backup ext4 defaults 0 2" >>/etc/fstab
-    systemctl daemon-reload
-    run mount /backup
+    backup_volume
     run dd if=/dev/urandom of=/root/first bs=1M count=8 conv=fsync status=none
     sha256sum /root/first >/root/first.sum
     check "protect of / without --at-boot is refused (exit 6) and names --at-boot" sh -c '
