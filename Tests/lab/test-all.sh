@@ -215,7 +215,9 @@ done
 summary="$passed passed, $failed failed"
 if ((failed > 0)); then
     echo "test-all: VM suite had failures: $summary" >&2
-    grep -h '^FAIL' "$vm_work"/log-* >&2 || true
+    # Each FAIL line with the problem lines under it (indented), so that the end of the log
+    # carries the cause and not just the name.
+    tr -d '\r' <<<"$(cat "$vm_work"/log-*)" | awk '/^FAIL/ { show = 1; print; next } show && /^      / { print; next } { show = 0 }' >&2 || true
     exit 1
 fi
 if ((passed != expected)); then
