@@ -91,9 +91,17 @@ public enum TargetStatus: Hashable, Sendable {
     case era(EraStatus)
     /// Targets whose status line is empty: `linear`, `snapshot-origin`, `zero`, `error`.
     case empty(type: String)
+    /// A target that reports `Error` instead of its status: dm-era does when it cannot read
+    /// its metadata's space map, which it can no longer commit either (the metadata device
+    /// failed). Such an era fails every write to a block it has not marked yet.
+    case failed(type: String)
     case unmodelled(type: String, text: String)
 
     public init(type: String, text: String) throws(TableError) {
+        if type == Era.targetType, text.trimmingSpaces == "Error" {
+            self = .failed(type: type)
+            return
+        }
         switch type {
         case Snapshot.targetType: self = .snapshot(try SnapshotStatus(parsing: text))
         case SnapshotMerge.targetType: self = .snapshotMerge(try SnapshotStatus(parsing: text))

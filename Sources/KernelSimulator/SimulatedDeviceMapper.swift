@@ -58,6 +58,8 @@ extension SimulatedKernel: DeviceMapperControl {
             return "\((metadata + device.allocatedData).rawValue)/\(total.rawValue) \(metadata.rawValue)"
         }
         switch target {
+        case .era where state.eraMetadataFails(target):
+            return "Error"
         case .era:
             return "8 96/1024 \(device.era) \(device.heldMetadataRoot.map(String.init) ?? "-")"
         case .snapshot(let t):
@@ -134,6 +136,12 @@ extension SimulatedKernel: DeviceMapperControl {
                 device.inactive = nil
                 device.eventNumber += 1
             }
+            // dm-era's preresume starts a new era, which needs a commit: the table stays
+            // swapped in and the device suspended.
+            if state.eraMetadataFails(device.live?.lines.first?.target) {
+                state.devices[name.rawValue] = device
+                throw failure("resume", name.rawValue, .ioError)
+            }
             device.suspended = false
             state.devices[name.rawValue] = device
             state.clearReleasedLoops()
@@ -162,6 +170,7 @@ extension SimulatedKernel: DeviceMapperControl {
             guard var device = state.devices[name.rawValue], case .era? = device.live?.lines.first?.target else {
                 throw failure("message", name.rawValue, .invalidArgument)
             }
+            if state.eraMetadataFails(device.live?.lines.first?.target) { throw failure("message", name.rawValue, .ioError) }
             switch text {
             case EraMessage.checkpoint.rawValue: device.era += 1
             case EraMessage.takeMetadataSnapshot.rawValue: device.heldMetadataRoot = 42; device.era += 1

@@ -91,6 +91,10 @@ public final class SimulatedKernel: Sendable {
         public var initramfsUpdates = 0
         /// Makes the next initramfs update fail, as a full /boot would.
         public var failInitramfs = false
+        /// Devices that fail every write: an era target keeping its metadata on one can no
+        /// longer commit. As dm-era then does, its status reads `Error`, its messages fail with
+        /// EIO, and a resume that swaps it in (or resumes it) fails, leaving it suspended.
+        public var failingWrites: Set<DeviceNumber> = []
         /// Every change made, in order (`create snapstack-a`, `suspend snapstack-a`, ...).
         public var log: [String] = []
     }
@@ -217,6 +221,12 @@ extension SimulatedKernel.State {
     }
 
     /// The device a table reference names, as a number.
+    /// Whether `target` is an era whose metadata device fails writes.
+    func eraMetadataFails(_ target: Target?) -> Bool {
+        guard case .era(let era)? = target, let metadata = resolve(era.metadata) else { return false }
+        return failingWrites.contains(metadata)
+    }
+
     func resolve(_ reference: DeviceReference) -> DeviceNumber? {
         switch reference {
         case .number(let number): return number

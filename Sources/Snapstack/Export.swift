@@ -235,7 +235,13 @@ extension Orchestrator {
         try? FileManager.default.createDirectory(atPath: metadataDirectory.string, withIntermediateDirectories: true)
         let lock = try FileLock(directory: metadataDirectory, name: "\(device.id).lock", mode: .exclusive, timeout: 300)
         defer { withExtendedLifetime(lock) {} }
-        guard case .era(let status)? = try dm.status(realName).first?.status else {
+        let layer = try dm.status(realName).first?.status
+        if case .failed? = layer {
+            throw SnapstackError(.trackingInterrupted, "the change tracking of \(device.name) failed",
+                                 why: Self.eraMetadataFailed,
+                                 remedy: "run `snapstack reconcile` (the daemon does within seconds) to let writes bypass it, then take a full export, or add --allow-full to read every block")
+        }
+        guard case .era(let status)? = layer else {
             throw SnapstackError(.failed, "\(realName.devicePath) is not tracking changes",
                                  remedy: "run `snapstack reconcile`")
         }

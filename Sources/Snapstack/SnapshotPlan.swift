@@ -22,7 +22,10 @@ struct SnapshotSetPlan: Sendable {
         /// its new snapshot goes live inside the freeze, and the top keeps its table.
         var originLive: Bool
 
-        var tracksChanges: Bool { device.cbtBlockSectors != nil }
+        /// What its `-real` layer does (planned only over an era that works, or a linear one).
+        var tracking: TrackingLayer? = nil
+        /// Whether its `-real` layer records writes: a checkpoint starts the snapshot's era.
+        var tracksChanges: Bool { device.cbtBlockSectors != nil && tracking == .era }
         var length: Sectors { Sectors(UInt64(device.sizeBytes) / Sectors.size) }
         var originTable: Table {
             get throws { try Table(length: length, .snapshotOrigin(SnapshotOrigin(origin: .number(realNumber)))) }
@@ -159,6 +162,14 @@ extension Orchestrator {
         guard !info.suspended, !realInfo.suspended else {
             throw SnapstackError(.refused, "\(name) is suspended", remedy: "run `snapstack reconcile`")
         }
+        // An era whose metadata failed can start no era, and fails the origin's writes: it is
+        // bypassed (tracking interrupted, the next incremental refused), and the snapshot goes on.
+        var tracking = try trackingLayer(of: device)
+        if tracking == .failed {
+            try bypassTracking(device, why: Self.eraMetadataFailed)
+            device = try self.device(named: name)
+            tracking = try trackingLayer(of: device)
+        }
         if try database.snapshot(deviceID: device.id, name: snapshotName) != nil {
             throw SnapstackError(.refused, "\(name) already has a snapshot named \(snapshotName)", remedy: "choose another name with --as")
         }
@@ -173,7 +184,7 @@ extension Orchestrator {
         }
         var member = SnapshotSetPlan.Member(device: device, top: top, real: real,
                                             snapshot: try Layout.snapshotName(name, snapshotName),
-                                            realNumber: realInfo.number, storeSize: size, originLive: false)
+                                            realNumber: realInfo.number, storeSize: size, originLive: false, tracking: tracking)
         try failing("cannot read the table of \(top.devicePath)") { member.originLive = try dm.table(top) == member.originTable }
         return member
     }

@@ -206,10 +206,12 @@ struct HotplugService: Service {
         return devices.count
     }
 
-    /// One reconcile over every protected device, each repair logged.
+    /// One reconcile over every protected device, each repair logged. An era layer bypassed
+    /// because its metadata failed stays bypassed: the admin's `snapstack reconcile` puts it
+    /// back, once the metadata's device is known to work.
     func reconcile() async throws {
         let actions = try await locked("reconcile") { orchestrator in
-            try orchestrator.reconcile().map { "\($0.subject): \($0.action)" }
+            try orchestrator.reconcile(restoreTracking: false).map { "\($0.subject): \($0.action)" }
         }
         for action in actions { logger.notice("reconcile: \(action)") }
     }

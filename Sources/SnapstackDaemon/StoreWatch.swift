@@ -37,7 +37,8 @@ public struct StoreWatchSettings: Sendable, Equatable {
 
 /// Follows the stores of live snapshots: grows a file store past `threshold` by `step` up to
 /// `limit` (`Orchestrator.extend`), and drops a snapshot the kernel invalidated
-/// (`Orchestrator.dropOverflowed`), recording an event for each.
+/// (`Orchestrator.dropOverflowed`), recording an event for each. At the same looks it lets
+/// writes bypass an era layer whose metadata failed (`bypassFailedTracking`).
 ///
 /// It wakes on device-mapper events (a snapshot invalidated, a device created or removed: one
 /// `poll(2)` on `/dev/mapper/control`, see `DeviceMapperEvents`) and otherwise reads the
@@ -130,9 +131,11 @@ public struct StoreWatchService: Service {
             return settings.pollInterval
         }
         let stores: [StoreUsage]
+        let failedTracking: [String]
         do {
             let orchestrator = try Orchestrator(stateDirectory: stateDirectory, lockTimeout: Self.readLockTimeout, mode: .shared)
             stores = try orchestrator.storeUsage()
+            failedTracking = try orchestrator.devicesWithFailedTracking()
         } catch let error as SnapstackError where error.kind == .locked {
             logger.debug("state busy; looking again shortly", metadata: ["holder": "\(error.why ?? "")"])
             return min(settings.pollInterval, .seconds(1))
@@ -141,7 +144,7 @@ public struct StoreWatchService: Service {
             return settings.pollInterval
         }
         let (actions, wait) = planner.plan(stores, at: now)
-        guard !actions.isEmpty else { return wait }
+        guard !actions.isEmpty || !failedTracking.isEmpty else { return wait }
         let orchestrator: Orchestrator
         do {
             orchestrator = try Orchestrator(stateDirectory: stateDirectory, lockTimeout: Self.changeLockTimeout, mode: .exclusive)
@@ -149,9 +152,24 @@ public struct StoreWatchService: Service {
             logger.warning("cannot take the state lock to act on the stores; trying again: \(error)")
             return min(wait, .seconds(1))
         }
+        if !failedTracking.isEmpty { bypassFailedTracking(orchestrator) }
         for action in actions { perform(action, orchestrator, &planner) }
         onChange()
         return wait
+    }
+
+    /// An era layer whose metadata failed fails its origin's writes: each look swaps such
+    /// layers out (`Orchestrator.bypassFailedTracking`), so writes fail for at most a poll
+    /// interval. dm-era raises no event for it; its status reads `Error`.
+    func bypassFailedTracking(_ orchestrator: Orchestrator) {
+        do {
+            for bypassed in try orchestrator.bypassFailedTracking() {
+                logger.error("change tracking bypassed: the device's writes go straight to its disk; the next incremental is refused",
+                             metadata: ["device": "\(bypassed.name)", "why": "\(bypassed.why)"])
+            }
+        } catch {
+            logger.error("cannot bypass a failed change tracking: \(error)")
+        }
     }
 
     func perform(_ action: StoreWatchPlanner.Action, _ orchestrator: Orchestrator, _ planner: inout StoreWatchPlanner) {

@@ -128,7 +128,15 @@ struct ReconcileCommand: ParsableCommand {
             It looks first, then plans, then repairs: --dry-run prints the plan, one step a \
             line, its kind (rebuild-stack, finish-drop, remove-orphan, ...) before the subject.
 
-            A rebuilt stack keeps its change tracking only when the disk's ext2/3/4 superblock \
+            Change tracking whose era metadata fails to write (dm-era reports Error, and fails \
+            the disk's writes to blocks it has not marked) is bypassed: writes go straight to \
+            the disk, and the next incremental is refused until a full export. The daemon does \
+            this within its store poll interval. Once the metadata's device works again, \
+            reconcile puts the tracking back over the same metadata (the daemon does not: it \
+            cannot know the device was fixed); if it still fails, the tracking stays bypassed \
+            and reconcile says why.
+
+            A rebuilt stack keeps its change tracking only when the disk's ext2/3/4 or xfs superblock \
             shows the stamp the daemon recorded at its last clean stop: nothing mounted and \
             wrote the filesystem while the disk had no stack. Otherwise (no clean stop, another \
             filesystem, a superblock that changed) the tracking is interrupted, with the \

@@ -125,6 +125,14 @@ struct TargetStatusTests {
         #expect(throws: TableError.self) { try TargetStatus(type: "era", text: "junk") }
     }
 
+    @Test("an era whose metadata failed reports Error (as dm-era 1.0 prints it, measured with its metadata on dm-flakey error_writes)")
+    func failedEra() throws {
+        #expect(try TargetStatus(type: "era", text: "Error") == .failed(type: "era"))
+        #expect(try StatusLine(parsing: "0 131072 era Error").status == .failed(type: "era"))
+        #expect(throws: TableError.self) { try TargetStatus(type: "era", text: "Error 1") }
+        #expect(throws: TableError.self) { try TargetStatus(type: "snapshot", text: "Error") }
+    }
+
     @Test("an unknown type is kept as unmodelled")
     func unmodelled() throws {
         #expect(try TargetStatus(type: "thin", text: "0 -") == .unmodelled(type: "thin", text: "0 -"))

@@ -14,6 +14,8 @@ enum FaultScenarios {
                  stateDirectoryFull).lasting(120),
         Scenario("faults: the COW store failing every write (dm-flakey EIO) while the origin takes writes: the origin's writes all land (sha256), the snapshot invalid (snapshots, dmsetup status), its export refused, nothing suspended, reconcile and drop clean",
                  failingStore).lasting(60),
+        Scenario("faults: the era metadata failing every write (dm-flakey EIO): the kernel fails writes to unmarked blocks, snapshot and the daemon bypass the era (linear, never suspended), the next incremental is refused (10), --allow-full is exact, writes land again; reconcile restores tracking once the metadata heals, and a full + incremental are exact",
+                 failingEraMetadata).lasting(200),
     ]
 
     typealias CLI = OrchestratorScenarios.CLI
@@ -105,6 +107,127 @@ enum FaultScenarios {
         try cli.ok("verify", good)
         try expectEqual(String(try lab.sh("sha256sum", good).prefix(64)), try lab.sha256(snapshot, length: size), "the image of a re-run")
         try cli.ok("unprotect", "vol", "--force")
+    }
+
+    /// The era metadata on an LV (`--cbt-metadata VG`) whose dm device is switched to
+    /// dm-flakey `error_writes`. dm-era is fail-closed: it fails the origin's writes to blocks it
+    /// cannot mark. snapstack must not leave it so: `snapshot` (and, without a command, the
+    /// daemon's store watch) swap the era layer for a linear one, so that writes land, and
+    /// record the tracking as interrupted; once the metadata works, `reconcile` restores it.
+    static func failingEraMetadata(_ lab: Lab) throws {
+        let cli = CLI(lab)
+        let size = Bytes.mebibytes(32)
+        let disk = try lab.loopDevice("disk", size: size, random: true)
+        try AdoptionScenarios.withVolumeGroup(lab, "erafault", pvSizes: [.mebibytes(64)]) { vg in
+            vg.cli = cli
+            vg.adopted.append("vol")
+            let top = try cli.protect(disk.path, "vol", "--cbt-block", "64K", "--cbt-metadata", vg.name)
+            func realTable() throws -> String { try lab.sh("dmsetup", "table", "snapstack-vol-real").trimmingCharacters(in: .whitespacesAndNewlines) }
+            let eraTable = try realTable()
+            let fields = eraTable.split(separator: " ")
+            try expect(fields.count == 6 && fields[2] == "era", "snapstack-vol-real: \(eraTable)")
+            let majorMinor = fields[3].split(separator: ":")
+            let metadataName = try lab.sh("dmsetup", "info", "-c", "--noheadings", "-o", "name", "-j", String(majorMinor.first ?? ""), "-m", String(majorMinor.last ?? ""))
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try expect(metadataName.hasPrefix("erafault-snapstack"), "the era metadata's dm device: \(metadataName)")
+            let metadataTable = try lab.sh("dmsetup", "table", metadataName).trimmingCharacters(in: .whitespacesAndNewlines)
+            func switchMetadata(_ table: String) throws {
+                try lab.sh("dmsetup", "suspend", metadataName)
+                try lab.sh("dmsetup", "load", metadataName, "--table", table)
+                try lab.sh("dmsetup", "resume", metadataName)
+            }
+            let metadataFields = metadataTable.split(separator: " ")
+            try expect(metadataFields.count == 5 && metadataFields[2] == "linear", "the metadata LV's table: \(metadataTable)")
+            let failingTable = "0 \(metadataFields[1]) flakey \(metadataFields[3]) \(metadataFields[4]) 0 1 1 error_writes"
+            func writeBlock(_ mebibyte: Int) throws -> (status: Int32, stdout: String, stderr: String) {
+                try lab.run(["dd", "if=/dev/urandom", "of=\(top)", "bs=64k", "count=1", "seek=\(mebibyte * 16)", "oflag=direct",
+                             "conv=notrunc", "status=none"], allowFailure: true)
+            }
+            func tracking() throws -> (state: String, why: String) {
+                let row = try AdoptionScenarios.deviceRow(cli, "vol")
+                return (row["tracking"] as? String ?? "", row["interrupted_reason"] as? String ?? "")
+            }
+
+            // A full export before the fault: the base an incremental would build on.
+            let image = lab.scratch.appendingPathComponent("vol.img").path
+            _ = lab.lastLineOf(try cli.ok("snapshot", "vol", "--as", "s0"))
+            let (base, _) = try ExportScenarios.export(cli, "vol-s0", "--to", image)
+            try cli.ok("drop", "vol-s0")
+
+            // The fault: dm-era can commit nothing, and fails a write to a block it has not marked.
+            try switchMetadata(failingTable)
+            let beforeFailedWrite = try lab.sha256(top, length: size)
+            let failed = try writeBlock(16)
+            try expect(failed.status != 0, "a write to an unmarked block succeeded while the era metadata failed writes (the fault is not live)")
+            try expectEqual(try lab.sha256(top, length: size), beforeFailedWrite, "the origin after the failed write")
+            try expect(try lab.sh("dmsetup", "status", "snapstack-vol-real").contains(" era Error"), "era status under the fault")
+
+            // snapshot bypasses the era layer and is taken; the write goes through now.
+            let snapshotted = try cli.run(["snapshot", "vol", "--as", "s1"])
+            try expectEqual(snapshotted.status, 0, "snapshot while the era metadata fails (stderr: \(snapshotted.stderr))")
+            try expect(snapshotted.stderr.contains("change tracking of vol is bypassed"), "snapshot's warning: \(snapshotted.stderr)")
+            let bypassedTable = try realTable()
+            try expect(bypassedTable.contains(" linear \(fields[4]) 0"), "snapstack-vol-real after the bypass: \(bypassedTable)")
+            try noneSuspended(lab, "after the bypass")
+            let state = try tracking()
+            try expectEqual(state.state, "interrupted", "tracking after the bypass")
+            try expect(state.why.contains("metadata could not be written"), "the interruption's reason: \(state.why)")
+            let written = try writeBlock(16)
+            try expectEqual(written.status, 0, "a write after the bypass (stderr: \(written.stderr))")
+
+            // The next incremental is refused, never silently short; --allow-full reads it all.
+            let refused = try cli.run(["export", "vol-s1", "--to", image, "--since", base])
+            try expectEqual(refused.status, 10, "export --since across the bypass (stderr: \(refused.stderr))")
+            _ = try ExportScenarios.export(cli, "vol-s1", "--to", image, "--since", base, "--allow-full")
+            try expectEqual(String(try lab.sh("sha256sum", image).prefix(64)), try lab.sha256(lab.lastLineOf(snapshotted.stdout), length: size),
+                            "the --allow-full image vs snapshot s1")
+            try cli.ok("drop", "vol-s1")
+
+            // While the metadata still fails, reconcile's restore ends bypassed again, saying why.
+            let still = try cli.run(["reconcile"])
+            try expect(still.status != 0 && still.stderr.contains("cannot track the changes of vol again"), "reconcile while failing: \(still.stderr)")
+            let stillBypassed = try realTable()
+            try expect(stillBypassed.contains(" linear "), "snapstack-vol-real after a failed restore: \(stillBypassed)")
+            try noneSuspended(lab, "after the failed restore")
+
+            // Healed: reconcile puts the era back; a full then an incremental are exact.
+            try switchMetadata(metadataTable)
+            let restored = try cli.ok("reconcile")
+            try expect(restored.contains("track changes again"), "reconcile after the heal: \(restored)")
+            try expectEqual(try realTable(), eraTable, "snapstack-vol-real after the restore")
+            let fresh = lab.scratch.appendingPathComponent("fresh.img").path
+            _ = try cli.ok("snapshot", "vol", "--as", "s2")
+            let (fullAfter, _) = try ExportScenarios.export(cli, "vol-s2", "--to", fresh)
+            try cli.ok("drop", "vol-s2")
+            try lab.writeRandom(top, offset: .mebibytes(8), length: .kibibytes(128))
+            let s3 = lab.lastLineOf(try cli.ok("snapshot", "vol", "--as", "s3"))
+            let (_, incremental) = try ExportScenarios.export(cli, "vol-s3", "--to", fresh, "--since", fullAfter)
+            try expectEqual(incremental["kind"] as? String, "incremental", "the export after the restore")
+            let read = (incremental["bytes_read"] as? NSNumber)?.uint64Value ?? .max
+            try expect(read > 0 && read <= 256 << 10, "the incremental after the restore read \(read) bytes for 128 KiB written")
+            try expectEqual(String(try lab.sh("sha256sum", fresh).prefix(64)), try lab.sha256(s3, length: size), "incremental image vs snapshot s3")
+            try cli.ok("drop", "vol-s3")
+
+            // With no command to notice, the daemon's store watch bypasses the failed era.
+            let daemon = try DaemonScenarios.Daemon(lab, state: cli.state, config: try DaemonScenarios.writeConfig(lab, "rules:\n"))
+            defer { _ = try? daemon.terminate() }
+            try daemon.waitReady()
+            try switchMetadata(failingTable)
+            let started = Date()
+            var landed = false
+            while Date().timeIntervalSince(started) < 60 {
+                if try writeBlock(20).status == 0 { landed = true; break }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            try expect(landed, "writes still failed 60 s after the era metadata failed, with the daemon running; its log:\n\(daemon.logText)")
+            print(String(format: "      the daemon let writes through %.1f s after the metadata failed", Date().timeIntervalSince(started)))
+            try expect(daemon.logText.contains("change tracking bypassed"), "the daemon's log: \(daemon.logText)")
+            try expectEqual(try tracking().state, "interrupted", "tracking after the daemon's bypass")
+            try noneSuspended(lab, "after the daemon's bypass")
+            try expectEqual(try daemon.terminate(), 0, "the daemon's exit status")
+            try switchMetadata(metadataTable)
+            try cli.ok("unprotect", "vol")
+        }
     }
 
     /// The state directory on a small file system that an admin's file fills to the last block.

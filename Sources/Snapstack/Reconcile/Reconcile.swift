@@ -15,9 +15,11 @@ extension Orchestrator {
     /// the second time.
     ///
     /// It observes first (`ReconcileObservation`), plans from that alone (`ReconcileStep.plan`),
-    /// then runs the steps in order; `dryRun` returns the plan.
-    public func reconcile(dryRun: Bool = false) throws -> [ReconcileAction] {
-        let plan = try ReconcileStep.plan(try observeForReconcile())
+    /// then runs the steps in order; `dryRun` returns the plan. `restoreTracking`: put back the
+    /// era layers that were bypassed because their metadata failed (the daemon leaves that to
+    /// the admin, who knows when the metadata's device was fixed).
+    public func reconcile(dryRun: Bool = false, restoreTracking: Bool = true) throws -> [ReconcileAction] {
+        let plan = try ReconcileStep.plan(try observeForReconcile(), restoreTracking: restoreTracking)
         let actions = plan.filter(\.isReported).map(\.action)
         if dryRun { return actions }
         var failures: [String] = []
@@ -61,7 +63,8 @@ extension Orchestrator {
                 tracking: try trackingCheck(record),
                 sourceInUse: record.state == .pending ? try source.flatMap { try inUse($0.path, $0.number) } : nil,
                 diskStamp: diskStamp,
-                earlyMarker: earlyMarker(of: record)))
+                earlyMarker: earlyMarker(of: record),
+                trackingLayer: record.state == .protected && record.cbtBlockSectors != nil ? try trackingLayer(of: record) : nil))
         }
         let prefix = stateDirectory.string + "/"
         let loops = ((try? host.allLoops()) ?? []).filter { $0.backingFile?.hasPrefix(prefix) == true }
@@ -87,7 +90,16 @@ extension Orchestrator {
         case .resumeSuspended(let raw):
             let name = try DMName(raw)
             if try dm.info(name)?.hasInactiveTable == true { try dm.clearInactive(name) }
-            try dm.resume(name)
+            do {
+                try dm.resume(name)
+            } catch {
+                // An era layer whose metadata fails cannot resume (a resume starts an era):
+                // it is swapped for a linear one rather than left suspended.
+                guard let device = try database.devices().first(where: { (try? Layout.realName($0.name)) == name }),
+                      try dm.table(name).lines.first.map({ if case .era = $0.target { true } else { false } }) == true
+                else { throw error }
+                try bypassTracking(device, why: Self.eraMetadataFailed)
+            }
         case .undoProtect(let device):
             try run(try Teardown.unprotect(device))
         case .finishUnprotect(let device, let snapshots):
@@ -98,6 +110,10 @@ extension Orchestrator {
             _ = try rebuild(device, path: path, number: number, continuity: continuity)
         case .recordInterruptionEra(let device):
             try recordInterruptionEra(device)
+        case .bypassTracking(let device):
+            try bypassTracking(device, why: Self.eraMetadataFailed)
+        case .restoreTracking(let device):
+            try restoreTracking(device)
         case .forgetCleanStop(let device):
             // Afresh: an earlier step of this plan may have updated the record.
             guard var current = try database.device(id: device.id) else { break }

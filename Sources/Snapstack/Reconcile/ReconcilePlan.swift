@@ -34,6 +34,8 @@ struct ReconcileObservation {
         var diskStamp: Result<FilesystemStamp, FilesystemStamp.Unstampable>?
         /// What the initramfs left when it built this device's stack at this boot (`/`).
         var earlyMarker: EarlyStackMarker?
+        /// What its `-real` layer does with change tracking; nil when it has none.
+        var trackingLayer: TrackingLayer?
     }
 
     /// dm devices carrying snapstack's UUID prefix.
@@ -59,6 +61,11 @@ enum ReconcileStep: Equatable {
     /// A stack rebuilt with its tracking interrupted whose new era was not recorded (a crash
     /// came between): every incremental is refused until it is.
     case recordInterruptionEra(DeviceRecord)
+    /// An era layer whose metadata failed, which fails the origin's writes: swapped for a
+    /// linear one, the tracking interrupted.
+    case bypassTracking(DeviceRecord)
+    /// A tracked device whose era layer was bypassed: the era put back over its metadata.
+    case restoreTracking(DeviceRecord)
     /// A device protected `--at-boot` whose disk is present and unused: its first stack, with
     /// new era metadata.
     case buildPendingStack(DeviceRecord, sourcePath: String, source: DeviceNumber)
@@ -100,6 +107,8 @@ enum ReconcileStep: Equatable {
         case .waitForDisk: "wait-for-disk"
         case .rebuildStack: "rebuild-stack"
         case .recordInterruptionEra: "record-interruption-era"
+        case .bypassTracking: "bypass-tracking"
+        case .restoreTracking: "restore-tracking"
         case .buildPendingStack: "build-pending-stack"
         case .takeOverEarlyStack: "take-over-early-stack"
         case .waitForBoot: "wait-for-boot"
@@ -147,6 +156,10 @@ enum ReconcileStep: Equatable {
             (d.name, "rebuild the stack over \(path) (\(number)); change tracking interrupted and snapshots invalid: \(why)")
         case .recordInterruptionEra(let d):
             (d.name, "record the era from which its interrupted change tracking is complete")
+        case .bypassTracking(let d):
+            (d.name, "let writes bypass its change tracking, interrupted: \(Orchestrator.eraMetadataFailed)")
+        case .restoreTracking(let d):
+            (d.name, "track changes again over \(d.eraMetadataPath ?? "its metadata") (bypassed since \(d.trackingInterruptedAt.map { $0.formatted(.iso8601) } ?? "an interruption"))")
         case .buildPendingStack(let d, let path, let number):
             (d.name, "build the stack protect --at-boot asked for over \(path) (\(number)), with new change tracking")
         case .takeOverEarlyStack(let d, _, let continuity):
@@ -179,15 +192,15 @@ enum ReconcileStep: Equatable {
     }
 
     /// The repairs for `observed`, in the order they must run. Pure: the same observation gives
-    /// the same plan.
-    static func plan(_ observed: ReconcileObservation) throws -> [ReconcileStep] {
+    /// the same plan. `restoreTracking`: put back era layers that were bypassed.
+    static func plan(_ observed: ReconcileObservation, restoreTracking: Bool = true) throws -> [ReconcileStep] {
         var plan: [ReconcileStep] = []
         let ours = observed.ownDevices
         for device in ours.sorted(by: { $0.layerOrder < $1.layerOrder }) where device.info.suspended {
             plan.append(.resumeSuspended(device: device.info.name))
         }
         for device in observed.devices {
-            plan += try steps(for: device, ours: ours)
+            plan += try steps(for: device, ours: ours, restoreTracking: restoreTracking)
         }
 
         // Whatever a record names is not an orphan: it is kept, or removed by its record's own
@@ -240,7 +253,8 @@ enum ReconcileStep: Equatable {
     }
 
     /// The steps for one recorded device and its snapshots.
-    static func steps(for observed: ReconcileObservation.Device, ours: [Orchestrator.OwnDevice]) throws -> [ReconcileStep] {
+    static func steps(for observed: ReconcileObservation.Device, ours: [Orchestrator.OwnDevice],
+                      restoreTracking: Bool = true) throws -> [ReconcileStep] {
         let device = observed.record
         switch device.state {
         case .protecting: return [.undoProtect(device)]
@@ -280,8 +294,17 @@ enum ReconcileStep: Equatable {
                 plan.append(.rebuildStack(device, sourcePath: source.path, source: source.number, continuity: continuity))
             }
         }
-        if stackPresent && device.cbtBlockSectors != nil && device.trackingInterruptedAt != nil && device.trackingInterruptedEra == nil {
-            plan.append(.recordInterruptionEra(device))
+        if stackPresent && device.cbtBlockSectors != nil {
+            switch observed.trackingLayer {
+            case .failed?:
+                plan.append(.bypassTracking(device))
+            case .linear?:
+                if restoreTracking { plan.append(.restoreTracking(device)) }
+            case .era?, nil:
+                if device.trackingInterruptedAt != nil && device.trackingInterruptedEra == nil {
+                    plan.append(.recordInterruptionEra(device))
+                }
+            }
         }
         for snapshot in observed.snapshots {
             let uuid = try Layout.uuid(deviceID: device.id, .snapshot(id: snapshot.id)).rawValue
