@@ -129,7 +129,16 @@ extension Orchestrator {
                 try failing("cannot create \(real.devicePath)") {
                     if try dm.info(real) != nil {
                         // Adopted again at a new size: dm-era resizes its metadata on resume.
-                        try ensureLiveTable(real, table)
+                        do {
+                            try ensureLiveTable(real, table)
+                        } catch {
+                            // A resume whose commit failed leaves the era swapped in and the
+                            // layer suspended: bypassed, never left so.
+                            if try dm.info(real)?.suspended == true || trackingLayer(of: device) == .failed {
+                                try bypassTracking(device, why: Self.eraMetadataFailed)
+                            }
+                            throw error
+                        }
                     } else {
                         try dm.create(real, uuid: try Layout.uuid(deviceID: device.id, .real), table: table, udevFlags: .hiddenLayer)
                     }

@@ -96,6 +96,31 @@ import Testing
         #expect(try lab.orchestrator().device(named: "vol0").trackingInterruptedReason?.contains("metadata") == true)
     }
 
+    @Test("an adopted volume grown by LVM while its era metadata fails: the re-adoption's resume fails, and the era layer is bypassed rather than left suspended")
+    func readoptionBypasses() throws {
+        let lab = try AdoptionTests().lab()
+        try lab.orchestrator().protect(devicePath: "/dev/mapper/vg-data", name: "data", options: ProtectOptions(cbtBlock: .mebibytes(1)))
+        guard case .era(let era)? = lab.kernel.capture().devices["snapstack-data-real"]?.live?.lines.first?.target,
+              case .number(let metadata) = era.metadata else { Issue.record("no era layer"); return }
+        var state = lab.kernel.capture()
+        state.failingWrites.insert(metadata)
+        lab.kernel.restore(state)
+        // As lvextend does: a plain table, one segment longer, loaded and resumed.
+        let grown = AdoptionTests.lvmTable + "\n65536 16384 linear 8:16 2048"
+        try lab.kernel.load(try DMName(AdoptionTests.volume), table: try Table(parsing: grown), readOnly: false)
+        try lab.kernel.withSuspended([try DMName(AdoptionTests.volume)], options: [], transaction: nil) {}
+
+        #expect(throws: SnapstackError.self) { try lab.orchestrator().reconcile() }
+        let devices = lab.kernel.capture().devices
+        #expect(devices.values.allSatisfy { !$0.suspended }, "\(devices.filter(\.value.suspended).keys)")
+        guard case .linear(let linear)? = devices["snapstack-data-real"]?.live?.lines.first?.target else {
+            Issue.record("-real: \(String(describing: devices["snapstack-data-real"]?.live))"); return
+        }
+        #expect(linear.device == era.origin, "linear over the clone")
+        #expect(devices[AdoptionTests.volume]?.live?.description == grown, "the volume keeps LVM's table: its writes reach the disk")
+        #expect(try lab.orchestrator().deviceSummary(named: "data").tracking == .interrupted)
+    }
+
     @Test("reconcile puts the era back once the metadata works, and records the era from which tracking is complete; while it still fails, the era is swapped out again and reconcile says why")
     func restoreTracking() throws {
         let lab = try Self.lab()
