@@ -91,9 +91,10 @@ public enum TargetStatus: Hashable, Sendable {
     case era(EraStatus)
     /// Targets whose status line is empty: `linear`, `snapshot-origin`, `zero`, `error`.
     case empty(type: String)
-    /// A target that reports `Error` instead of its status: dm-era does when it cannot read
-    /// its metadata's space map, which it can no longer commit either (the metadata device
-    /// failed). Such an era fails every write to a block it has not marked yet.
+    /// A target that reports `Error` instead of its status. dm-era reads its status in its
+    /// worker, which commits the metadata after every such call: `Error` when that commit (or
+    /// the read) fails, i.e. its metadata device fails writes. Such an era fails every write
+    /// to a block it has not marked yet.
     case failed(type: String)
     case unmodelled(type: String, text: String)
 

@@ -164,6 +164,7 @@ extension Orchestrator {
         }
         // An era whose metadata failed can start no era, and fails the origin's writes: it is
         // bypassed (tracking interrupted, the next incremental refused), and the snapshot goes on.
+        // A repair, not a part of the snapshot: it stands even if a check below refuses the set.
         var tracking = try trackingLayer(of: device)
         if tracking == .failed {
             try bypassTracking(device, why: Self.eraMetadataFailed)

@@ -3,7 +3,7 @@
 # slipping a layer under a mounted volume; in one VM run, interleaved repetitions. Prints medians,
 # ranges and same-run ratios; only the ratios mean anything (the VM is emulated, the host shared).
 #
-#   bash Tests/bench/adopt.sh [--reps N] [--runtime S] [--part all|freeze|write] [--json]
+#   bash Tests/bench/adopt.sh [--reps N] [--runtime S] [--part all|freeze|write|readopt] [--json]
 #                             [--binary PATH]
 #   (defaults: 3 repetitions, 10 s per fio run, all; --json prints a JSON document on stdout and
 #   the table on stderr; --binary or SNAPSTACK_BENCH_BINARY: the snapstack to time, otherwise the
@@ -31,6 +31,12 @@
 # waits for a metadata commit) and on the LV with a writecache (lvconvert --type writecache, the
 # same 64 MiB fast LV); rotated order; ratio to the bare LV of the same repetition.
 #
+# Re-adoption: the LV adopted (mounted) with `snapstack daemon` running; each repetition runs
+# `lvextend -L+4M` and `lvchange --refresh` of it, each of which loads LVM's own table and so
+# bypasses the stack. Timed: LVM's command (its wall time, the reference), and from its return to
+# the moment `dmsetup table benchvg-lv` maps through snapstack-bench-real again (the daemon acting
+# on the udev change event; polled every 10 ms). The ratio is re-adoption / LVM's command.
+#
 # Disks: RAM disks (brd), so an I/O costs only CPU and a layer's CPU cost shows at its largest;
 # snapstack's state directory (era metadata) is ext4 on a RAM disk of its own.
 #
@@ -55,7 +61,7 @@ while (($#)); do
     esac
 done
 [[ $reps =~ ^[1-9][0-9]*$ && $runtime =~ ^[1-9][0-9]*$ ]] || usage
-[[ $part == all || $part == freeze || $part == write ]] || usage
+[[ $part == all || $part == freeze || $part == write || $part == readopt ]] || usage
 
 if [[ ${SNAPSTACK_IN_VM:-} != 1 ]]; then
     bash Tests/lab/setup.sh
@@ -89,7 +95,7 @@ touch "$runs" "$writes" "$wlog"
 mkdir -p "$state" "$mnt"
 
 # ram0: the two LVs; ram1: the fast LV and the snapshot's COW; ram2: the state directory.
-modprobe brd rd_nr=3 rd_size=$(((2 * lv_mb + 16) * 1024))
+modprobe brd rd_nr=3 rd_size=$(((2 * lv_mb + 80) * 1024)) # room to grow lv in the readopt part
 mkfs.ext4 -q -E nodiscard /dev/ram2
 mount /dev/ram2 "$state"
 pvcreate -q /dev/ram0 /dev/ram1 >/dev/null
@@ -270,13 +276,56 @@ write_part() {
     done
 }
 
-[[ $part == write ]] || freeze_part
-[[ $part == freeze ]] || write_part
+# ---- re-adoption by the daemon -------------------------------------------------------------
+readopts=$work/readopts
+touch "$readopts"
+readopt_part() {
+    mkfs.ext4 -q -E nodiscard /dev/benchvg/lv
+    mount /dev/benchvg/lv "$mnt"
+    printf 'rules:\n' >"$work/daemon.conf"
+    "$snapstack" daemon --config "$work/daemon.conf" --state-dir "$state" >"$work/daemon.log" 2>&1 &
+    local daemon_pid=$! i
+    for ((i = 0; i < 600; i++)); do grep -q ready "$work/daemon.log" && break; sleep 0.1; done
+    grep -q ready "$work/daemon.log" || { echo "adopt.sh: the daemon did not get ready:" >&2; cat "$work/daemon.log" >&2; exit 1; }
+    must "$snapstack" protect /dev/benchvg/lv --name bench --state-dir "$state"
+    udevadm settle
+    local real rep op t0 t1 t2 c
+    real=$(dmsetup info -c --noheadings -o major,minor --separator : snapstack-bench-real | tr -d ' ')
+    for ((rep = 0; rep < reps; rep++)); do
+        echo "readopt: repetition $((rep + 1)) of $reps" >&2
+        for op in extend refresh; do
+            if [[ $op == extend ]]; then c="lvextend -q -L+4M benchvg/lv"; else c="lvchange -q --refresh benchvg/lv"; fi
+            sleep 1 # the daemon idle
+            t0=$(now_ns)
+            must $c
+            t1=$(now_ns)
+            for ((i = 0; i < 3000; i++)); do
+                [[ $(dmsetup table benchvg-lv) =~ ^0\ [0-9]+\ linear\ $real\ 0$ ]] && break
+                sleep 0.01
+            done
+            t2=$(now_ns)
+            if ((i == 3000)); then
+                echo "adopt.sh: benchvg-lv not re-adopted 30 s after '$c': $(dmsetup table benchvg-lv)" >&2
+                cat "$work/daemon.log" >&2
+                exit 1
+            fi
+            echo "$op $rep $t0 $t1 $t2" | tee -a "$readopts" >&2
+        done
+    done
+    must "$snapstack" unprotect bench --state-dir "$state"
+    kill "$daemon_pid"
+    wait "$daemon_pid" 2>/dev/null || true
+    umount "$mnt"
+}
+
+[[ $part == write || $part == readopt ]] || freeze_part
+[[ $part == freeze || $part == readopt ]] || write_part
+[[ $part == all || $part == readopt ]] && readopt_part
 
 # ---- report -------------------------------------------------------------------------------
-python3 - "$runs" "$wlog" "$writes" "$reps" "$runtime" "$json" "$lv_mb" "$fast_mb" "$snap_mb" <<'PY'
+python3 - "$runs" "$wlog" "$writes" "$reps" "$runtime" "$json" "$lv_mb" "$fast_mb" "$snap_mb" "$readopts" <<'PY'
 import collections, json, re, statistics, sys
-runs, wlog, writes = sys.argv[1], sys.argv[2], sys.argv[3]
+runs, wlog, writes, readopts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[10]
 reps, runtime, as_json = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 lv_mb, fast_mb, snap_mb = sys.argv[7], sys.argv[8], sys.argv[9]
 table_out = sys.stderr if as_json else sys.stdout
@@ -405,6 +454,25 @@ if values:
         if any(values.get((config, w)) for w in ("rand", "seq")):
             say(f"{label:22}{cells[0]:>34}{cells[1]:>34}")
             doc["write"].append(row)
+readopt = collections.defaultdict(lambda: {"lvm": [], "readopt": []})
+for line in open(readopts):
+    op, rep, t0, t1, t2 = line.split()
+    readopt[op]["lvm"].append((int(t1) - int(t0)) / 1e9)
+    readopt[op]["readopt"].append((int(t2) - int(t1)) / 1e9)
+doc["readopt"] = []
+if readopt:
+    say()
+    say(f"Re-adoption by the daemon after LVM reloads the mounted LV: {reps} repetitions, median (min-max), ms;")
+    say("from the LVM command's return until benchvg-lv maps through snapstack-bench-real again (polled every 10 ms).")
+    say(f"{'':28}{'LVM command':>26}{'re-adopted after':>26}{'ratio':>10}")
+    for op, label in (("extend", "lvextend -L+4M"), ("refresh", "lvchange --refresh")):
+        d = readopt.get(op)
+        if not d:
+            continue
+        ratio = med(d["readopt"]) / med(d["lvm"]) if med(d["lvm"]) else 0
+        say(f"{label:28}{cell(d['lvm']):>26}{cell(d['readopt']):>26}{ratio:9.2f}x")
+        doc["readopt"].append({"command": label, "lvm": summary(d["lvm"]), "readopted_after": summary(d["readopt"]),
+                               "ratio_to_lvm_command": ratio})
 if as_json:
     json.dump(doc, sys.stdout, indent=2)
     print()
