@@ -148,6 +148,23 @@ extension Orchestrator {
         return rootTop
     }
 
+    /// Takes back, in the initramfs, the stack `stackInInitramfs` built whose top device is
+    /// `top`, and its marker: when / cannot be pointed at the top device, the disk must be free
+    /// again for the initramfs to mount it as it is (the stack holds it exclusively). The boot
+    /// then goes on as when the stack could not be built. Returns the device's name; nil when
+    /// no device of `plan` has that top device. Idempotent.
+    public func unstackInInitramfs(_ plan: InitramfsPlan, top: String) throws -> String? {
+        guard let record = try plan.devices.first(where: { try !$0.isAdopted && $0.topName().devicePath == top }) else {
+            return nil
+        }
+        for name in [try record.topName(), try Layout.realName(record.name)] where try dm.info(name) != nil {
+            try failing("cannot remove \(name.devicePath)") { _ = try dm.remove(name) }
+        }
+        try? FileManager.default.removeItem(atPath: earlyMarkerDirectory + "/" + record.id)
+        notice("\(record.name): its stack is taken back; / is mounted from \(record.sourcePath) without it")
+        return record.name
+    }
+
     func writeEarlyMarker(_ marker: EarlyStackMarker, for id: String) throws {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .millisecondsSince1970

@@ -19,7 +19,8 @@ struct InitramfsCommand: ParsableCommand {
             mounted and prints the top device to mount instead. The daemon then takes the \
             stacks over (reconcile's take-over-early-stack step).
             """,
-        subcommands: [InitramfsPlanCommand.self, InitramfsStackCommand.self, InitramfsStopCommand.self])
+        subcommands: [InitramfsPlanCommand.self, InitramfsStackCommand.self, InitramfsUnstackCommand.self,
+                      InitramfsStopCommand.self])
 }
 
 struct InitramfsPlanCommand: ParsableCommand {
@@ -87,6 +88,41 @@ struct InitramfsStackCommand: ParsableCommand {
             let orchestrator = try Orchestrator(stateDirectory: FilePath(scratchDirectory), lockTimeout: 10)
             orchestrator.notice = { Output.error("snapstack: " + $0) }
             if let top = orchestrator.stackInInitramfs(plan, root: root, wait: wait) { Output.print(top) }
+        }
+    }
+}
+
+struct InitramfsUnstackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unstack",
+        abstract: "Take back a stack `initramfs stack` built (dracut's pre-mount hook runs this when / cannot use it).",
+        discussion: """
+            Removes the top device and the -real layer of the device of the plan whose top \
+            device is --top, and the marker `initramfs stack` left for the daemon, so that the \
+            initramfs can mount the disk itself: the stack holds it exclusively. Prints the \
+            device's name; nothing when no device of the plan has that top device.
+            """)
+
+    @Option(help: ArgumentHelp("The plan `initramfs plan` wrote.", valueName: "file"), completion: .file())
+    var plan: String
+
+    @Option(help: ArgumentHelp("The top device `initramfs stack` printed.", valueName: "device"))
+    var top: String
+
+    @Option(name: .customLong("scratch-dir"),
+            help: ArgumentHelp("Where this boot-time stack keeps its scratch state.", valueName: "dir"))
+    var scratchDirectory = "/run/snapstack/initramfs"
+
+    func run() throws {
+        try running {
+            guard let data = FileManager.default.contents(atPath: plan) else {
+                throw SnapstackError(.notFound, "cannot read the initramfs plan \(plan)")
+            }
+            let plan = try InitramfsPlan(decoding: data)
+            defer { try? FileManager.default.removeItem(atPath: scratchDirectory) }
+            let orchestrator = try Orchestrator(stateDirectory: FilePath(scratchDirectory), lockTimeout: 10)
+            orchestrator.notice = { Output.error("snapstack: " + $0) }
+            if let name = try orchestrator.unstackInInitramfs(plan, top: top) { Output.print(name) }
         }
     }
 }

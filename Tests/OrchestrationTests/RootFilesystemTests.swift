@@ -177,6 +177,29 @@ import Testing
         #expect(try lab.orchestrator().snapshotSummaries().map(\.state) == [.invalid])
     }
 
+    @Test("when / cannot be pointed at the top device, the initramfs takes the stack back: the disk free to mount, no marker left, and the daemon's reconcile does not take over a stack that is gone")
+    func unstackFreesTheDisk() throws {
+        let (lab, plan) = try Self.protectedRoot()
+        lab.kernel.reboot()
+        lab.kernel.setDiskUsage(Self.root, DeviceUsage())
+        let scratch = try Orchestrator(stateDirectory: FilePath(lab.root + "/run/initramfs"), lockTimeout: 1, kernel: lab.kernel.kernel)
+        let top = try #require(scratch.stackInInitramfs(plan, root: Self.root, wait: 0))
+        let id = try #require(plan.devices.first?.id)
+        let marker = lab.kernel.runtimeDirectory + "/early/" + id
+        #expect(FileManager.default.fileExists(atPath: marker))
+
+        #expect(try scratch.unstackInInitramfs(plan, top: "/dev/mapper/snapstack-other") == nil, "a top of no planned device")
+        #expect(try scratch.unstackInInitramfs(plan, top: top) == "root")
+        let left = try lab.kernel.list().map(\.name).filter { $0.hasPrefix("snapstack-root") }
+        #expect(left.isEmpty, "\(left)")
+        #expect(!FileManager.default.fileExists(atPath: marker))
+        #expect(try scratch.unstackInInitramfs(plan, top: top) == "root", "a second run changes nothing and fails nothing")
+        // / mounted from the bare disk: the daemon finds no stack to take over, and leaves the
+        // mounted disk alone.
+        lab.kernel.setDiskUsage(Self.root, Self.mountedAtRoot)
+        #expect(!(try lab.orchestrator().reconcile(dryRun: true).map(\.step).contains("take-over-early-stack")))
+    }
+
     @Test("the shutdown records nothing while / is writable")
     func writableRootRecordsNothing() throws {
         let (lab, plan) = try Self.protectedRoot()

@@ -57,6 +57,9 @@ snapstack_mount_from_systemd() {
         sleep 0.1
     done
     mkdir -p /run/systemd/system/sysroot.mount.d || return 1
+    # Each drop-in is listed as soon as it exists: the pre-pivot hook, or the undo below when
+    # a later step fails, removes what the list names.
+    echo /run/systemd/system/sysroot.mount.d/50-snapstack.conf >>/run/snapstack/dracut-drop-ins
     printf '[Unit]\nAfter=%s\n[Mount]\nWhat=%s\n' "$device" "$top" \
         >/run/systemd/system/sysroot.mount.d/50-snapstack.conf || return 1
     for fsck in /usr/lib/systemd/systemd-fsck /lib/systemd/systemd-fsck; do
@@ -67,16 +70,33 @@ snapstack_mount_from_systemd() {
         systemd-fsck*.service)
             dir=/run/systemd/system/$unit.d
             mkdir -p "$dir" || return 1
+            echo "$dir/50-snapstack.conf" >>/run/snapstack/dracut-drop-ins
             printf '[Unit]\nAfter=%s\n[Service]\nExecStart=\nExecStart=%s %s\n' "$device" "$fsck" "$top" \
                 >"$dir/50-snapstack.conf" || return 1
-            echo "$dir/50-snapstack.conf" >>/run/snapstack/dracut-drop-ins
             units="$units $unit"
             ;;
         esac
     done
-    echo /run/systemd/system/sysroot.mount.d/50-snapstack.conf >>/run/snapstack/dracut-drop-ins
     systemctl daemon-reload || return 1
     info "snapstack: $units use $top"
+}
+
+# snapstack_take_back TOP: / cannot be mounted from TOP. The drop-ins written so far go (and
+# systemd forgets them), and the stack is taken back: it holds the disk exclusively, so
+# sysroot.mount could not mount the disk either. The boot then goes on over the bare disk, as
+# when the stack could not be built.
+snapstack_take_back() {
+    local drop_in
+    if [ -f /run/snapstack/dracut-drop-ins ]; then
+        while read -r drop_in; do
+            rm -f "$drop_in"
+            rmdir "${drop_in%/*}" 2>/dev/null
+        done </run/snapstack/dracut-drop-ins
+        rm -f /run/snapstack/dracut-drop-ins
+        systemctl daemon-reload
+    fi
+    /usr/sbin/snapstack initramfs unstack --plan "$SNAPSTACK_PLAN" --top "$1" >/dev/null ||
+        warn "snapstack: cannot take back the stack of $1: / may not mount"
 }
 
 snapstack_stack_root() {
@@ -94,7 +114,8 @@ snapstack_stack_root() {
     mkdir -p /run/snapstack
     if [ -n "$DRACUT_SYSTEMD" ]; then
         if ! snapstack_mount_from_systemd "$top"; then
-            warn "snapstack: cannot point sysroot.mount at $top"
+            warn "snapstack: cannot point sysroot.mount at $top; taking its stack back"
+            snapstack_take_back "$top"
             return 0
         fi
     else
