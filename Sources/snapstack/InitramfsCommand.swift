@@ -80,13 +80,8 @@ struct InitramfsStackCommand: ParsableCommand {
 
     func run() throws {
         try running {
-            guard let data = FileManager.default.contents(atPath: plan) else {
-                throw SnapstackError(.notFound, "cannot read the initramfs plan \(plan)")
-            }
-            let plan = try InitramfsPlan(decoding: data)
+            let (plan, orchestrator) = try initramfsScratch(plan: plan, directory: scratchDirectory)
             defer { try? FileManager.default.removeItem(atPath: scratchDirectory) }
-            let orchestrator = try Orchestrator(stateDirectory: FilePath(scratchDirectory), lockTimeout: 10)
-            orchestrator.notice = { Output.error("snapstack: " + $0) }
             if let top = orchestrator.stackInInitramfs(plan, root: root, wait: wait) { Output.print(top) }
         }
     }
@@ -115,16 +110,24 @@ struct InitramfsUnstackCommand: ParsableCommand {
 
     func run() throws {
         try running {
-            guard let data = FileManager.default.contents(atPath: plan) else {
-                throw SnapstackError(.notFound, "cannot read the initramfs plan \(plan)")
-            }
-            let plan = try InitramfsPlan(decoding: data)
+            let (plan, orchestrator) = try initramfsScratch(plan: plan, directory: scratchDirectory)
             defer { try? FileManager.default.removeItem(atPath: scratchDirectory) }
-            let orchestrator = try Orchestrator(stateDirectory: FilePath(scratchDirectory), lockTimeout: 10)
-            orchestrator.notice = { Output.error("snapstack: " + $0) }
             if let name = try orchestrator.unstackInInitramfs(plan, top: top) { Output.print(name) }
         }
     }
+}
+
+/// The plan at `path`, and an orchestrator over the scratch state in `directory` (the caller
+/// removes it): what `initramfs stack` and `unstack` work with before / is mounted, where no
+/// state directory exists yet.
+private func initramfsScratch(plan path: String, directory: String) throws -> (InitramfsPlan, Orchestrator) {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw SnapstackError(.notFound, "cannot read the initramfs plan \(path)")
+    }
+    let plan = try InitramfsPlan(decoding: data)
+    let orchestrator = try Orchestrator(stateDirectory: FilePath(directory), lockTimeout: 10)
+    orchestrator.notice = { Output.error("snapstack: " + $0) }
+    return (plan, orchestrator)
 }
 
 struct InitramfsStopCommand: ParsableCommand {
