@@ -113,6 +113,10 @@ extension Orchestrator {
             updated = try recordInterruptionEra(updated)
             notice("warning: change tracking of \(device.name) is interrupted: \(why); the next incremental needs a full export or --allow-full")
             event(TrackingEvent.interrupted, device.name, "change tracking interrupted: \(why); stack rebuilt over \(path) (\(number))")
+        } else if updated.trackingInterruptedAt != nil && updated.trackingInterruptedEra == nil {
+            // Interrupted before the stack went (its era layer bypassed, say): the new era layer
+            // is complete from now on.
+            updated = try recordInterruptionEra(updated)
         }
         return updated
     }

@@ -121,6 +121,24 @@ import Testing
         #expect(try lab.orchestrator().deviceSummary(named: "data").tracking == .interrupted)
     }
 
+    @Test("a bypassed era over a reboot: the rebuilt stack tracks again, and its era is recorded by the same reconcile")
+    func bypassOverReboot() throws {
+        let lab = try SimulatedLab()
+        lab.kernel.writeHead("/dev/sda", ContinuityTests.ext4Head())
+        try lab.protect(1)
+        let metadata = try Self.eraDevices(lab).metadata
+        try Self.failMetadata(lab, true)
+        _ = try lab.orchestrator().bypassFailedTracking()
+        #expect(try lab.orchestrator().recordCleanStop() == ["vol0"])
+        lab.kernel.reboot()
+        try Self.failMetadata(lab, false, metadata: metadata)
+        #expect(try lab.orchestrator().reconcile().map(\.step) == ["rebuild-stack"])
+        if case .era? = Self.realTarget(lab) {} else { Issue.record("not rebuilt with its era: \(String(describing: Self.realTarget(lab)))") }
+        let device = try lab.orchestrator().device(named: "vol0")
+        #expect(device.trackingInterruptedEra == ContinuityTests.era(lab), "incrementals from now on are not refused for want of an era")
+        try lab.orchestrator().checkTrackingContinuous(device, since: ContinuityTests.export(of: device, era: ContinuityTests.era(lab)))
+    }
+
     @Test("reconcile puts the era back once the metadata works, and records the era from which tracking is complete; while it still fails, the era is swapped out again and reconcile says why")
     func restoreTracking() throws {
         let lab = try Self.lab()
