@@ -55,7 +55,7 @@ while (($#)); do
     --part) part=${2:-}; shift 2 || usage ;;
     --json) json=1; shift ;;
     --binary) binary=${2:-}; shift 2 || usage ;;
-    -h | --help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     [0-9]*) reps=$1; shift ;;
     *) usage ;;
     esac
