@@ -134,9 +134,7 @@ extension Orchestrator {
                         } catch {
                             // A resume whose commit failed leaves the era swapped in and the
                             // layer suspended: bypassed, never left so.
-                            if try dm.info(real)?.suspended == true || trackingLayer(of: device) == .failed {
-                                try bypassTracking(device, why: Self.eraMetadataFailed)
-                            }
+                            try bypassIfEraFailed(device)
                             throw error
                         }
                     } else {

@@ -66,11 +66,12 @@ extension Orchestrator {
     /// Swaps `device`'s era layer for a linear table over the same origin and records the
     /// tracking as interrupted (first: a crash in between leaves it refusing incrementals).
     /// Idempotent: a layer that is linear already is left alone. Also resumes a `-real` that
-    /// a failed resume of its era table left suspended.
-    func bypassTracking(_ device: DeviceRecord, why: String) throws {
+    /// a failed resume of its era table left suspended. Returns whether it swapped the layer.
+    @discardableResult
+    func bypassTracking(_ device: DeviceRecord, why: String) throws -> Bool {
         let real = try Layout.realName(device.name)
         guard let info = try dm.info(real), let line = try dm.table(real).lines.first,
-              case .era(let era) = line.target else { return }
+              case .era(let era) = line.target else { return false }
         var record = try database.device(id: device.id) ?? device
         record.interruptTracking(why)
         try database.update(record)
@@ -90,6 +91,18 @@ extension Orchestrator {
                + "and the next incremental needs a full export or --allow-full. Once the metadata's device works "
                + "again, `snapstack reconcile` tracks changes again")
         event(TrackingEvent.interrupted, device.name, "change tracking bypassed: \(why)")
+        return true
+    }
+
+    /// After a failed load or resume of `device`'s era layer: bypasses it when the failure left
+    /// it suspended (the era swapped in, its resume's commit failed) or its metadata failed.
+    /// Returns whether it did.
+    @discardableResult
+    func bypassIfEraFailed(_ device: DeviceRecord) throws -> Bool {
+        guard try dm.info(try Layout.realName(device.name))?.suspended == true || trackingLayer(of: device) == .failed else {
+            return false
+        }
+        return try bypassTracking(device, why: Self.eraMetadataFailed)
     }
 
     /// Puts the era layer back over `device`'s recorded metadata, and records the era from
@@ -113,9 +126,7 @@ extension Orchestrator {
             try dm.withSuspended([real], options: [.noLockFS], transaction: nil) {}
         } catch {
             try? dm.clearInactive(real)
-            if try dm.info(real)?.suspended == true || trackingLayer(of: device) == .failed {
-                try bypassTracking(device, why: Self.eraMetadataFailed)
-            }
+            try bypassIfEraFailed(device)
             throw SnapstackError(.failed, "cannot track the changes of \(device.name) again", why: "\(error)",
                                  remedy: "its change-tracking metadata \(path) must be writable: check the device it is on, then run `snapstack reconcile` again",
                                  cause: error)

@@ -96,9 +96,8 @@ extension Orchestrator {
                 // An era layer whose metadata fails cannot resume (a resume starts an era):
                 // it is swapped for a linear one rather than left suspended.
                 guard let device = try database.devices().first(where: { (try? Layout.realName($0.name)) == name }),
-                      try dm.table(name).lines.first.map({ if case .era = $0.target { true } else { false } }) == true
+                      try bypassIfEraFailed(device)
                 else { throw error }
-                try bypassTracking(device, why: Self.eraMetadataFailed)
             }
         case .undoProtect(let device):
             try run(try Teardown.unprotect(device))
